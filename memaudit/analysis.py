@@ -1,0 +1,171 @@
+"""Loss matrix -> influence estimates -> per-record metrics, written to the run directory.
+
+Reads ``inclusion.npy`` and the per-model losses, writes ``losses.npy``, ``influence.npz``,
+``influence.json`` and (for small N) ``influence_dense.npy``. It never trains, so it can be
+rerun on any machine that has the run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from memaudit.config import AnalysisConfig
+from memaudit.errors import MemauditError
+from memaudit.influence import InfluenceResult, estimate
+from memaudit.io import atomic_write_json
+from memaudit.records import Record
+from memaudit.rundir import RunDir
+
+MARGIN_RULE = (
+    "largest / second-largest influence on the target over all training records, the target "
+    "itself included; undefined (null) when the second-largest is <= 0"
+)
+
+
+@dataclass
+class Analysis:
+    records: list[Record]
+    result: InfluenceResult
+    n_models: int  # models in P
+    valid: np.ndarray  # (M,) bool: models with a valid loss column
+    summary: dict[str, Any]
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)
+
+
+def _stats(values: np.ndarray) -> dict[str, Any]:
+    v = values[np.isfinite(values)]
+    if len(v) == 0:
+        return {"n": 0, "mean": None, "std": None, "median": None}
+    return {
+        "n": int(len(v)),
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+        "median": float(np.median(v)),
+    }
+
+
+def top_other(result: InfluenceResult) -> np.ndarray:
+    """Each target's strongest influencer other than itself (-1 if none)."""
+    idx = result.top_idx
+    others = np.where(idx == np.arange(len(idx))[:, None], -1, idx)
+    first = np.argmax(others >= 0, axis=1)
+    out = others[np.arange(len(idx)), first]
+    return np.where((others >= 0).any(axis=1), out, -1)
+
+
+def group_summary(records: list[Record], result: InfluenceResult) -> dict[str, Any]:
+    """The paper's comparison: records with near-duplicates vs unique records."""
+    groups = np.array([r.group or "" for r in records])
+    grouped = groups != ""
+    margin = np.where(result.margin_defined, result.margin, np.nan)
+    summary: dict[str, Any] = {
+        "all": {
+            "self_influence": _stats(result.self_influence),
+            "margin": _stats(margin),
+            "margin_undefined": int((~result.margin_defined).sum()),
+            "top1_is_self": float(result.top1_is_self.mean()),
+        }
+    }
+    if not grouped.any():
+        return summary
+    for name, mask in (("unique", ~grouped), ("near_duplicated", grouped)):
+        summary[name] = {
+            "records": int(mask.sum()),
+            "self_influence": _stats(result.self_influence[mask]),
+            "margin": _stats(margin[mask]),
+            "margin_undefined": int((~result.margin_defined[mask]).sum()),
+            "top1_is_self": float(result.top1_is_self[mask].mean()) if mask.any() else None,
+        }
+    # How often the strongest other influencer of a planted record is in its own group, and the
+    # share of its group-mates among its top (group size - 1) other influencers.
+    other = top_other(result)
+    hits, recalls = [], []
+    for t in np.flatnonzero(grouped):
+        mates = set(np.flatnonzero(groups == groups[t])) - {t}
+        hits.append(other[t] in mates)
+        ranked = [i for i in result.top_idx[t] if i != t and i >= 0][: len(mates)]
+        recalls.append(len(mates.intersection(ranked)) / len(mates) if mates else 0.0)
+    summary["near_duplicated"]["top_other_in_group"] = float(np.mean(hits))
+    summary["near_duplicated"]["group_recall_at_size"] = float(np.mean(recalls))
+    if (~grouped).any():
+        from sklearn.metrics import roc_auc_score
+
+        # Lower values should mean "has near-duplicates"; AUC over records with a defined value.
+        for key, values in (("self_influence", result.self_influence), ("margin", margin)):
+            ok = np.isfinite(values)
+            if len(set(grouped[ok])) == 2:
+                summary[f"auc_{key}"] = float(roc_auc_score(grouped[ok], -values[ok]))
+    return summary
+
+
+def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
+    config = run.read_config()
+    records = run.records()
+    inclusion = run.inclusion()
+    n_models = inclusion.shape[1]
+    losses, valid = run.collect_losses(len(records), n_models)
+    if valid.sum() < 2:
+        raise MemauditError(
+            f"{run.path}: only {int(valid.sum())} of {n_models} models have results; "
+            "at least 2 are needed (rerun `memaudit run` to train the rest)"
+        )
+    dense = run.file("influence_dense.npy") if len(records) <= cfg.dense_max else None
+    result = estimate(
+        np.nan_to_num(losses), inclusion, top_k=cfg.top_k, model_mask=valid, dense_path=dense
+    )
+    result.save(run.file("influence.npz"))
+    summary = group_summary(records, result)
+    _write_influence_json(run, records, result, valid, summary, config)
+    return Analysis(records, result, n_models, valid, summary)
+
+
+def _write_influence_json(run, records, result, valid, summary, config) -> None:
+    rows = []
+    for t, r in enumerate(records):
+        top = [
+            {
+                "index": int(i),
+                "id": records[i].id,
+                "influence": _nan_to_none(v),
+                "se": _nan_to_none(s),
+            }
+            for i, v, s in zip(result.top_idx[t], result.top_val[t], result.top_se[t], strict=True)
+            if i >= 0
+        ]
+        rows.append(
+            {
+                "index": t,
+                "id": r.id,
+                "group": r.group,
+                "self_influence": _nan_to_none(result.self_influence[t]),
+                "self_influence_se": _nan_to_none(result.self_se[t]),
+                "n_in": int(result.n_in[t]),
+                "n_out": int(result.n_out[t]),
+                "margin": _nan_to_none(result.margin[t]) if result.margin_defined[t] else None,
+                "margin_defined": bool(result.margin_defined[t]),
+                "top1_is_self": bool(result.top1_is_self[t]),
+                "top_influencers": top,
+            }
+        )
+    atomic_write_json(
+        run.file("influence.json"),
+        {
+            "format_version": 1,
+            "estimator": result.estimator,
+            "n_records": len(records),
+            "n_models": int(len(valid)),
+            "n_models_used": int(valid.sum()),
+            "excluded_models": [int(j) for j in np.flatnonzero(~valid)],
+            "top_k": result.top_k,
+            "margin_rule": MARGIN_RULE,
+            "config": config["config"],
+            "summary": summary,
+            "records": rows,
+        },
+    )

@@ -1,0 +1,156 @@
+"""The Python API that the CLI wraps; a notebook can use it directly.
+
+from memaudit import Audit, RunConfig, ModelConfig
+audit = Audit(RunConfig(data="data.jsonl", model=ModelConfig("gpt-neo-125M")), "runs/x")
+analysis = audit.run()                 # train what is missing, then estimate
+analysis.result.self_influence         # numpy arrays, one entry per record
+Audit.open("runs/x").losses()          # any stage's output, read back from the directory
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memaudit.analysis import Analysis, analyze_run
+from memaudit.config import AnalysisConfig, ModelConfig, RunConfig, resolve_model_name
+from memaudit.errors import MemauditError
+from memaudit.records import Record, RecordFormat, file_sha256, load_records
+from memaudit.rundir import RunDir
+
+
+def default_out(data: str | Path, model: str) -> Path:
+    """memaudit-runs/<data stem>-<model name>: the same command finds its run again."""
+    model_part = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name)
+    return Path("memaudit-runs") / f"{Path(data).stem}-{model_part}"
+
+
+@dataclass
+class Prepared:
+    """Everything training needs, built before anything is written."""
+
+    records: list[Record]
+    tokens: Any
+    factory: Any
+    device: Any
+    dtype: Any
+    inclusion: np.ndarray
+    resumed: bool
+
+
+class Audit:
+    def __init__(self, config: RunConfig, out: str | Path) -> None:
+        self.config = config
+        self.run_dir = RunDir(out)
+
+    @classmethod
+    def open(cls, out: str | Path) -> Audit:
+        """An existing run directory, with the configuration saved in it."""
+        run = RunDir(out)
+        return cls(run.config(), out)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def prepare(self) -> Prepared:
+        """Validate data, model and options, then create (or reopen) the run directory.
+
+        All checks that can fail on user input run before the directory is touched, so a bad
+        input leaves nothing behind.
+        """
+        from memaudit.models import (
+            MemberFactory,
+            load_base_model,
+            load_tokenizer,
+            max_positions,
+            pick_device,
+            pick_dtype,
+        )
+        from memaudit.partition import inclusion_matrix
+        from memaudit.tokens import tokenize_records
+
+        cfg = self.config
+        records = load_records(cfg.data, RecordFormat(cfg.preset, cfg.template))
+        data_sha = file_sha256(cfg.data)
+        device = pick_device(cfg.device)
+        dtype = pick_dtype(cfg.train.dtype, device)
+        tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+        limit = max_positions(cfg.model)
+        if limit is not None and cfg.train.max_length > limit:
+            raise MemauditError(
+                f"--max-length: {cfg.train.max_length} exceeds the model's {limit} positions"
+            )
+        tokens = tokenize_records(
+            records, tokenizer, cfg.train.max_length, cfg.train.loss_on, cfg.data
+        )
+        model = load_base_model(cfg.model, device, dtype)
+        inclusion = inclusion_matrix(len(records), cfg.ensemble)
+        resumed = self.run_dir.check_or_create(cfg, records, data_sha)
+        self.run_dir.save_inclusion(inclusion)
+        return Prepared(records, tokens, MemberFactory(model), device, dtype, inclusion, resumed)
+
+    def train(self, prepared: Prepared | None = None, progress: bool = False) -> list[int]:
+        """Train every member the run directory lacks; return the indices trained now."""
+        from memaudit.ensemble import train_ensemble
+        from memaudit.terminal import ensemble_progress
+
+        prepared = prepared or self.prepare()
+        with ensemble_progress(enabled=progress, config=self.config, prepared=prepared) as hooks:
+            return train_ensemble(
+                self.run_dir,
+                self.config,
+                prepared.inclusion,
+                prepared.tokens,
+                prepared.factory,
+                prepared.device,
+                prepared.dtype,
+                hooks,
+            )
+
+    def analyze(self, top_k: int | None = None, show: bool = False) -> Analysis:
+        """Estimate influence from the saved losses and write the influence files."""
+        cfg = self.config.analysis
+        if top_k is not None:
+            cfg = AnalysisConfig(top_k=top_k, dense_max=cfg.dense_max)
+        analysis = analyze_run(self.run_dir, cfg)
+        if show:
+            from memaudit.terminal import print_summary
+
+            print_summary(analysis, self.run_dir, self.config)
+        return analysis
+
+    def run(self, progress: bool = False) -> Analysis:
+        prepared = self.prepare()
+        self.train(prepared, progress=progress)
+        return self.analyze(show=progress)
+
+    # -- reading results back -------------------------------------------------------------------
+    def records(self) -> list[Record]:
+        return self.run_dir.records()
+
+    def inclusion(self) -> np.ndarray:
+        return self.run_dir.inclusion()
+
+    def losses(self) -> np.ndarray:
+        """L (N x M), NaN in the columns of models without a valid result."""
+        return self.run_dir.collect_losses(len(self.records()), self.inclusion().shape[1])[0]
+
+
+def run(data: str | Path, model: str, out: str | Path | None = None, **options: Any) -> Analysis:
+    """One-call audit: ``memaudit.run("data.jsonl", "gpt-neo-125M", models=64, epochs=3)``.
+
+    Options are RunConfig / TrainConfig / EnsembleConfig / ModelConfig field names.
+    """
+    from memaudit.config import EnsembleConfig, TrainConfig
+
+    def pick(cls) -> dict[str, Any]:
+        names = set(cls.__dataclass_fields__)
+        return {k: options.pop(k) for k in list(options) if k in names}
+
+    model_cfg = ModelConfig(name=resolve_model_name(model), **pick(ModelConfig))
+    train_cfg = TrainConfig(**pick(TrainConfig))
+    ens_cfg = EnsembleConfig(**pick(EnsembleConfig))
+    cfg = RunConfig(data=str(data), model=model_cfg, train=train_cfg, ensemble=ens_cfg, **options)
+    return Audit(cfg, out or default_out(data, model_cfg.name)).run()

@@ -1,0 +1,326 @@
+"""The command line: a thin layer over :mod:`memaudit.api`.
+
+Every user error ends as one line on stderr and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+import tomllib
+
+from memaudit.errors import MemauditError
+from memaudit.records import PRESETS, RecordFormat
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"memaudit: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--config FILE``: TOML whose keys are option names (dashes or underscores); options on the
+    command line win. Relative paths in it resolve against the file's folder when they exist."""
+    if value is None:
+        return
+    path = Path(value)
+    if not path.is_file():
+        raise MemauditError(f"--config: {path}: no such file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise MemauditError(f"--config: {path}: invalid TOML: {exc}") from None
+    # Keys are option names as typed (--max-length -> max_length or max-length).
+    known = {
+        flag.lstrip("-").replace("-", "_"): p.name
+        for p in ctx.command.params
+        if isinstance(p, click.Option) and p.name != "config"
+        for flag in p.opts
+        if flag.startswith("--")
+    }
+    defaults = {}
+    for key, val in data.items():
+        name = known.get(key.replace("-", "_"))
+        if name is None:
+            raise MemauditError(f"--config: {path}: unknown option '{key}'")
+        if name == "model" and isinstance(val, str) and not Path(val).is_absolute():
+            # A model folder relative to the config file, so the file works from any folder.
+            candidate = path.parent / val
+            if candidate.is_dir():
+                val = str(candidate)
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def _record_format(preset: str | None, template: str | None) -> RecordFormat:
+    return RecordFormat(preset=preset, template=template)
+
+
+format_options = [
+    click.option(
+        "--preset",
+        type=click.Choice(sorted(PRESETS)),
+        default=None,
+        help="A known dataset format: nq = NQ-open {question, answer: [..]}.",
+    ),
+    click.option(
+        "--template",
+        default=None,
+        help='Record text from arbitrary fields, e.g. "Q: {question} A: {answer}"; '
+        "the completion is the part from the last field on.",
+    ),
+]
+
+
+def _apply(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="memaudit")
+def cli() -> None:
+    """memaudit: measure what a model memorizes from its training data."""
+
+
+@cli.command()
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config",
+    callback=_load_config_file,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file of option values (options given here win).",
+)
+@click.option(
+    "--model", required=True, help="Hub id, local directory, or alias (gpt-neo-1.3B, gpt-neo-125M)."
+)
+@_apply(format_options)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory [default: memaudit-runs/<data>-<model>]. Rerun to resume.",
+)
+@click.option(
+    "--models",
+    "n_models",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Ensemble size M (the paper's full mode is 1,000).",
+)
+@click.option(
+    "--design",
+    type=click.Choice(["bernoulli", "complementary"]),
+    default="bernoulli",
+    show_default=True,
+    help="Inclusion design: iid halves, or complementary pairs.",
+)
+@click.option("--finetune", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
+@click.option("--lora-r", type=int, default=8, show_default=True)
+@click.option("--lora-alpha", type=int, default=16, show_default=True)
+@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
+@click.option(
+    "--lora-targets",
+    default=None,
+    help="Comma-separated module names for LoRA [default: peft's for the model].",
+)
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--batch-size", type=int, default=50, show_default=True)
+@click.option(
+    "--micro-batch-size",
+    type=int,
+    default=None,
+    help="Split each batch for gradient accumulation (same result, less memory).",
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Tokens per record; longer records are truncated.",
+)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--warmup-steps", type=int, default=0, show_default=True)
+@click.option(
+    "--loss-on",
+    type=click.Choice(["full", "completion"]),
+    default="full",
+    show_default=True,
+    help="Measure each record's loss on all tokens or its completion.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bfloat16 on CUDA, else float32.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--top-k", type=int, default=10, show_default=True, help="Top influencers kept per target."
+)
+@click.option("--eval-batch-size", type=int, default=64, show_default=True)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    default=False,
+    help="Allow model code from the model's repository to run (off by default).",
+)
+def run(
+    data: Path,
+    model: str,
+    preset,
+    template,
+    out,
+    n_models,
+    design,
+    finetune,
+    lora_r,
+    lora_alpha,
+    lora_dropout,
+    lora_targets,
+    epochs,
+    lr,
+    batch_size,
+    micro_batch_size,
+    max_length,
+    weight_decay,
+    warmup_steps,
+    loss_on,
+    dtype,
+    device,
+    seed,
+    top_k,
+    eval_batch_size,
+    trust_remote_code,
+) -> None:
+    """Train an ensemble on random halves of DATA (JSON Lines) and estimate the influence matrix.
+
+    Rerunning the same command resumes: finished models are never retrained.
+    """
+    from memaudit import api
+    from memaudit.config import (
+        AnalysisConfig,
+        EnsembleConfig,
+        ModelConfig,
+        RunConfig,
+        TrainConfig,
+        resolve_model_name,
+    )
+
+    targets = (
+        tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else None
+    )
+    _record_format(preset, template)
+    cfg = RunConfig(
+        data=str(data),
+        model=ModelConfig(
+            name=resolve_model_name(model),
+            finetune=finetune,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            lora_targets=targets,
+            trust_remote_code=trust_remote_code,
+        ),
+        preset=preset,
+        template=template,
+        train=TrainConfig(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            micro_batch_size=micro_batch_size,
+            max_length=max_length,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            loss_on=loss_on,
+            dtype=dtype,
+        ),
+        ensemble=EnsembleConfig(models=n_models, design=design, seed=seed),
+        analysis=AnalysisConfig(top_k=top_k),
+        device=device,
+        eval_batch_size=eval_batch_size,
+    )
+    out = out or api.default_out(data, cfg.model.name)
+    api.Audit(cfg, out).run(progress=True)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--top-k", type=int, default=None, help="Top influencers kept per target.")
+def analyze(run_dir: Path, top_k: int | None) -> None:
+    """Recompute the influence estimates of RUN_DIR from its saved losses (no training)."""
+    from memaudit import api
+
+    api.Audit.open(run_dir).analyze(top_k=top_k, show=True)
+
+
+@cli.command()
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@_apply(format_options)
+@click.option("--groups", type=int, required=True, help="How many records get near-duplicates.")
+@click.option(
+    "--copies",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Group size: the original plus copies-1 edited copies.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="Replace a tokenizer token (as the paper did) instead of a whole word.",
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def plant(data: Path, preset, template, groups, copies, seed, tokenizer, out) -> None:
+    """Make near-duplicate groups in DATA: each copy replaces one random token of the completion.
+
+    Writes OUT in DATA's format with an `id` on every record and a `group` on planted ones.
+    """
+    from memaudit import plant as planting
+
+    fmt = _record_format(preset, template)
+    tok = None
+    if tokenizer is not None:
+        from memaudit.models import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    objects = planting.plant(data, fmt, groups=groups, copies=copies, seed=seed, tokenizer=tok)
+    planting.write_jsonl(objects, out)
+    click.echo(f"wrote {out}: {len(objects)} records, {groups} groups of {copies}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except MemauditError as exc:
+        _fail(str(exc), exc.exit_code)
+    except click.UsageError as exc:
+        # click prints usage plus the error over several lines; keep it to one.
+        where = f" ({exc.ctx.command_path})" if exc.ctx else ""
+        _fail(f"{exc.format_message()}{where}")
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+    except click.Abort:
+        _fail("aborted; rerun the same command to resume", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume", 130)

@@ -1,0 +1,152 @@
+"""Typed configuration, saved as JSON beside the results it produced.
+
+Defaults follow the paper where it speaks (3 epochs, lr 2e-4, batch 50, max length 100, M = 1,000,
+Bernoulli(1/2) inclusion) and are our documented choices where it is silent (LoRA r=8, alpha=16,
+no dropout; AdamW without weight decay; linear decay; loss over the whole record).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from memaudit.errors import MemauditError
+
+MODEL_ALIASES = {
+    "gpt-neo-1.3B": "EleutherAI/gpt-neo-1.3B",
+    "gpt-neo-125M": "EleutherAI/gpt-neo-125M",
+    "gpt-neo-2.7B": "EleutherAI/gpt-neo-2.7B",
+}
+FINETUNE = ("lora", "full")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+DESIGNS = ("bernoulli", "complementary")
+LOSS_ON = ("full", "completion")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str  # Hub id or local directory, aliases resolved
+    finetune: str = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0  # dropout would add noise to every member's measurement
+    lora_targets: tuple[str, ...] | None = None  # None: peft's default for the architecture
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("--finetune", self.finetune, FINETUNE)
+        _positive("--lora-r", self.lora_r)
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise MemauditError("--lora-dropout: must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    lr: float = 2e-4
+    batch_size: int = 50
+    micro_batch_size: int | None = None  # gradient accumulation; None: the whole batch at once
+    max_length: int = 100
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    loss_on: str = "full"  # the loss the influence is measured on: whole record or completion
+    dtype: str = "auto"  # auto: bfloat16 on a CUDA device that supports it, else float32
+
+    def __post_init__(self) -> None:
+        _positive("--epochs", self.epochs)
+        _positive("--batch-size", self.batch_size)
+        _positive("--max-length", self.max_length)
+        if self.micro_batch_size is not None:
+            _positive("--micro-batch-size", self.micro_batch_size)
+        if not self.lr > 0:
+            raise MemauditError("--lr: must be positive")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise MemauditError("--weight-decay and --warmup-steps: must not be negative")
+        _choice("--loss-on", self.loss_on, LOSS_ON)
+        _choice("--dtype", self.dtype, DTYPES)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    models: int = 1000  # the paper's full mode
+    design: str = "bernoulli"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("--models", self.models)
+        _choice("--design", self.design, DESIGNS)
+        if self.design == "complementary" and self.models % 2:
+            raise MemauditError("--models: the complementary design needs an even number")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    top_k: int = 10
+    dense_max: int = 5000  # also store the dense N x N matrix (float32) up to this many records
+
+    def __post_init__(self) -> None:
+        _positive("--top-k", self.top_k)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: str
+    model: ModelConfig
+    preset: str | None = None
+    template: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    device: str = "auto"
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _choice("--device", self.device, DEVICES)
+        _positive("--eval-batch-size", self.eval_batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        model = dict(d["model"])
+        if model.get("lora_targets") is not None:
+            model["lora_targets"] = tuple(model["lora_targets"])
+        return cls(
+            data=d["data"],
+            model=ModelConfig(**model),
+            preset=d.get("preset"),
+            template=d.get("template"),
+            train=TrainConfig(**d["train"]),
+            ensemble=EnsembleConfig(**d["ensemble"]),
+            analysis=AnalysisConfig(**d.get("analysis", {})),
+            device=d.get("device", "auto"),
+            eval_batch_size=d.get("eval_batch_size", 64),
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the trained models depend on. A resumed run must match it exactly; the model
+        count may grow (columns of P are drawn independently), and device, batch size for
+        evaluation and analysis options may change."""
+        d = self.to_dict()
+        d.pop("data")  # the dataset is identified by its sha256, not its path
+        for key in ("device", "eval_batch_size", "analysis"):
+            d.pop(key)
+        d["ensemble"].pop("models")
+        return d
+
+
+def resolve_model_name(name: str) -> str:
+    return MODEL_ALIASES.get(name, name)
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise MemauditError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
+
+
+def _positive(option: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise MemauditError(f"{option}: must be a positive integer, got {value!r}")

@@ -1,0 +1,362 @@
+"""Counterfactual influence from an ensemble of models (difference-of-means estimator).
+
+With N records and M models, ``inclusion[i, j]`` says whether record ``i`` was in the
+training set of model ``j`` and ``losses[t, j]`` is the loss of model ``j`` on record ``t``.
+The influence of training record ``i`` on target ``t`` is
+
+    I[t, i] = mean_{j: P[i,j]=0} L[t, j] - mean_{j: P[i,j]=1} L[t, j]
+
+(rows: targets, columns: training records; positive means including ``i`` lowers the loss
+on ``t``). The standard error is ``sqrt(var_out / n_out + var_in / n_in)`` with unbiased
+sample variances. Everything is computed blockwise over targets so that large N never needs
+a dense N x N float64 matrix in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from memaudit.io import atomic_path
+
+ESTIMATOR_NAME = "difference-of-means"
+
+# Budget for the float64 work arrays of one block of targets (see _auto_block_rows).
+_BLOCK_BYTES = 256 * 1024 * 1024
+# Number of (rows x N) float64 arrays alive at once inside _block_stats, with slack for
+# the top-k selection temporaries.
+_WORK_ARRAYS = 12
+
+
+@dataclass
+class InfluenceResult:
+    """Per-target summary of the influence matrix (the matrix itself is never kept)."""
+
+    estimator: str
+    n_models: int  # models used (after model_mask)
+    top_k: int
+    self_influence: np.ndarray  # (N,) float64: I[t, t]
+    self_se: np.ndarray  # (N,) float64
+    n_in: np.ndarray  # (N,) int64: used models that trained on record i
+    n_out: np.ndarray  # (N,) int64
+    top_idx: np.ndarray  # (N, k) int64, descending influence; -1 where padded
+    top_val: np.ndarray  # (N, k) float64, NaN where padded
+    top_se: np.ndarray  # (N, k) float64, NaN where padded
+    margin: np.ndarray  # (N,) float64: largest / second-largest influence on t; NaN if undefined
+    margin_defined: np.ndarray  # (N,) bool
+    top1_is_self: np.ndarray  # (N,) bool: top_idx[t, 0] == t
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write one .npz (no pickle) atomically, so readers never see a partial file.
+
+        The file is written exactly at ``path`` (no suffix is appended).
+        """
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> InfluenceResult:
+        """Read a file written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                estimator=str(data["estimator"]),
+                n_models=int(data["n_models"]),
+                top_k=int(data["top_k"]),
+                self_influence=data["self_influence"].astype(np.float64),
+                self_se=data["self_se"].astype(np.float64),
+                n_in=data["n_in"].astype(np.int64),
+                n_out=data["n_out"].astype(np.int64),
+                top_idx=data["top_idx"].astype(np.int64),
+                top_val=data["top_val"].astype(np.float64),
+                top_se=data["top_se"].astype(np.float64),
+                margin=data["margin"].astype(np.float64),
+                margin_defined=data["margin_defined"].astype(bool),
+                top1_is_self=data["top1_is_self"].astype(bool),
+            )
+
+
+@dataclass
+class _Prepared:
+    """Validated inputs restricted to the used models, shared by all blocks."""
+
+    losses: np.ndarray  # (N, M_used) float64
+    inc_t: np.ndarray  # (M_used, N) float64 0/1, transposed once for the matmuls
+    n_in: np.ndarray  # (N,) int64
+    n_out: np.ndarray  # (N,) int64
+    # Per-record factors (1, N); NaN where the statistic is undefined, so NaN propagates
+    # through the block arithmetic instead of needing masks or division-by-zero handling.
+    inv_in: np.ndarray  # 1 / n_in, NaN where n_in == 0
+    inv_out: np.ndarray  # 1 / n_out, NaN where n_out == 0
+    var_in_fac: np.ndarray  # 1 / (n_in (n_in - 1)), NaN where n_in < 2
+    var_out_fac: np.ndarray  # 1 / (n_out (n_out - 1)), NaN where n_out < 2
+
+    @property
+    def n_records(self) -> int:
+        return self.losses.shape[0]
+
+    @property
+    def n_models(self) -> int:
+        return self.losses.shape[1]
+
+
+def _inverse_counts(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(1 / n, 1 / (n (n - 1))) as (1, N) float64 rows, NaN where undefined."""
+    nf = n.astype(np.float64)
+    inv = np.full(n.shape, np.nan)
+    np.divide(1.0, nf, out=inv, where=n >= 1)
+    fac = np.full(n.shape, np.nan)
+    np.divide(1.0, nf * (nf - 1.0), out=fac, where=n >= 2)
+    return inv[None, :], fac[None, :]
+
+
+def _prepare(losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray | None) -> _Prepared:
+    losses = np.asarray(losses)
+    inclusion = np.asarray(inclusion)
+    if losses.ndim != 2:
+        raise ValueError(f"losses must be 2-D (N records x M models), got shape {losses.shape}")
+    if inclusion.shape != losses.shape:
+        raise ValueError(
+            f"inclusion shape {inclusion.shape} does not match losses shape {losses.shape}"
+        )
+    if not np.issubdtype(losses.dtype, np.number) or np.iscomplexobj(losses):
+        raise ValueError(f"losses must be a real numeric array, got dtype {losses.dtype}")
+    if inclusion.dtype != bool:
+        if not np.issubdtype(inclusion.dtype, np.number):
+            raise ValueError(f"inclusion must be bool or 0/1, got dtype {inclusion.dtype}")
+        if not np.all((inclusion == 0) | (inclusion == 1)):
+            raise ValueError("inclusion must contain only 0/1 (or bool) values")
+    n_models_total = losses.shape[1]
+
+    if model_mask is None:
+        used = np.ones(n_models_total, dtype=bool)
+    else:
+        used = np.asarray(model_mask)
+        if used.shape != (n_models_total,):
+            raise ValueError(f"model_mask must have shape ({n_models_total},), got {used.shape}")
+        if used.dtype != bool:
+            raise ValueError(f"model_mask must be a bool array, got dtype {used.dtype}")
+    if not used.any():
+        raise ValueError("model_mask selects no models")
+
+    lsub = np.ascontiguousarray(losses[:, used], dtype=np.float64)
+    bad = ~np.isfinite(lsub).all(axis=0)
+    if bad.any():
+        cols = np.flatnonzero(used)[bad]
+        shown = ", ".join(map(str, cols[:10])) + (" ..." if cols.size > 10 else "")
+        raise ValueError(
+            f"{cols.size} used model column(s) contain non-finite losses ({shown}); "
+            "exclude them with model_mask"
+        )
+    inc = inclusion[:, used].astype(bool)
+    n_in = inc.sum(axis=1, dtype=np.int64)
+    n_out = np.int64(inc.shape[1]) - n_in
+    inv_in, var_in_fac = _inverse_counts(n_in)
+    inv_out, var_out_fac = _inverse_counts(n_out)
+    return _Prepared(
+        losses=lsub,
+        inc_t=np.ascontiguousarray(inc.T, dtype=np.float64),
+        n_in=n_in,
+        n_out=n_out,
+        inv_in=inv_in,
+        inv_out=inv_out,
+        var_in_fac=var_in_fac,
+        var_out_fac=var_out_fac,
+    )
+
+
+def _block_stats(prep: _Prepared, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Influence and SE of targets ``rows`` against all training records."""
+    b = rows.size
+    lb = prep.losses[rows]
+    # Centering per row keeps the second moments small, so Q - S^2/n does not cancel
+    # catastrophically when losses carry a large common offset.
+    lb = lb - lb.mean(axis=1, keepdims=True)
+    moments = np.concatenate([lb, lb * lb])  # (2B, M): one GEMM for both moments
+    sum_all = moments.sum(axis=1, keepdims=True)
+    prod = moments @ prep.inc_t  # (2B, N): sums over the models that trained on i
+    s_in, q_in = prod[:b], prod[b:]
+    s_out = sum_all[:b] - s_in
+    q_out = sum_all[b:] - q_in
+
+    # In-place arithmetic keeps the number of live (B, N) arrays small (see _WORK_ARRAYS);
+    # the NaN factors make undefined entries NaN without any masking.
+    infl = s_out * prep.inv_out  # mean_out for now
+    mean_in = s_in * prep.inv_in
+    # var / n = (Q - S * mean) / (n (n - 1)); clip the tiny negative rounding residue.
+    s_in *= mean_in
+    q_in -= s_in
+    np.maximum(q_in, 0.0, out=q_in)
+    q_in *= prep.var_in_fac
+    s_out *= infl
+    q_out -= s_out
+    np.maximum(q_out, 0.0, out=q_out)
+    q_out *= prep.var_out_fac
+    q_in += q_out
+    se = np.sqrt(q_in)
+    infl -= mean_in
+    return infl, se
+
+
+def _row_indices(rows: slice | np.ndarray | int, n: int) -> np.ndarray:
+    idx = np.atleast_1d(np.arange(n)[rows])
+    return idx.astype(np.int64, copy=False)
+
+
+def influence_block(
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    rows: slice | np.ndarray,
+    model_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Influence and standard error for the targets `rows` (slice or int index array) against
+    all N training records: two float64 arrays of shape (len(rows), N)."""
+    prep = _prepare(losses, inclusion, model_mask)
+    return _block_stats(prep, _row_indices(rows, prep.n_records))
+
+
+def influence_matrix(
+    losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Dense N x N influence (float64), for small N and tests."""
+    prep = _prepare(losses, inclusion, model_mask)
+    return _block_stats(prep, np.arange(prep.n_records))[0]
+
+
+def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row top-k of ``values`` ignoring NaN; ties: larger value, then smaller index.
+
+    Returns (idx, val) of shape (B, k) with -1 / NaN padding when a row has fewer than k
+    finite values.
+    """
+    b, n = values.shape
+    if k == 0 or b == 0:
+        return np.full((b, k), -1, dtype=np.int64), np.full((b, k), np.nan)
+    # Sort key: ascending key == descending value; non-finite entries sort last.
+    keys = np.where(np.isfinite(values), -values, np.inf)
+    if k < n:
+        thr = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
+        # argpartition alone would pick arbitrary members of a tie at the k-th value;
+        # instead keep everything strictly better and the lowest-index ties.
+        better = keys < thr
+        tied = keys == thr
+        need = k - better.sum(axis=1, keepdims=True)
+        chosen = better | (tied & (np.cumsum(tied, axis=1) <= need))
+        # Exactly k chosen per row; nonzero lists them row by row in ascending index.
+        idx = np.nonzero(chosen)[1].reshape(b, k)
+    else:
+        idx = np.broadcast_to(np.arange(n), (b, n)).copy()
+    sel = np.take_along_axis(keys, idx, axis=1)
+    # Stable sort on key over index-ascending candidates == sort on (-value, index).
+    order = np.argsort(sel, axis=1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=1).astype(np.int64)
+    val = np.take_along_axis(values, idx, axis=1).astype(np.float64)
+    pad = ~np.isfinite(val)
+    idx[pad] = -1
+    val[pad] = np.nan
+    return idx, val
+
+
+def _margin(top2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 margin from the two largest finite values per row (NaN-padded, descending).
+
+    Undefined (NaN, False) with fewer than two finite values or a non-positive runner-up,
+    where the ratio would be meaningless or divide by zero.
+    """
+    b = top2.shape[0]
+    margin = np.full(b, np.nan)
+    if top2.shape[1] < 2:
+        return margin, np.zeros(b, dtype=bool)
+    first, second = top2[:, 0], top2[:, 1]
+    # NaN compares False, so padded rows are undefined too.
+    defined = np.isfinite(first) & (second > 0)
+    margin[defined] = first[defined] / second[defined]
+    return margin, defined
+
+
+def _auto_block_rows(n_records: int, n_models: int) -> int:
+    """Rows per block so a block's float64 work arrays stay under about _BLOCK_BYTES."""
+    per_row = 8 * (_WORK_ARRAYS * n_records + 3 * n_models)
+    return int(max(1, min(n_records, _BLOCK_BYTES // per_row)))
+
+
+def estimate(
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    top_k: int = 10,
+    model_mask: np.ndarray | None = None,
+    block_rows: int | None = None,
+    dense_path: str | os.PathLike[str] | None = None,
+) -> InfluenceResult:
+    """Blockwise over targets so N = 20,000 never holds a dense N x N float64: per block
+    compute I and SE, take per-row top-k, the self entries and margins.
+
+    block_rows=None picks a block size so each block's float64 work arrays stay under about
+    256 MB (the transposed inclusion matrix, N x M float64, is a fixed extra cost). If
+    dense_path is given, the full influence matrix is also streamed as float32 into a .npy
+    at exactly that path (written to a temp file in the same directory, then os.replace).
+    """
+    prep = _prepare(losses, inclusion, model_mask)
+    n = prep.n_records
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"top_k must be a non-negative int, got {top_k!r}")
+    k = int(min(top_k, n))
+    k_sel = max(k, min(2, n))
+    if block_rows is None:
+        block_rows = _auto_block_rows(n, prep.n_models)
+    elif isinstance(block_rows, bool) or int(block_rows) != block_rows or block_rows < 1:
+        raise ValueError(f"block_rows must be a positive int, got {block_rows!r}")
+    block_rows = int(block_rows)
+
+    self_infl = np.full(n, np.nan)
+    self_se = np.full(n, np.nan)
+    top_idx = np.full((n, k), -1, dtype=np.int64)
+    top_val = np.full((n, k), np.nan)
+    top_se = np.full((n, k), np.nan)
+    margin = np.full(n, np.nan)
+    margin_defined = np.zeros(n, dtype=bool)
+    top1_is_self = np.zeros(n, dtype=bool)
+
+    with contextlib.ExitStack() as stack:
+        dense = None
+        if dense_path is not None:
+            tmp = stack.enter_context(atomic_path(dense_path))
+            dense = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, n))
+        for start in range(0, n, block_rows):
+            rows = np.arange(start, min(start + block_rows, n))
+            infl, se = _block_stats(prep, rows)
+            if dense is not None:
+                dense[rows[0] : rows[-1] + 1] = infl
+            self_infl[rows] = infl[np.arange(rows.size), rows]
+            self_se[rows] = se[np.arange(rows.size), rows]
+            # One selection serves both top-k and the margin (which needs the top two).
+            idx, val = _top_k(infl, k_sel)
+            margin[rows], margin_defined[rows] = _margin(val[:, :2])
+            top1_is_self[rows] = idx[:, 0] == rows  # padding (-1) never matches
+            idx, val = idx[:, :k], val[:, :k]
+            top_idx[rows] = idx
+            top_val[rows] = val
+            top_se[rows] = np.where(idx >= 0, np.take_along_axis(se, np.maximum(idx, 0), 1), np.nan)
+            del infl, se
+        if dense is not None:
+            dense.flush()
+            del dense  # close the memmap before atomic_path moves the file into place
+
+    return InfluenceResult(
+        estimator=ESTIMATOR_NAME,
+        n_models=prep.n_models,
+        top_k=k,
+        self_influence=self_infl,
+        self_se=self_se,
+        n_in=prep.n_in.copy(),
+        n_out=prep.n_out.copy(),
+        top_idx=top_idx,
+        top_val=top_val,
+        top_se=top_se,
+        margin=margin,
+        margin_defined=margin_defined,
+        top1_is_self=top1_is_self,
+    )

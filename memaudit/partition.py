@@ -1,0 +1,42 @@
+"""The inclusion matrix P (N records x M models): which records each model trains on.
+
+Column j is drawn from its own seed stream, so it depends only on (seed, j): growing M keeps every
+earlier column, which is what lets a run be extended with more models, and lets any machine
+regenerate any member's subset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from memaudit.config import EnsembleConfig
+
+_P_STREAM = 0x50  # separate streams for subsets and for training seeds
+_SEED_STREAM = 0x53
+
+
+def inclusion_column(n_records: int, j: int, design: str, seed: int) -> np.ndarray:
+    """Boolean mask of the records model j trains on."""
+    if design == "bernoulli":
+        # The paper: every entry Bernoulli(1/2), independently.
+        rng = np.random.default_rng([seed, _P_STREAM, j])
+        return rng.random(n_records) < 0.5
+    if design == "complementary":
+        # Model 2k+1 trains on the complement of model 2k: each record in exactly half the models.
+        rng = np.random.default_rng([seed, _P_STREAM, j // 2])
+        col = rng.random(n_records) < 0.5
+        return col if j % 2 == 0 else ~col
+    raise ValueError(f"unknown design {design!r}")
+
+
+def inclusion_matrix(
+    n_records: int, cfg: EnsembleConfig, n_models: int | None = None
+) -> np.ndarray:
+    m = cfg.models if n_models is None else n_models
+    cols = [inclusion_column(n_records, j, cfg.design, cfg.seed) for j in range(m)]
+    return np.stack(cols, axis=1) if cols else np.zeros((n_records, 0), dtype=bool)
+
+
+def model_seed(seed: int, j: int) -> int:
+    """The training seed of model j (initialisation noise, data order, dropout)."""
+    return int(np.random.default_rng([seed, _SEED_STREAM, j]).integers(2**31 - 1))

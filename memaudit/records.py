@@ -1,0 +1,205 @@
+"""JSON Lines in, validated records out.
+
+Every record becomes a text with an optional prompt/completion split (``text == prompt +
+completion``), a stable id and an optional ground-truth group (from ``memaudit plant``). Any
+problem is a :class:`MemauditError` naming the file and line, raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memaudit.errors import MemauditError
+
+PRESETS = {
+    # NQ-open: {"question": str, "answer": [str, ...]}; the paper's "Q: {question} A: {answer}".
+    "nq": "Q: {question} A: {answer}",
+}
+ID_FIELD = "id"
+GROUP_FIELD = "group"
+
+
+@dataclass(frozen=True)
+class Record:
+    index: int
+    id: str
+    text: str
+    prompt: str | None  # None: plain text, the whole record is scored and continued
+    group: str | None  # planted near-duplicate group, when the data carries one
+    line: int
+
+    @property
+    def completion(self) -> str | None:
+        return None if self.prompt is None else self.text[len(self.prompt) :]
+
+
+@dataclass(frozen=True)
+class RecordFormat:
+    """How to read a record. ``preset`` and ``template`` are exclusive; neither means
+    ``{"text": ...}`` or ``{"prompt": ..., "completion": ...}``, decided per record."""
+
+    preset: str | None = None
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.template is not None:
+            raise MemauditError("--preset and --template are exclusive: give one of them")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise MemauditError(
+                f"--preset: unknown preset '{self.preset}' (known: {', '.join(PRESETS)})"
+            )
+        if self.effective_template is not None:
+            template_fields(self.effective_template)  # fail early on a malformed template
+
+    @property
+    def effective_template(self) -> str | None:
+        return PRESETS[self.preset] if self.preset else self.template
+
+    def completion_field(self, obj: dict[str, Any]) -> str:
+        """The source field that holds the completion (where ``plant`` edits)."""
+        tpl = self.effective_template
+        if tpl is not None:
+            return template_fields(tpl)[-1]
+        return "text" if "text" in obj else "completion"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "template": self.template}
+
+
+def template_fields(template: str) -> list[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise MemauditError(f"--template: malformed template {template!r}: {exc}") from None
+    fields = [name for _, name, spec, conv in parsed if name is not None]
+    if not fields:
+        raise MemauditError(f"--template: {template!r} names no field, e.g. '{{text}}'")
+    for name in fields:
+        if not name.isidentifier():
+            raise MemauditError(f"--template: field '{{{name}}}' must be a plain field name")
+    return fields
+
+
+def _field(obj: dict, name: str, where: str, preset: str | None) -> str:
+    if name not in obj:
+        raise MemauditError(f"{where}: missing field '{name}'")
+    value = obj[name]
+    if preset == "nq" and name == "answer":
+        # NQ-open lists acceptable answers; the record uses the first, as the paper did.
+        if not isinstance(value, list) or not value or not isinstance(value[0], str):
+            raise MemauditError(f"{where}: field 'answer' must be a non-empty list of strings")
+        return value[0]
+    if not isinstance(value, str):
+        raise MemauditError(f"{where}: field '{name}' must be a string, not {type(value).__name__}")
+    return value
+
+
+def render(obj: dict, fmt: RecordFormat, where: str) -> tuple[str, str | None]:
+    """(text, prompt) for one parsed JSON object."""
+    tpl = fmt.effective_template
+    if tpl is not None:
+        prompt_parts: list[str] = []
+        completion_parts: list[str] = []
+        fields = template_fields(tpl)
+        seen = 0
+        for literal, name, spec, conv in string.Formatter().parse(tpl):
+            # The completion starts where the last field's value starts.
+            target = completion_parts if seen == len(fields) else prompt_parts
+            target.append(literal)
+            if name is not None:
+                seen += 1
+                if name not in obj:
+                    source = f"--preset {fmt.preset}" if fmt.preset else "--template"
+                    raise MemauditError(f"{where}: missing field '{name}' (named by {source})")
+                value = _field(obj, name, where, fmt.preset)
+                if conv:
+                    value = {"r": repr, "s": str, "a": ascii}[conv](value)
+                value = format(value, spec) if spec else value
+                (completion_parts if seen == len(fields) else prompt_parts).append(value)
+        prompt, completion = "".join(prompt_parts), "".join(completion_parts)
+        return prompt + completion, prompt
+    if "text" in obj:
+        return _field(obj, "text", where, None), None
+    if "prompt" in obj or "completion" in obj:
+        prompt = _field(obj, "prompt", where, None)
+        completion = _field(obj, "completion", where, None)
+        return prompt + completion, prompt
+    raise MemauditError(
+        f"{where}: no 'text' or 'prompt'/'completion' field; use --template or --preset "
+        "for other fields"
+    )
+
+
+def _optional_str(obj: dict, name: str, where: str) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MemauditError(f"{where}: field '{name}' must be a string")
+    return str(value)
+
+
+def iter_json_lines(path: Path):
+    """Yield (line number, parsed object) for every non-blank line; errors name the line."""
+    path = Path(path)
+    if not path.exists():
+        raise MemauditError(f"{path}: no such file")
+    if path.is_dir():
+        raise MemauditError(f"{path}: is a directory, expected a JSON Lines file")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise MemauditError(f"{path}: empty file (no records)")
+    for lineno, chunk in enumerate(raw.split(b"\n"), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MemauditError(f"{where}: invalid UTF-8 at byte {exc.start}") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MemauditError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise MemauditError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def load_records(path: str | Path, fmt: RecordFormat | None = None) -> list[Record]:
+    """Read and validate every record; raise :class:`MemauditError` on the first problem."""
+    fmt = fmt or RecordFormat()
+    path = Path(path)
+    records: list[Record] = []
+    first_line: dict[str, int] = {}
+    for lineno, obj in iter_json_lines(path):
+        where = f"{path}:{lineno}"
+        text, prompt = render(obj, fmt, where)
+        if not text.strip():
+            raise MemauditError(f"{where}: empty text")
+        if prompt is not None and not text[len(prompt) :].strip():
+            raise MemauditError(f"{where}: empty completion")
+        rid = _optional_str(obj, ID_FIELD, where) or f"line{lineno}"
+        if rid in first_line:
+            raise MemauditError(
+                f"{where}: duplicate id '{rid}' (first used on line {first_line[rid]})"
+            )
+        first_line[rid] = lineno
+        group = _optional_str(obj, GROUP_FIELD, where)
+        records.append(Record(len(records), rid, text, prompt, group, lineno))
+    if not records:
+        raise MemauditError(f"{path}: empty file (no records)")
+    return records
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,202 @@
+"""The run directory: the contract between stages, and the only state a run has.
+
+    RUN/config.json          format version, resolved configuration, dataset sha256, versions
+    RUN/records.jsonl        the parsed records (index, id, text, prompt, group, line)
+    RUN/inclusion.npy        P, bool (N x M)
+    RUN/models/NNNNN.npy     model j's loss on every record, float64 (N,)
+    RUN/models/NNNNN.json    model j's metadata; written last, so it marks the model complete,
+                             and it holds the sha256 of the .npy, so a damaged file is retrained
+    RUN/losses.npy           L, float64 (N x M), NaN for models without a valid result
+    RUN/influence.npz        per-target estimates (see memaudit.influence.InfluenceResult)
+    RUN/influence.json       per-record metrics for people and other tools
+    RUN/influence_dense.npy  the full influence matrix, float32, when N is small enough
+
+Every file is written atomically (memaudit.io), so a killed run leaves only whole files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memaudit.config import RunConfig
+from memaudit.errors import MemauditError
+from memaudit.io import (
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    sha256_bytes,
+)
+from memaudit.records import Record
+
+FORMAT_VERSION = 1
+_PACKAGES = ("memaudit", "torch", "transformers", "peft", "numpy", "scipy", "safetensors")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.models_dir = self.path / "models"
+
+    # -- files -------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    # -- creation and resumption ---------------------------------------------------------------
+    def check_or_create(self, cfg: RunConfig, records: list[Record], data_sha256: str) -> bool:
+        """Create the directory for ``cfg``, or check that an existing one belongs to it.
+
+        Returns True when it resumes an existing run. Refuses another dataset or configuration.
+        """
+        if self.exists():
+            saved = self.read_config()
+            if saved.get("format_version") != FORMAT_VERSION:
+                raise MemauditError(
+                    f"{self.path}: run directory format {saved.get('format_version')} is not "
+                    f"{FORMAT_VERSION}; use a new --out"
+                )
+            if saved["dataset"]["sha256"] != data_sha256:
+                raise MemauditError(
+                    f"{self.path}: was made from a different dataset (sha256 "
+                    f"{saved['dataset']['sha256'][:12]}, now {data_sha256[:12]}); use a new --out"
+                )
+            old = RunConfig.from_dict(saved["config"]).fingerprint()
+            changes = _diff(old, cfg.fingerprint())
+            if changes:
+                raise MemauditError(
+                    f"{self.path}: was made with a different configuration ({'; '.join(changes)}); "
+                    "use a new --out, or the original options to resume"
+                )
+            self._write_config(cfg, saved["dataset"], saved["created"])
+            return True
+        if self.path.exists() and any(self.path.iterdir()):
+            raise MemauditError(f"{self.path}: exists and is not a memaudit run directory")
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            self.file("records.jsonl"),
+            "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records),
+        )
+        dataset = {"path": cfg.data, "sha256": data_sha256, "records": len(records)}
+        self._write_config(cfg, dataset, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return False
+
+    def _write_config(self, cfg: RunConfig, dataset: dict, created: str) -> None:
+        atomic_write_json(
+            self.config_path,
+            {
+                "format_version": FORMAT_VERSION,
+                "created": created,
+                "config": cfg.to_dict(),
+                "dataset": dataset,
+                "versions": package_versions(),
+            },
+        )
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.exists():
+            raise MemauditError(f"{self.path}: not a memaudit run directory (no config.json)")
+        return read_json(self.config_path)
+
+    def config(self) -> RunConfig:
+        return RunConfig.from_dict(self.read_config()["config"])
+
+    def records(self) -> list[Record]:
+        with open(self.file("records.jsonl"), encoding="utf-8") as f:
+            return [Record(**json.loads(line)) for line in f]
+
+    # -- inclusion matrix ---------------------------------------------------------------------
+    def save_inclusion(self, inclusion: np.ndarray) -> None:
+        atomic_save_npy(self.file("inclusion.npy"), inclusion.astype(bool))
+
+    def inclusion(self) -> np.ndarray:
+        return np.load(self.file("inclusion.npy"), allow_pickle=False)
+
+    # -- per-model results --------------------------------------------------------------------
+    def _model_paths(self, j: int) -> tuple[Path, Path]:
+        return self.models_dir / f"{j:05d}.npy", self.models_dir / f"{j:05d}.json"
+
+    def save_model(self, j: int, losses: np.ndarray | None, meta: dict[str, Any]) -> None:
+        """Write model j's losses, then its metadata: the metadata is the completion mark."""
+        npy, js = self._model_paths(j)
+        meta = {"index": j, **meta}
+        if losses is not None:
+            data = _npy_bytes(losses.astype(np.float64))
+            atomic_write_bytes(npy, data)
+            meta["losses_sha256"] = sha256_bytes(data)
+        atomic_write_json(js, meta)
+
+    def model_meta(self, j: int) -> dict[str, Any] | None:
+        """Metadata of a completed model, or None when model j must be (re)trained."""
+        npy, js = self._model_paths(j)
+        try:
+            meta = read_json(js)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if meta.get("status") != "ok":
+            return meta  # a recorded failure is a result too: not retried silently
+        try:
+            ok = sha256_bytes(npy.read_bytes()) == meta.get("losses_sha256")
+        except FileNotFoundError:
+            ok = False
+        return meta if ok else None
+
+    def model_losses(self, j: int) -> np.ndarray:
+        npy, _ = self._model_paths(j)
+        return np.load(npy, allow_pickle=False)
+
+    def collect_losses(self, n_records: int, n_models: int) -> tuple[np.ndarray, np.ndarray]:
+        """(L, valid): the loss matrix with NaN columns for models without a valid result."""
+        losses = np.full((n_records, n_models), np.nan)
+        valid = np.zeros(n_models, dtype=bool)
+        for j in range(n_models):
+            meta = self.model_meta(j)
+            if meta is not None and meta.get("status") == "ok":
+                losses[:, j] = self.model_losses(j)
+                valid[j] = True
+        atomic_save_npy(self.file("losses.npy"), losses)
+        return losses, valid
+
+    def model_metas(self, n_models: int) -> list[dict[str, Any] | None]:
+        return [self.model_meta(j) for j in range(n_models)]
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()

@@ -1,0 +1,101 @@
+"""Tokenize every record once, and batch token sequences for training and evaluation.
+
+Each record is ``text + eos`` truncated to ``max_length`` tokens. Token k (k >= 1) is predicted
+from tokens < k; the scored positions are all of them (``loss_on="full"``) or those from the first
+completion token on (``loss_on="completion"``). The completion boundary comes from the fast
+tokenizer's offsets, so "A: Paris" keeps its natural " Paris" token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from memaudit.errors import MemauditError
+from memaudit.records import Record
+
+
+@dataclass
+class TokenizedRecords:
+    ids: list[np.ndarray]  # int64 token ids per record, eos included when it fits
+    score_from: np.ndarray  # (N,) first scored position per record (>= 1)
+    truncated: int  # how many records were cut at max_length
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(x) for x in self.ids])
+
+    def batch(self, indices: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+        """Right-padded ids, attention mask and the mask of scored target positions."""
+        rows = [self.ids[i] for i in indices]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        attn = np.zeros((len(rows), width), dtype=np.int64)
+        scored = np.zeros((len(rows), width), dtype=bool)
+        for b, (i, row) in enumerate(zip(indices, rows, strict=True)):
+            ids[b, : len(row)] = row
+            attn[b, : len(row)] = 1
+            scored[b, self.score_from[i] : len(row)] = True
+        return {
+            "input_ids": torch.from_numpy(ids).to(device),
+            "attention_mask": torch.from_numpy(attn).to(device),
+            "scored": torch.from_numpy(scored).to(device),
+        }
+
+
+def tokenize_records(
+    records: list[Record], tokenizer, max_length: int, loss_on: str, source: str
+) -> TokenizedRecords:
+    texts = [r.text for r in records]
+    fast = getattr(tokenizer, "is_fast", False)
+    enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=fast)
+    eos = tokenizer.eos_token_id
+    ids: list[np.ndarray] = []
+    score_from = np.ones(len(records), dtype=np.int64)
+    truncated = 0
+    for r, tok_ids, k in zip(records, enc["input_ids"], range(len(records)), strict=True):
+        seq = list(tok_ids) + ([eos] if eos is not None else [])
+        if len(seq) > max_length:
+            truncated += 1
+            seq = seq[:max_length]
+        where = f"{source}:{r.line}: record '{r.id}'"
+        if len(seq) < 2:
+            raise MemauditError(f"{where} has fewer than 2 tokens; nothing to score")
+        if loss_on == "completion":
+            if r.prompt is None:
+                raise MemauditError(
+                    f"{where} has no prompt/completion split; --loss-on completion needs "
+                    "prompt/completion records, a --template or a --preset"
+                )
+            start = _completion_start(tokenizer, r, enc, k, fast)
+            if start >= len(seq):
+                raise MemauditError(
+                    f"{where}: its completion starts after --max-length {max_length} tokens"
+                )
+            score_from[k] = max(start, 1)
+        ids.append(np.asarray(seq, dtype=np.int64))
+    return TokenizedRecords(ids, score_from, truncated, int(tokenizer.pad_token_id))
+
+
+def _completion_start(tokenizer, r: Record, enc, k: int, fast: bool) -> int:
+    boundary = len(r.prompt.rstrip())
+    if fast:
+        # The first token that reaches past the prompt (its leading space included).
+        for pos, (_, end) in enumerate(enc["offset_mapping"][k]):
+            if end > boundary:
+                return pos
+        return len(enc["input_ids"][k])
+    return len(tokenizer(r.prompt.rstrip(), add_special_tokens=True)["input_ids"])
+
+
+def length_sorted_batches(lengths: np.ndarray, indices: np.ndarray, batch_size: int):
+    """Batches of similar length (less padding) for evaluation, where order does not matter."""
+    order = indices[np.argsort(lengths[indices], kind="stable")]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]

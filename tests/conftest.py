@@ -1,0 +1,53 @@
+"""Shared fixtures: the bundled tiny model and demo data, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ROOT / "fixtures" / "tiny-gpt-neo"
+DEMO_DATA = ROOT / "fixtures" / "demo" / "nq_demo.jsonl"
+DEMO_SOURCE = ROOT / "fixtures" / "demo" / "nq_source.jsonl"
+DEMO_CONFIG = ROOT / "fixtures" / "demo" / "demo.toml"
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``memaudit ARGS`` in-process, as the console script does, and capture the outcome."""
+    from memaudit.cli import main
+
+    def invoke(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["memaudit", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def tree(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*")}

@@ -1,0 +1,201 @@
+"""End to end, as a user runs it: the CLI and the Python API on the bundled tiny model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from memaudit import Audit
+from memaudit.influence import InfluenceResult
+from tests.conftest import DEMO_CONFIG, DEMO_DATA, DEMO_SOURCE, ROOT, TINY_MODEL, write_jsonl
+
+SMALL = [
+    "--model",
+    str(TINY_MODEL),
+    "--preset",
+    "nq",
+    "--finetune",
+    "full",
+    "--epochs",
+    "2",
+    "--lr",
+    "3e-3",
+    "--batch-size",
+    "8",
+    "--max-length",
+    "64",
+]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "small.jsonl"
+    lines = DEMO_SOURCE.read_text(encoding="utf-8").splitlines()[:40]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _memaudit(*args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "memaudit", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def _files(run):
+    return {p.name: p.read_bytes() for p in sorted((run / "models").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    proc = _memaudit("run", small_data, *SMALL, "--models", "6", "--out", out)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_killed_run_resumes_identically(small_data, reference_run, tmp_path):
+    out = tmp_path / "run"
+    proc = _memaudit("run", small_data, *SMALL, "--models", "6", "--out", out)
+    deadline = time.time() + 300
+    while not (out / "models" / "00001.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = _files(out)
+    n_done = sum(name.endswith(".json") for name in done_before)
+    assert 2 <= n_done < 6, "the kill should land mid-ensemble"
+    assert not (out / "influence.json").exists()
+
+    proc = _memaudit("run", small_data, *SMALL, "--models", "6", "--out", out)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert f"resuming: {n_done} models already trained" in err
+    after = _files(out)
+    for name, data in done_before.items():  # finished models were not retrained or rewritten
+        if name.endswith(".json"):
+            assert after[name] == data
+    # Identical to the uninterrupted run: every loss, bit for bit, and the estimates.
+    reference = np.load(reference_run / "losses.npy")
+    np.testing.assert_array_equal(np.load(out / "losses.npy"), reference)
+    a = InfluenceResult.load(out / "influence.npz")
+    b = InfluenceResult.load(reference_run / "influence.npz")
+    np.testing.assert_array_equal(a.self_influence, b.self_influence)
+    np.testing.assert_array_equal(a.top_idx, b.top_idx)
+
+
+def test_damaged_result_is_retrained_and_changes_are_refused(
+    small_data, reference_run, tmp_path, cli
+):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    npy = out / "models" / "00003.npy"
+    npy.write_bytes(npy.read_bytes()[:-8])  # truncated
+    res = cli("run", small_data, *SMALL, "--models", "6", "--out", out)
+    assert res.code == 0, res.err
+    assert "resuming: 5 models already trained, 1 to go" in res.err
+    reference = np.load(reference_run / "losses.npy")
+    np.testing.assert_array_equal(np.load(out / "losses.npy"), reference)
+
+    changed = [a if a != "3e-3" else "1e-3" for a in SMALL]
+    res = cli("run", small_data, *changed, "--models", "6", "--out", out)
+    assert res.code == 2 and "different configuration (train.lr: 0.003 -> 0.001)" in res.err
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": "q", "answer": ["a"]}])
+    res = cli("run", other, *SMALL, "--models", "6", "--out", out)
+    assert res.code == 2 and "different dataset" in res.err
+
+
+def test_more_models_extend_a_run(small_data, reference_run, tmp_path, cli):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    res = cli("run", small_data, *SMALL, "--models", "8", "--out", out)
+    assert res.code == 0, res.err
+    assert "resuming: 6 models already trained, 2 to go" in res.err
+    losses = np.load(out / "losses.npy")
+    assert losses.shape == (40, 8)
+    np.testing.assert_array_equal(losses[:, :6], np.load(reference_run / "losses.npy"))
+
+
+def test_python_api_reads_the_run(reference_run):
+    audit = Audit.open(reference_run)
+    records, p, losses = audit.records(), audit.inclusion(), audit.losses()
+    assert len(records) == 40 and p.shape == (40, 6) and losses.shape == (40, 6)
+    analysis = audit.analyze(top_k=5)
+    assert analysis.result.top_idx.shape == (40, 5)
+    # influence.json agrees with the arrays.
+    doc = json.loads((reference_run / "influence.json").read_text())
+    assert doc["estimator"] == "difference-of-means" and doc["n_models_used"] == 6
+    assert doc["records"][7]["self_influence"] == pytest.approx(analysis.result.self_influence[7])
+    assert "text" not in json.dumps(doc["records"][0])  # no record text in the metrics file
+
+
+@pytest.mark.slow
+def test_demo_shows_the_papers_direction(tmp_path, cli):
+    """`memaudit run` on the bundled demo (300 records, 20 planted groups of 5) with few models:
+    near-duplicated records have lower self-influence and lower margins than unique ones."""
+    out = tmp_path / "demo"
+    res = cli("run", DEMO_DATA, "--config", DEMO_CONFIG, "--models", "16", "--out", out)
+    assert res.code == 0, res.err
+    s = json.loads((out / "influence.json").read_text())["summary"]
+    uni, dup = s["unique"], s["near_duplicated"]
+    assert (uni["records"], dup["records"]) == (200, 100)
+    assert dup["self_influence"]["mean"] < 0.5 * uni["self_influence"]["mean"]
+    assert dup["margin"]["median"] < uni["margin"]["median"]
+    assert dup["margin"]["mean"] < uni["margin"]["mean"]
+    assert s["auc_self_influence"] > 0.9
+
+
+@pytest.mark.slow
+def test_planted_groups_are_each_others_top_influencers(tmp_path, cli):
+    """With more models per record (64 records, 48 models), a planted record's strongest other
+    influencers are its own group, and the margin separates planted from unique records."""
+    planted = tmp_path / "planted.jsonl"
+    source = tmp_path / "src.jsonl"
+    source.write_text("\n".join(DEMO_SOURCE.read_text().splitlines()[:48]) + "\n")
+    res = cli(
+        "plant",
+        source,
+        "--preset",
+        "nq",
+        "--groups",
+        "8",
+        "--copies",
+        "3",
+        "--tokenizer",
+        TINY_MODEL,
+        "--out",
+        planted,
+    )
+    assert res.code == 0, res.err
+    out = tmp_path / "run"
+    res = cli("run", planted, "--config", DEMO_CONFIG, "--models", "48", "--out", out)
+    assert res.code == 0, res.err
+    doc = json.loads((out / "influence.json").read_text())
+    s = doc["summary"]
+    assert s["near_duplicated"]["top_other_in_group"] >= 0.9
+    assert s["near_duplicated"]["group_recall_at_size"] >= 0.85
+    assert s["auc_margin"] >= 0.95
+    assert s["unique"]["top1_is_self"] == 1.0
+    # Spelled out on the records: a planted record's top two other influencers are its mates.
+    rows = doc["records"]
+    for r in rows:
+        if r["group"]:
+            others = [x["id"] for x in r["top_influencers"] if x["id"] != r["id"]][:2]
+            mates = {x["id"] for x in rows if x["group"] == r["group"]} - {r["id"]}
+            assert len(mates.intersection(others)) >= 1

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+
+from memaudit.errors import MemauditError
+from memaudit.models import load_tokenizer
+from memaudit.records import Record
+from memaudit.tokens import length_sorted_batches, tokenize_records
+from tests.conftest import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(str(TINY_MODEL))
+
+
+def _rec(text, prompt=None, i=0):
+    return Record(i, f"r{i}", text, prompt, None, i + 1)
+
+
+def test_eos_appended_and_truncation(tok):
+    toks = tokenize_records([_rec("Q: who is it A: me")], tok, 64, "full", "d")
+    ids = toks.ids[0]
+    assert ids[-1] == tok.eos_token_id
+    assert tok.decode(ids[:-1]) == "Q: who is it A: me"
+    assert toks.score_from[0] == 1 and toks.truncated == 0
+    short = tokenize_records([_rec("Q: who is it A: me")], tok, 4, "full", "d")
+    assert len(short.ids[0]) == 4 and short.truncated == 1
+
+
+def test_completion_boundary_keeps_natural_tokens(tok):
+    r = _rec("Q: where is paris A: France", prompt="Q: where is paris A: ")
+    toks = tokenize_records([r], tok, 64, "completion", "d")
+    ids, start = toks.ids[0], toks.score_from[0]
+    # The scored tokens decode to the completion (plus eos), the rest to the prompt.
+    assert tok.decode(ids[:start]).rstrip() == "Q: where is paris A:"
+    assert tok.decode(ids[start:-1]).strip() == "France"
+    # Tokenizing the whole text once gives the same ids as the plain record.
+    assert list(ids[:-1]) == tok.encode(r.text)
+
+
+def test_completion_loss_needs_a_completion_in_range(tok):
+    r = _rec("Q: " + "word " * 80 + "A: x", prompt="Q: " + "word " * 80 + "A: ")
+    with pytest.raises(MemauditError, match="completion starts after --max-length 16"):
+        tokenize_records([r], tok, 16, "completion", "data.jsonl")
+
+
+def test_batch_masks(tok):
+    recs = [_rec("a b c d e f", i=0), _rec("a", i=1)]
+    toks = tokenize_records(recs, tok, 64, "full", "d")
+    b = toks.batch([0, 1], torch.device("cpu"))
+    lens = [len(x) for x in toks.ids]
+    assert b["input_ids"].shape == (2, max(lens))
+    assert b["attention_mask"].sum(1).tolist() == lens
+    assert b["scored"].sum(1).tolist() == [n - 1 for n in lens]
+
+
+def test_length_sorted_batches_cover_everything():
+    lengths = np.array([5, 1, 9, 3, 7])
+    batches = length_sorted_batches(lengths, np.arange(5), 2)
+    assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2, 3, 4]
+    assert [lengths[b].tolist() for b in batches] == [[1, 3], [5, 7], [9]]

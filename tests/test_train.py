@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+
+from memaudit.config import ModelConfig, TrainConfig
+from memaudit.evaluate import record_losses
+from memaudit.models import MemberFactory, load_base_model, load_tokenizer
+from memaudit.records import RecordFormat, load_records
+from memaudit.tokens import tokenize_records
+from memaudit.train import train_member
+from tests.conftest import DEMO_SOURCE, TINY_MODEL
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    records = load_records(DEMO_SOURCE, RecordFormat(preset="nq"))[:40]
+    tok = load_tokenizer(str(TINY_MODEL))
+    tokens = tokenize_records(records, tok, 64, "full", "demo")
+    model = load_base_model(ModelConfig(str(TINY_MODEL), finetune="full"), CPU, torch.float32)
+    return records, tok, tokens, MemberFactory(model)
+
+
+def test_eval_loss_equals_transformers_loss(setup):
+    """Our batched, padded, length-sorted evaluation equals the model's own per-record loss."""
+    records, tok, tokens, factory = setup
+    model = factory.fresh()
+    ours = record_losses(model, tokens, batch_size=7, device=CPU)
+    model.eval()
+    with torch.no_grad():
+        for t in range(len(records)):
+            ids = torch.as_tensor(tokens.ids[t])[None]
+            ref = model(input_ids=ids, labels=ids).loss.item()
+            assert ours[t] == pytest.approx(ref, rel=1e-5, abs=1e-5)
+
+
+def test_completion_loss_scores_only_the_answer(setup):
+    records, tok, _, factory = setup
+    tokens = tokenize_records(records, tok, 64, "completion", "demo")
+    model = factory.fresh()
+    ours = record_losses(model, tokens, batch_size=16, device=CPU)
+    model.eval()
+    with torch.no_grad():
+        for t in range(5):
+            ids = torch.as_tensor(tokens.ids[t])[None]
+            labels = ids.clone()
+            labels[0, : tokens.score_from[t]] = -100
+            assert ours[t] == pytest.approx(
+                model(input_ids=ids, labels=labels).loss.item(), rel=1e-5
+            )
+
+
+def test_training_is_deterministic_and_lowers_loss(setup):
+    records, tok, tokens, factory = setup
+    cfg = TrainConfig(epochs=3, lr=3e-3, batch_size=8, max_length=64)
+    subset = np.arange(0, 40, 2)
+    before = record_losses(factory.fresh(), tokens, 16, CPU)
+    a = train_member(factory.fresh(), tokens, subset, cfg, seed=7, device=CPU)
+    la = record_losses(factory.model, tokens, 16, CPU)
+    b = train_member(factory.fresh(), tokens, subset, cfg, seed=7, device=CPU)
+    lb = record_losses(factory.model, tokens, 16, CPU)
+    assert a.epoch_losses == b.epoch_losses and np.array_equal(la, lb)
+    assert a.epoch_losses[-1] < a.epoch_losses[0]
+    # Trained records got easier than held-out ones.
+    gain = before - la
+    assert gain[subset].mean() > gain[np.setdiff1d(np.arange(40), subset)].mean()
+    # fresh() really restores the base.
+    assert np.array_equal(record_losses(factory.fresh(), tokens, 16, CPU), before)
+    c = train_member(factory.fresh(), tokens, subset, cfg, seed=8, device=CPU)
+    assert c.epoch_losses != a.epoch_losses  # another seed, another data order
+
+
+def test_micro_batches_give_the_same_model(setup):
+    records, tok, tokens, factory = setup
+    subset = np.arange(24)
+    full = TrainConfig(epochs=2, lr=3e-3, batch_size=12, max_length=64)
+    micro = TrainConfig(epochs=2, lr=3e-3, batch_size=12, micro_batch_size=5, max_length=64)
+    train_member(factory.fresh(), tokens, subset, full, seed=1, device=CPU)
+    la = record_losses(factory.model, tokens, 16, CPU)
+    train_member(factory.fresh(), tokens, subset, micro, seed=1, device=CPU)
+    lb = record_losses(factory.model, tokens, 16, CPU)
+    np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_member_trains_only_adapters_and_resets(setup):
+    records, tok, tokens, _ = setup
+    model = load_base_model(
+        ModelConfig(str(TINY_MODEL), finetune="lora", lora_r=4), CPU, torch.float32
+    )
+    factory = MemberFactory(model)
+    assert 0 < factory.n_trainable < factory.n_params / 10
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = record_losses(factory.fresh(), tokens, 16, CPU)
+    cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=8, max_length=64)
+    train_member(factory.fresh(), tokens, np.arange(20), cfg, seed=0, device=CPU)
+    after = record_losses(factory.model, tokens, 16, CPU)
+    assert not np.allclose(before, after)
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, frozen[n])
+    assert np.array_equal(record_losses(factory.fresh(), tokens, 16, CPU), before)

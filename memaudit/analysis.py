@@ -125,34 +125,31 @@ def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
     return Analysis(records, result, n_models, valid, summary)
 
 
+def influence_row(records: list[Record], result: InfluenceResult, t: int) -> dict[str, Any]:
+    """Target t's influence metrics as plain JSON (shared by influence.json and the report)."""
+    top = [
+        {"index": int(i), "id": records[i].id, "influence": _nan_to_none(v), "se": _nan_to_none(s)}
+        for i, v, s in zip(result.top_idx[t], result.top_val[t], result.top_se[t], strict=True)
+        if i >= 0
+    ]
+    defined = bool(result.margin_defined[t])
+    return {
+        "self_influence": _nan_to_none(result.self_influence[t]),
+        "self_influence_se": _nan_to_none(result.self_se[t]),
+        "n_in": int(result.n_in[t]),
+        "n_out": int(result.n_out[t]),
+        "margin": _nan_to_none(result.margin[t]) if defined else None,
+        "margin_defined": defined,
+        "top1_is_self": bool(result.top1_is_self[t]),
+        "top_influencers": top,
+    }
+
+
 def _write_influence_json(run, records, result, valid, summary, config) -> None:
-    rows = []
-    for t, r in enumerate(records):
-        top = [
-            {
-                "index": int(i),
-                "id": records[i].id,
-                "influence": _nan_to_none(v),
-                "se": _nan_to_none(s),
-            }
-            for i, v, s in zip(result.top_idx[t], result.top_val[t], result.top_se[t], strict=True)
-            if i >= 0
-        ]
-        rows.append(
-            {
-                "index": t,
-                "id": r.id,
-                "group": r.group,
-                "self_influence": _nan_to_none(result.self_influence[t]),
-                "self_influence_se": _nan_to_none(result.self_se[t]),
-                "n_in": int(result.n_in[t]),
-                "n_out": int(result.n_out[t]),
-                "margin": _nan_to_none(result.margin[t]) if result.margin_defined[t] else None,
-                "margin_defined": bool(result.margin_defined[t]),
-                "top1_is_self": bool(result.top1_is_self[t]),
-                "top_influencers": top,
-            }
-        )
+    rows = [
+        {"index": t, "id": r.id, "group": r.group, **influence_row(records, result, t)}
+        for t, r in enumerate(records)
+    ]
     atomic_write_json(
         run.file("influence.json"),
         {

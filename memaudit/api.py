@@ -19,6 +19,7 @@ import numpy as np
 from memaudit.analysis import Analysis, analyze_run
 from memaudit.config import AnalysisConfig, ModelConfig, RunConfig, resolve_model_name
 from memaudit.errors import MemauditError
+from memaudit.findings import FindingsConfig
 from memaudit.records import Record, RecordFormat, file_sha256, load_records
 from memaudit.rundir import RunDir
 
@@ -34,6 +35,7 @@ class Prepared:
     """Everything training needs, built before anything is written."""
 
     records: list[Record]
+    tokenizer: Any
     tokens: Any
     factory: Any
     device: Any
@@ -89,7 +91,9 @@ class Audit:
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
         resumed = self.run_dir.check_or_create(cfg, records, data_sha)
         self.run_dir.save_inclusion(inclusion)
-        return Prepared(records, tokens, MemberFactory(model), device, dtype, inclusion, resumed)
+        return Prepared(
+            records, tokenizer, tokens, MemberFactory(model), device, dtype, inclusion, resumed
+        )
 
     def train(self, prepared: Prepared | None = None, progress: bool = False) -> list[int]:
         """Train every member the run directory lacks; return the indices trained now."""
@@ -107,6 +111,7 @@ class Audit:
                 prepared.device,
                 prepared.dtype,
                 hooks,
+                tokenizer=prepared.tokenizer,
             )
 
     def analyze(self, top_k: int | None = None, show: bool = False) -> Analysis:
@@ -121,10 +126,36 @@ class Audit:
             print_summary(analysis, self.run_dir, self.config)
         return analysis
 
-    def run(self, progress: bool = False) -> Analysis:
+    def report(
+        self,
+        formats: tuple[str, ...] = ("json", "html"),
+        redact: bool = False,
+        findings: FindingsConfig | None = None,
+        show: bool = False,
+        analysis: Analysis | None = None,
+    ) -> dict[str, Any]:
+        """Build the report from the run directory (no training), write the requested files
+        (json, html) and, with ``show``, print the terminal view. Returns the report dict."""
+        from memaudit.report import build_report, write_reports
+
+        analysis = analysis or self.analyze()
+        report, flagged = build_report(
+            self.run_dir, analysis, findings or self.config.findings, redact=redact
+        )
+        written = write_reports(self.run_dir, report, flagged, set(formats))
+        if show:
+            from memaudit.terminal import print_report
+
+            print_report(report)
+            for path in written:
+                print(f"wrote {path}")
+        return report
+
+    def run(self, progress: bool = False) -> dict[str, Any]:
+        """Train what is missing, estimate, and write the reports; returns the report dict."""
         prepared = self.prepare()
         self.train(prepared, progress=progress)
-        return self.analyze(show=progress)
+        return self.report(show=progress)
 
     # -- reading results back -------------------------------------------------------------------
     def records(self) -> list[Record]:
@@ -138,12 +169,15 @@ class Audit:
         return self.run_dir.collect_losses(len(self.records()), self.inclusion().shape[1])[0]
 
 
-def run(data: str | Path, model: str, out: str | Path | None = None, **options: Any) -> Analysis:
+def run(
+    data: str | Path, model: str, out: str | Path | None = None, **options: Any
+) -> dict[str, Any]:
     """One-call audit: ``memaudit.run("data.jsonl", "gpt-neo-125M", models=64, epochs=3)``.
 
-    Options are RunConfig / TrainConfig / EnsembleConfig / ModelConfig field names.
+    Options are RunConfig / TrainConfig / EnsembleConfig / ModelConfig / ExtractConfig /
+    FindingsConfig field names (ExtractConfig's with an ``extract_`` prefix). Returns the report.
     """
-    from memaudit.config import EnsembleConfig, TrainConfig
+    from memaudit.config import EnsembleConfig, ExtractConfig, TrainConfig
 
     def pick(cls) -> dict[str, Any]:
         names = set(cls.__dataclass_fields__)
@@ -152,5 +186,19 @@ def run(data: str | Path, model: str, out: str | Path | None = None, **options: 
     model_cfg = ModelConfig(name=resolve_model_name(model), **pick(ModelConfig))
     train_cfg = TrainConfig(**pick(TrainConfig))
     ens_cfg = EnsembleConfig(**pick(EnsembleConfig))
-    cfg = RunConfig(data=str(data), model=model_cfg, train=train_cfg, ensemble=ens_cfg, **options)
+    find_cfg = FindingsConfig(**pick(FindingsConfig))
+    extract = {
+        k.removeprefix("extract_"): options.pop(k)
+        for k in list(options)
+        if k.startswith("extract_")
+    }
+    cfg = RunConfig(
+        data=str(data),
+        model=model_cfg,
+        train=train_cfg,
+        ensemble=ens_cfg,
+        extract=ExtractConfig(**extract),
+        findings=find_cfg,
+        **options,
+    )
     return Audit(cfg, out or default_out(data, model_cfg.name)).run()

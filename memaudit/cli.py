@@ -5,6 +5,7 @@ Every user error ends as one line on stderr and exit code 2, without a traceback
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
             # A model folder relative to the config file, so the file works from any folder.
             candidate = path.parent / val
             if candidate.is_dir():
-                val = str(candidate)
+                val = os.path.normpath(candidate)
         defaults[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
@@ -77,6 +78,53 @@ format_options = [
         "the completion is the part from the last field on.",
     ),
 ]
+
+
+findings_options = [
+    click.option(
+        "--link-z",
+        type=float,
+        default=None,
+        help="Near-duplicate link: influence / standard error at least this [4.0].",
+    ),
+    click.option(
+        "--link-fraction",
+        type=float,
+        default=None,
+        help="... and at least this fraction of the target's largest influence [0.5].",
+    ),
+    click.option(
+        "--lexical-threshold",
+        type=float,
+        default=None,
+        help="Character n-gram cosine at which a link counts as textual [0.5].",
+    ),
+    click.option(
+        "--bleu-gain",
+        type=float,
+        default=None,
+        help="Flag a unique record whose BLEU gain (in - out) reaches this [0.3].",
+    ),
+    click.option(
+        "--mia-auc",
+        type=float,
+        default=None,
+        help="Flag a unique record whose membership AUC reaches this [0.9].",
+    ),
+]
+
+
+def _findings_config(base, **given):
+    """Thresholds from the options given, the rest from ``base`` (saved with the run)."""
+    from dataclasses import replace
+
+    from memaudit.findings import FindingsConfig
+
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        return replace(base or FindingsConfig(), **given)
+    except ValueError as exc:
+        raise MemauditError(f"--{str(exc).split()[0].replace('_', '-')}: {exc}") from None
 
 
 def _apply(options):
@@ -179,6 +227,21 @@ def cli() -> None:
 )
 @click.option("--eval-batch-size", type=int, default=64, show_default=True)
 @click.option(
+    "--extract-models",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Members that decode every record for extractability (0: none).",
+)
+@click.option(
+    "--prefix-tokens",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Plain-text records: prompt with this many tokens, score the rest.",
+)
+@_apply(findings_options)
+@click.option(
     "--trust-remote-code",
     is_flag=True,
     default=False,
@@ -210,6 +273,13 @@ def run(
     seed,
     top_k,
     eval_batch_size,
+    extract_models,
+    prefix_tokens,
+    link_z,
+    link_fraction,
+    lexical_threshold,
+    bleu_gain,
+    mia_auc,
     trust_remote_code,
 ) -> None:
     """Train an ensemble on random halves of DATA (JSON Lines) and estimate the influence matrix.
@@ -220,6 +290,7 @@ def run(
     from memaudit.config import (
         AnalysisConfig,
         EnsembleConfig,
+        ExtractConfig,
         ModelConfig,
         RunConfig,
         TrainConfig,
@@ -256,6 +327,15 @@ def run(
         ),
         ensemble=EnsembleConfig(models=n_models, design=design, seed=seed),
         analysis=AnalysisConfig(top_k=top_k),
+        extract=ExtractConfig(models=extract_models, prefix_tokens=prefix_tokens),
+        findings=_findings_config(
+            None,
+            link_z=link_z,
+            link_fraction=link_fraction,
+            lexical_threshold=lexical_threshold,
+            bleu_gain=bleu_gain,
+            mia_auc=mia_auc,
+        ),
         device=device,
         eval_batch_size=eval_batch_size,
     )
@@ -271,6 +351,49 @@ def analyze(run_dir: Path, top_k: int | None) -> None:
     from memaudit import api
 
     api.Audit.open(run_dir).analyze(top_k=top_k, show=True)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["terminal", "json", "html", "all"]),
+    multiple=True,
+    default=("all",),
+    show_default=True,
+    help="Which reports to render (repeatable).",
+)
+@click.option(
+    "--redact",
+    is_flag=True,
+    default=False,
+    help="Replace record texts by ids and sha256 hashes in every output "
+    "(written as report.redacted.*).",
+)
+@_apply(findings_options)
+def report(
+    run_dir: Path, formats, redact, link_z, link_fraction, lexical_threshold, bleu_gain, mia_auc
+) -> None:
+    """Re-render the reports of RUN_DIR from what it holds, without training."""
+    from memaudit import api
+
+    audit = api.Audit.open(run_dir)
+    chosen = {"terminal", "json", "html"} if "all" in formats else set(formats)
+    findings = _findings_config(
+        audit.config.findings,
+        link_z=link_z,
+        link_fraction=link_fraction,
+        lexical_threshold=lexical_threshold,
+        bleu_gain=bleu_gain,
+        mia_auc=mia_auc,
+    )
+    audit.report(
+        formats=tuple(chosen - {"terminal"}),
+        redact=redact,
+        findings=findings,
+        show="terminal" in chosen,
+    )
 
 
 @cli.command()

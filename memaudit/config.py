@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memaudit.errors import MemauditError
+from memaudit.findings import FindingsConfig
 
 MODEL_ALIASES = {
     "gpt-neo-1.3B": "EleutherAI/gpt-neo-1.3B",
@@ -82,6 +83,21 @@ class EnsembleConfig:
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """Extractability: greedy decoding by the first ``models`` members, right after training."""
+
+    models: int = 16  # enough that every record gets models that trained on it and that did not
+    prefix_tokens: int = 32  # plain-text records: the prompt is their first K tokens
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.models, int) or self.models < 0:
+            raise MemauditError("--extract-models: must be a non-negative integer")
+        _positive("--prefix-tokens", self.prefix_tokens)
+        _positive("--extract-batch-size", self.batch_size)
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     top_k: int = 10
     dense_max: int = 5000  # also store the dense N x N matrix (float32) up to this many records
@@ -99,6 +115,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    findings: FindingsConfig = field(default_factory=FindingsConfig)
     device: str = "auto"
     eval_batch_size: int = 64
 
@@ -122,19 +140,23 @@ class RunConfig:
             train=TrainConfig(**d["train"]),
             ensemble=EnsembleConfig(**d["ensemble"]),
             analysis=AnalysisConfig(**d.get("analysis", {})),
+            extract=ExtractConfig(**d.get("extract", {})),
+            findings=FindingsConfig(**d.get("findings", {})),
             device=d.get("device", "auto"),
             eval_batch_size=d.get("eval_batch_size", 64),
         )
 
     def fingerprint(self) -> dict[str, Any]:
-        """What the trained models depend on. A resumed run must match it exactly; the model
-        count may grow (columns of P are drawn independently), and device, batch size for
-        evaluation and analysis options may change."""
+        """What the stored results depend on. A resumed run must match it exactly; the model
+        count may grow (columns of P are drawn independently), and device, batch sizes,
+        the number of extraction models, analysis and findings options may change."""
         d = self.to_dict()
         d.pop("data")  # the dataset is identified by its sha256, not its path
-        for key in ("device", "eval_batch_size", "analysis"):
+        for key in ("device", "eval_batch_size", "analysis", "findings"):
             d.pop(key)
         d["ensemble"].pop("models")
+        # How many members decode, and in what batches, may change; what they decode may not.
+        d["extract"] = {"prefix_tokens": d["extract"]["prefix_tokens"]}
         return d
 
 

@@ -16,6 +16,7 @@ import torch
 
 from memaudit.config import RunConfig
 from memaudit.evaluate import record_losses
+from memaudit.extract import extract_member, extraction_targets
 from memaudit.models import MemberFactory
 from memaudit.partition import model_seed
 from memaudit.rundir import RunDir
@@ -32,8 +33,9 @@ class EnsembleProgress:
     on_model: Callable[[int, dict], None] | None = None  # (j, metadata)
 
 
-def pending_models(run: RunDir, n_models: int) -> list[int]:
-    return [j for j in range(n_models) if run.model_meta(j) is None]
+def pending_models(run: RunDir, n_models: int, n_extract: int = 0) -> list[int]:
+    """Members without a valid result; the first n_extract also need their extraction."""
+    return [j for j in range(n_models) if run.model_meta(j, need_extraction=j < n_extract) is None]
 
 
 def train_ensemble(
@@ -45,10 +47,19 @@ def train_ensemble(
     device: torch.device,
     dtype: torch.dtype,
     progress: EnsembleProgress | None = None,
+    tokenizer=None,
 ) -> list[int]:
-    """Train and evaluate every pending member; return the indices trained in this call."""
+    """Train and evaluate every pending member; return the indices trained in this call.
+
+    The first ``cfg.extract.models`` members also decode every record (extractability), since
+    members are not kept; a tokenizer is needed for that.
+    """
     progress = progress or EnsembleProgress()
-    todo = pending_models(run, inclusion.shape[1])
+    n_extract = cfg.extract.models if tokenizer is not None else 0
+    targets = (
+        extraction_targets(tokens, tokenizer, cfg.extract.prefix_tokens) if n_extract else None
+    )
+    todo = pending_models(run, inclusion.shape[1], n_extract)
     if progress.on_start:
         progress.on_start(len(todo), inclusion.shape[1] - len(todo))
     for j in todo:
@@ -78,8 +89,15 @@ def train_ensemble(
                 train_seconds=round(stats.seconds, 3),
                 eval_seconds=round(time.perf_counter() - t0, 3),
             )
+            extraction = None
+            if meta["status"] == "ok" and j < n_extract:
+                t0 = time.perf_counter()
+                extraction = extract_member(
+                    model, targets, tokenizer, cfg.extract.batch_size, device
+                )
+                meta["extract_seconds"] = round(time.perf_counter() - t0, 3)
             if meta["status"] == "ok":
-                run.save_model(j, losses, meta)
+                run.save_model(j, losses, meta, extraction)
             else:
                 meta["error"] = "non-finite evaluation loss"
                 run.save_model(j, None, meta)

@@ -4,8 +4,11 @@
     RUN/records.jsonl        the parsed records (index, id, text, prompt, group, line)
     RUN/inclusion.npy        P, bool (N x M)
     RUN/models/NNNNN.npy     model j's loss on every record, float64 (N,)
+    RUN/models/NNNNN.extract.json  model j's extraction (first --extract-models members):
+                             bleu, exact and the generated text per record
     RUN/models/NNNNN.json    model j's metadata; written last, so it marks the model complete,
-                             and it holds the sha256 of the .npy, so a damaged file is retrained
+                             and it holds the sha256 of the files before it: a damaged file is
+                             retrained, never read
     RUN/losses.npy           L, float64 (N x M), NaN for models without a valid result
     RUN/influence.npz        per-target estimates (see memaudit.influence.InfluenceResult)
     RUN/influence.json       per-record metrics for people and other tools
@@ -151,17 +154,31 @@ class RunDir:
     def _model_paths(self, j: int) -> tuple[Path, Path]:
         return self.models_dir / f"{j:05d}.npy", self.models_dir / f"{j:05d}.json"
 
-    def save_model(self, j: int, losses: np.ndarray | None, meta: dict[str, Any]) -> None:
-        """Write model j's losses, then its metadata: the metadata is the completion mark."""
+    def _extract_path(self, j: int) -> Path:
+        return self.models_dir / f"{j:05d}.extract.json"
+
+    def save_model(
+        self,
+        j: int,
+        losses: np.ndarray | None,
+        meta: dict[str, Any],
+        extraction: dict[str, Any] | None = None,
+    ) -> None:
+        """Write model j's losses (and extraction), then its metadata: the metadata is the
+        completion mark, and it holds the checksums of the files written before it."""
         npy, js = self._model_paths(j)
         meta = {"index": j, **meta}
         if losses is not None:
             data = _npy_bytes(losses.astype(np.float64))
             atomic_write_bytes(npy, data)
             meta["losses_sha256"] = sha256_bytes(data)
+        if extraction is not None:
+            data = json.dumps(_jsonable(extraction)).encode("utf-8")
+            atomic_write_bytes(self._extract_path(j), data)
+            meta["extract_sha256"] = sha256_bytes(data)
         atomic_write_json(js, meta)
 
-    def model_meta(self, j: int) -> dict[str, Any] | None:
+    def model_meta(self, j: int, need_extraction: bool = False) -> dict[str, Any] | None:
         """Metadata of a completed model, or None when model j must be (re)trained."""
         npy, js = self._model_paths(j)
         try:
@@ -170,11 +187,21 @@ class RunDir:
             return None
         if meta.get("status") != "ok":
             return meta  # a recorded failure is a result too: not retried silently
-        try:
-            ok = sha256_bytes(npy.read_bytes()) == meta.get("losses_sha256")
-        except FileNotFoundError:
-            ok = False
-        return meta if ok else None
+        if not _matches(npy, meta.get("losses_sha256")):
+            return None
+        if need_extraction and not _matches(self._extract_path(j), meta.get("extract_sha256")):
+            return None
+        return meta
+
+    def extraction(self, n_models: int) -> tuple[list[int], list[dict[str, Any]]]:
+        """(model indices, their extraction results) for every model with a valid one."""
+        models, results = [], []
+        for j in range(n_models):
+            meta = self.model_meta(j, need_extraction=True)
+            if meta is not None and meta.get("status") == "ok":
+                models.append(j)
+                results.append(json.loads(self._extract_path(j).read_bytes()))
+        return models, results
 
     def model_losses(self, j: int) -> np.ndarray:
         npy, _ = self._model_paths(j)
@@ -194,6 +221,25 @@ class RunDir:
 
     def model_metas(self, n_models: int) -> list[dict[str, Any] | None]:
         return [self.model_meta(j) for j in range(n_models)]
+
+
+def _matches(path: Path, sha256: str | None) -> bool:
+    try:
+        return sha256 is not None and sha256_bytes(path.read_bytes()) == sha256
+    except FileNotFoundError:
+        return False
+
+
+def _jsonable(obj: dict[str, Any]) -> dict[str, Any]:
+    """numpy arrays to lists, NaN to null (JSON has no NaN)."""
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, np.ndarray):
+            value = [
+                None if isinstance(v, float) and not np.isfinite(v) else v for v in value.tolist()
+            ]
+        out[key] = value
+    return out
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

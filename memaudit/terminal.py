@@ -7,6 +7,7 @@ Fuller findings and reports build on the same run directory elsewhere; this modu
 from __future__ import annotations
 
 import contextlib
+import difflib
 import time
 from collections.abc import Iterator
 
@@ -21,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from memaudit.analysis import Analysis
 from memaudit.config import RunConfig
@@ -155,3 +157,151 @@ def print_summary(
             "margins are comparable only at equal model counts.[/]"
         )
     out.print(f"results: {run_dir.path}/influence.json")
+
+
+# -- the full report -----------------------------------------------------------------------------
+
+
+def _ms(stats: dict | None, digits: int = 2) -> str:
+    if not stats or not stats.get("n"):
+        return "n/a"
+    std = stats.get("std")
+    return f"{stats['mean']:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _diff_text(base: str, text: str, width: int) -> Text:
+    """``text`` with the whitespace tokens that differ from ``base`` highlighted, cut to
+    ``width`` characters around the first difference."""
+    a, b = base.split(), text.split()
+    out = Text()
+    first_diff = None
+    ops = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
+    for tag, _, _, j1, j2 in ops:
+        chunk = " ".join(b[j1:j2])
+        if not chunk:
+            continue
+        if out.plain:
+            out.append(" ")
+        if tag != "equal" and first_diff is None:
+            first_diff = len(out.plain)
+        out.append(chunk, style="bold black on yellow" if tag != "equal" else "")
+    if len(out.plain) <= width:
+        return out
+    start = 0 if first_diff is None else max(0, min(first_diff - width // 2, len(out) - width))
+    cut = out[start : start + width - 1]
+    if start:
+        cut = Text("…") + cut[1:]
+    return cut + Text("…") if start + width - 1 < len(out.plain) else cut
+
+
+def _label(rec: dict) -> str:
+    return rec["text"] if rec["text"] is not None else f"sha256:{rec['text_sha256'][:12]}"
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def print_report(report: dict, out: Console | None = None, clusters: int = 5) -> None:
+    """The terminal view of a report dict: fits a 100-column terminal."""
+    out = out or Console(width=100)
+    ens, cfg = report["ensemble"], report["config"]
+    records = report["records"]
+    extraction = ens["extract_models"]
+    head = (
+        f"[bold]memaudit report[/]  {ens['n_records']} records · {ens['n_models_used']}/"
+        f"{ens['n_models']} models · {ens['estimator']} · {cfg['model']['name']} "
+        f"({cfg['model']['finetune']}) · "
+        + (f"extraction by {extraction} models" if extraction else "no extraction")
+    )
+    if report["redacted"]:
+        head += " · [reverse] REDACTED [/]"
+    out.print(head)
+
+    table = Table(
+        title="records in near-duplicate clusters vs unique records (mean ± std)",
+        title_justify="left",
+        show_edge=False,
+    )
+    t = report["table"]
+    table.add_column("")
+    table.add_column(f"in clusters ({t['in_clusters']['records']})", justify="right")
+    table.add_column(f"unique ({t['unique']['records']})", justify="right")
+    rows = [("self-influence", "self_influence"), ("top-1 margin", "margin")]
+    if extraction:
+        rows += [("BLEU, trained on", "bleu"), ("BLEU gain vs held out", "bleu_gain")]
+    rows.append(("membership AUC", "mia_auc"))
+    for name, key in rows:
+        table.add_row(name, _ms(t["in_clusters"].get(key)), _ms(t["unique"].get(key)))
+    out.print(table)
+    gt = report["ground_truth"]
+    if gt:
+        out.print(
+            f"planted ground truth: pair precision {_f(gt['pair_precision'])}, pair recall "
+            f"{_f(gt['pair_recall'])}; {gt['groups_exact']} of {gt['groups']} planted groups "
+            f"recovered exactly, {gt['groups_majority']} by majority"
+        )
+        pt = gt["planted_table"]
+        nd, un = pt["near_duplicated"], pt["unique"]
+        line = (
+            f"by ground truth, near-duplicated ({nd['records']}) vs unique ({un['records']}):"
+            f" self-influence {_ms(nd['self_influence'])} vs {_ms(un['self_influence'])}, "
+            f"margin {_ms(nd['margin'])} vs {_ms(un['margin'])}"
+        )
+        if nd.get("bleu"):
+            line += f", BLEU {_ms(nd['bleu'])} vs {_ms(un['bleu'])}"
+        out.print(line)
+
+    by_id = {c["id"]: c for c in report["clusters"]}
+    shown = report["findings"]["clusters"][:clusters]
+    if shown:
+        out.print(f"\n[bold]Top near-duplicate clusters[/] ({len(report['clusters'])} found)")
+    for cid in shown:
+        c = by_id[cid]
+        out.print(
+            f"[bold]cluster {cid}[/] · {len(c['members'])} records · {c['kind']} · "
+            + "; ".join(c["reasons"])
+        )
+        members = Table(show_edge=False, box=None, pad_edge=False)
+        for col, just in (
+            ("id", "left"),
+            ("text", "left"),
+            ("self", "right"),
+            ("margin", "right"),
+            ("BLEU in/out", "right"),
+        ):
+            members.add_column(col, justify=just, no_wrap=True)
+        base = records[c["members"][0]]
+        for m in c["members"][:8]:
+            r = records[m]
+            text = (
+                _diff_text(base["text"], r["text"], 56)
+                if r["text"] is not None
+                else Text(_label(r))
+            )
+            members.add_row(
+                r["id"][:16],
+                text,
+                _f(r["self_influence"]),
+                _f(r["margin"]),
+                f"{_f(r['bleu_in'])}/{_f(r['bleu_out'])}" if extraction else "–",
+            )
+        if len(c["members"]) > 8:
+            members.add_row("…", f"{len(c['members']) - 8} more", "", "", "")
+        out.print(members)
+
+    risky = report["findings"]["records"]
+    if risky:
+        out.print("\n[bold]Top-risk unique records[/]")
+        rt = Table(show_edge=False, box=None, pad_edge=False)
+        for col, just in (("id", "left"), ("text", "left"), ("why", "left")):
+            rt.add_column(col, justify=just, overflow="fold")
+        for f in risky:
+            r = records[f["index"]]
+            label = _label(r)
+            rt.add_row(
+                r["id"][:16], label[:40] + ("…" if len(label) > 40 else ""), "; ".join(f["reasons"])
+            )
+        out.print(rt)
+    for note in report["notes"]:
+        out.print(f"[dim]note: {note}[/]")

@@ -22,6 +22,7 @@ from memaudit.records import Record
 class TokenizedRecords:
     ids: list[np.ndarray]  # int64 token ids per record, eos included when it fits
     score_from: np.ndarray  # (N,) first scored position per record (>= 1)
+    completion_start: np.ndarray  # (N,) first completion token; -1 for plain-text records
     truncated: int  # how many records were cut at max_length
     pad_id: int
 
@@ -59,6 +60,7 @@ def tokenize_records(
     eos = tokenizer.eos_token_id
     ids: list[np.ndarray] = []
     score_from = np.ones(len(records), dtype=np.int64)
+    completion_start = np.full(len(records), -1, dtype=np.int64)
     truncated = 0
     for r, tok_ids, k in zip(records, enc["input_ids"], range(len(records)), strict=True):
         seq = list(tok_ids) + ([eos] if eos is not None else [])
@@ -68,20 +70,23 @@ def tokenize_records(
         where = f"{source}:{r.line}: record '{r.id}'"
         if len(seq) < 2:
             raise MemauditError(f"{where} has fewer than 2 tokens; nothing to score")
+        if r.prompt is not None:
+            completion_start[k] = _completion_start(tokenizer, r, enc, k, fast)
         if loss_on == "completion":
             if r.prompt is None:
                 raise MemauditError(
                     f"{where} has no prompt/completion split; --loss-on completion needs "
                     "prompt/completion records, a --template or a --preset"
                 )
-            start = _completion_start(tokenizer, r, enc, k, fast)
-            if start >= len(seq):
+            if completion_start[k] >= len(seq):
                 raise MemauditError(
                     f"{where}: its completion starts after --max-length {max_length} tokens"
                 )
-            score_from[k] = max(start, 1)
+            score_from[k] = max(completion_start[k], 1)
         ids.append(np.asarray(seq, dtype=np.int64))
-    return TokenizedRecords(ids, score_from, truncated, int(tokenizer.pad_token_id))
+    return TokenizedRecords(
+        ids, score_from, completion_start, truncated, int(tokenizer.pad_token_id)
+    )
 
 
 def _completion_start(tokenizer, r: Record, enc, k: int, fast: bool) -> int:

@@ -51,3 +51,21 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def tree(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")}
+
+
+def tiny_setup(n_records: int):
+    """(records, tokenizer, tokens, MemberFactory) for the first records of the demo source and
+    the tiny GPT-Neo, fully fine-tuned on CPU."""
+    import torch
+
+    from memaudit.config import ModelConfig
+    from memaudit.models import MemberFactory, load_base_model, load_tokenizer
+    from memaudit.records import RecordFormat, load_records
+    from memaudit.tokens import tokenize_records
+
+    records = load_records(DEMO_SOURCE, RecordFormat(preset="nq"))[:n_records]
+    tok = load_tokenizer(str(TINY_MODEL))
+    tokens = tokenize_records(records, tok, 64, "full", "demo")
+    cfg = ModelConfig(str(TINY_MODEL), finetune="full")
+    model = load_base_model(cfg, torch.device("cpu"), torch.float32)
+    return records, tok, tokens, MemberFactory(model)

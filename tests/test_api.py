@@ -7,11 +7,13 @@ import subprocess
 import sys
 import time
 
+import jsonschema
 import numpy as np
 import pytest
 
 from memaudit import Audit
 from memaudit.influence import InfluenceResult
+from memaudit.report import load_schema
 from tests.conftest import DEMO_CONFIG, DEMO_DATA, DEMO_SOURCE, ROOT, TINY_MODEL, write_jsonl
 
 SMALL = [
@@ -75,7 +77,7 @@ def test_killed_run_resumes_identically(small_data, reference_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = _files(out)
-    n_done = sum(name.endswith(".json") for name in done_before)
+    n_done = sum(len(name) == len("00000.json") for name in done_before)
     assert 2 <= n_done < 6, "the kill should land mid-ensemble"
     assert not (out / "influence.json").exists()
 
@@ -159,11 +161,20 @@ def test_demo_shows_the_papers_direction(tmp_path, cli):
     assert dup["margin"]["median"] < uni["margin"]["median"]
     assert dup["margin"]["mean"] < uni["margin"]["mean"]
     assert s["auc_self_influence"] > 0.9
+    # The reports: near-duplicated records are more extractable (the paper: BLEU 0.36 vs 0.07),
+    # and at this M the link rule makes no false near-duplicate claim.
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, load_schema())
+    planted = report["ground_truth"]["planted_table"]
+    assert planted["near_duplicated"]["bleu"]["mean"] > planted["unique"]["bleu"]["mean"] + 0.05
+    assert report["ground_truth"]["pair_precision"] in (None, 1.0)
+    assert (out / "report.html").stat().st_size > 10_000
+    assert "records in near-duplicate clusters vs unique records" in res.out
 
 
 @pytest.mark.slow
 def test_planted_groups_are_each_others_top_influencers(tmp_path, cli):
-    """With more models per record (64 records, 48 models), a planted record's strongest other
+    """With more models per record (64 records, 64 models), a planted record's strongest other
     influencers are its own group, and the margin separates planted from unique records."""
     planted = tmp_path / "planted.jsonl"
     source = tmp_path / "src.jsonl"
@@ -184,7 +195,7 @@ def test_planted_groups_are_each_others_top_influencers(tmp_path, cli):
     )
     assert res.code == 0, res.err
     out = tmp_path / "run"
-    res = cli("run", planted, "--config", DEMO_CONFIG, "--models", "48", "--out", out)
+    res = cli("run", planted, "--config", DEMO_CONFIG, "--models", "64", "--out", out)
     assert res.code == 0, res.err
     doc = json.loads((out / "influence.json").read_text())
     s = doc["summary"]
@@ -192,6 +203,10 @@ def test_planted_groups_are_each_others_top_influencers(tmp_path, cli):
     assert s["near_duplicated"]["group_recall_at_size"] >= 0.85
     assert s["auc_margin"] >= 0.95
     assert s["unique"]["top1_is_self"] == 1.0
+    # The report's near-duplicate clusters are the planted groups.
+    gt = json.loads((out / "report.json").read_text())["ground_truth"]
+    assert gt["pair_precision"] >= 0.9 and gt["pair_recall"] >= 0.8
+    assert gt["groups_majority"] >= 7  # of 8
     # Spelled out on the records: a planted record's top two other influencers are its mates.
     rows = doc["records"]
     for r in rows:

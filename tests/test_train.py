@@ -4,22 +4,17 @@ import torch
 
 from memaudit.config import ModelConfig, TrainConfig
 from memaudit.evaluate import record_losses
-from memaudit.models import MemberFactory, load_base_model, load_tokenizer
-from memaudit.records import RecordFormat, load_records
+from memaudit.models import MemberFactory, load_base_model
 from memaudit.tokens import tokenize_records
 from memaudit.train import train_member
-from tests.conftest import DEMO_SOURCE, TINY_MODEL
+from tests.conftest import TINY_MODEL, tiny_setup
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def setup():
-    records = load_records(DEMO_SOURCE, RecordFormat(preset="nq"))[:40]
-    tok = load_tokenizer(str(TINY_MODEL))
-    tokens = tokenize_records(records, tok, 64, "full", "demo")
-    model = load_base_model(ModelConfig(str(TINY_MODEL), finetune="full"), CPU, torch.float32)
-    return records, tok, tokens, MemberFactory(model)
+    return tiny_setup(40)
 
 
 def test_eval_loss_equals_transformers_loss(setup):

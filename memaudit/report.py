@@ -1,0 +1,262 @@
+"""Run directory -> the report: one dict that the JSON, HTML and terminal views all render.
+
+Reads what earlier stages wrote (records, P, L, influence, extraction), adds membership scores,
+near-duplicate clusters and ranked findings, and writes ``report.json`` / ``report.html`` (or
+``report.redacted.*``) atomically. Never trains. ``redact=True`` replaces every record text by
+its sha256 and id in every output, since an audit report can leak the data it audits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from memaudit.analysis import Analysis, _stats, influence_row
+from memaudit.extract import aggregate
+from memaudit.findings import (
+    FindingsConfig,
+    find_clusters,
+    link_thresholds,
+    membership_scores,
+    risky_unique_records,
+    score_against_groups,
+)
+from memaudit.influence import influence_block
+from memaudit.io import atomic_write_json, atomic_write_text
+from memaudit.rundir import RunDir, package_versions
+
+SCHEMA_NAME = "memaudit-report"
+SCHEMA_VERSION = "1.0"
+
+
+def load_schema() -> dict[str, Any]:
+    major = SCHEMA_VERSION.split(".")[0]
+    text = resources.files("memaudit.schemas").joinpath(f"report-{major}.json").read_text()
+    return json.loads(text)
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def extraction_metrics(run: RunDir, inclusion: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """Per-record in/out BLEU and exact match over the models that decoded; ({}, 0) if none."""
+    models, results = run.extraction(inclusion.shape[1])
+    if not models:
+        return {}, 0
+
+    def column(key: str) -> np.ndarray:
+        return np.array([[np.nan if v is None else v for v in r[key]] for r in results]).T
+
+    return aggregate(column("bleu"), column("exact"), inclusion[:, models]), len(models)
+
+
+def build_report(
+    run: RunDir, analysis: Analysis, cfg: FindingsConfig | None = None, redact: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(report dict, flagged) where flagged holds the influence among flagged records, in
+    cluster order, for the HTML heatmap."""
+    cfg = cfg or FindingsConfig()
+    saved = run.read_config()
+    records, res = analysis.records, analysis.result
+    n = len(records)
+    inclusion = run.inclusion()
+    losses = np.load(run.file("losses.npy"), allow_pickle=False)
+    extraction, n_extract = extraction_metrics(run, inclusion)
+    bleu_gain = extraction.get("bleu_gain")
+    mia = membership_scores(np.nan_to_num(losses), inclusion, analysis.valid)
+    clusters, cluster_of = find_clusters(
+        res,
+        [r.text for r in records],
+        cfg,
+        bleu_gain,
+        losses=np.nan_to_num(losses),
+        inclusion=inclusion,
+        model_mask=analysis.valid,
+    )
+    link_z, link_fraction = link_thresholds(cfg, n, int(analysis.valid.sum()), adjusted=True)
+    risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"])
+
+    def metric(name: str, t: int) -> float | None:
+        return _num(extraction[name][t]) if extraction else None
+
+    rows = []
+    for t, r in enumerate(records):
+        rows.append(
+            {
+                "index": t,
+                "id": r.id,
+                "text": None if redact else r.text,
+                "text_sha256": _sha(r.text),
+                "prompt": None if redact else r.prompt,
+                "group": r.group,
+                "cluster": int(cluster_of[t]) if cluster_of[t] >= 0 else None,
+                **influence_row(records, res, t),
+                "bleu_in": metric("bleu_in", t),
+                "bleu_out": metric("bleu_out", t),
+                "bleu_gain": metric("bleu_gain", t),
+                "exact_in": metric("exact_in", t),
+                "exact_out": metric("exact_out", t),
+                "n_extract_in": int(extraction["n_extract_in"][t]) if extraction else None,
+                "n_extract_out": int(extraction["n_extract_out"][t]) if extraction else None,
+                "mia_auc": _num(mia["mia_auc"][t]),
+                "mia_dprime": _num(mia["mia_dprime"][t]),
+            }
+        )
+
+    margin = np.where(res.margin_defined, res.margin, np.nan)
+    table = {}
+    for name, mask in (("in_clusters", cluster_of >= 0), ("unique", cluster_of < 0)):
+        table[name] = {
+            "records": int(mask.sum()),
+            "self_influence": _stats(res.self_influence[mask]),
+            "margin": _stats(margin[mask]),
+            "bleu": _stats(extraction["bleu_in"][mask]) if extraction else None,
+            "bleu_gain": _stats(extraction["bleu_gain"][mask]) if extraction else None,
+            "mia_auc": _stats(mia["mia_auc"][mask]),
+        }
+    groups = [r.group for r in records]
+    ground_truth = None
+    if any(groups):
+        ground_truth = score_against_groups(cluster_of, groups)
+        ground_truth["groups_recovered_exactly"] = ground_truth["share_exact"]
+        ground_truth["planted_table"] = _planted_table(groups, res, margin, extraction)
+
+    report = {
+        "schema": SCHEMA_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "redacted": redact,
+        "versions": package_versions(),
+        "run_versions": saved.get("versions", {}),
+        "config": saved["config"],
+        "dataset": {
+            **saved["dataset"],
+            "path": "(redacted)" if redact else saved["dataset"]["path"],
+        },
+        "ensemble": {
+            "n_records": n,
+            "n_models": analysis.n_models,
+            "n_models_used": int(analysis.valid.sum()),
+            "excluded_models": [int(j) for j in np.flatnonzero(~analysis.valid)],
+            "estimator": res.estimator,
+            "extract_models": n_extract or None,
+        },
+        "thresholds": {
+            **asdict(cfg),
+            "applied_link_z": link_z,
+            "applied_link_fraction": link_fraction,
+        },
+        "table": table,
+        "ground_truth": ground_truth,
+        "records": rows,
+        "clusters": [_cluster_dict(c) for c in clusters],
+        "findings": {
+            "clusters": [c.id for c in clusters[: cfg.top_clusters]],
+            "records": [
+                {"index": f.index, "risk_score": _num(f.risk_score), "reasons": f.reasons}
+                for f in risky
+            ],
+        },
+        "notes": _notes(analysis, n_extract, link_z, len(clusters)),
+    }
+    if redact:
+        report["config"] = {**report["config"], "data": "(redacted)"}
+    flagged_idx = [m for c in clusters[: cfg.top_clusters] for m in c.members]
+    flagged_idx += [f.index for f in risky if f.index not in flagged_idx]
+    flagged: dict[str, Any] = {"indices": flagged_idx, "matrix": None}
+    if flagged_idx:
+        block, _ = influence_block(
+            np.nan_to_num(losses), inclusion, np.array(flagged_idx), model_mask=analysis.valid
+        )
+        flagged["matrix"] = block[:, flagged_idx]
+    return report, flagged
+
+
+def _planted_table(groups, res, margin, extraction) -> dict[str, Any]:
+    """The paper's table by ground truth: planted near-duplicates vs unique records."""
+    planted = np.array([g is not None for g in groups])
+    out = {}
+    for name, mask in (("near_duplicated", planted), ("unique", ~planted)):
+        out[name] = {
+            "records": int(mask.sum()),
+            "self_influence": _stats(res.self_influence[mask]),
+            "margin": _stats(margin[mask]),
+            "bleu": _stats(extraction["bleu_in"][mask]) if extraction else None,
+            "bleu_gain": _stats(extraction["bleu_gain"][mask]) if extraction else None,
+        }
+    return out
+
+
+def _cluster_dict(c) -> dict[str, Any]:
+    d = asdict(c)
+    d["members"] = [int(m) for m in c.members]
+    d["min_margin"] = _num(c.min_margin)
+    d["max_bleu_gain"] = _num(c.max_bleu_gain)
+    d["risk_score"] = _num(c.risk_score)
+    d["links"] = [
+        {k: (int(v) if k in ("target", "source") else _num(v)) for k, v in link.items()}
+        for link in d["links"]
+    ]
+    return d
+
+
+def _notes(analysis: Analysis, n_extract: int, link_z: float, n_clusters: int) -> list[str]:
+    n_ok = int(analysis.valid.sum())
+    notes = [
+        f"Near-duplicate links need z >= {link_z:.2f} (adjusted for the number of record "
+        "pairs tested) and a large share of the target's largest influence."
+    ]
+    if n_clusters == 0:
+        notes.append(
+            "No near-duplicate cluster passed the link rule. With few models this "
+            "means the ensemble cannot tell, not that there are no duplicates: train "
+            "more models (--models) to resolve weaker links."
+        )
+    if n_ok < analysis.n_models:
+        notes.append(
+            f"{analysis.n_models - n_ok} of {analysis.n_models} models are excluded "
+            "(diverged or missing); estimates use the rest."
+        )
+    if n_ok < 64:
+        notes.append(
+            f"With {n_ok} models the margin's denominator (the second-largest "
+            "influence) is a noise maximum: margins are comparable only between runs "
+            "with the same number of models, and weak near-duplicate links may be "
+            "missed."
+        )
+    if n_extract == 0:
+        notes.append("Extractability was not computed (no member decoded; see --extract-models).")
+    undefined = int((~analysis.result.margin_defined).sum())
+    if undefined:
+        notes.append(
+            f"{undefined} records have an undefined margin (second-largest influence <= 0)."
+        )
+    return notes
+
+
+def write_reports(run: RunDir, report: dict, flagged: dict, formats: set[str]) -> list[str]:
+    """Write the requested files; returns their paths."""
+    suffix = ".redacted" if report["redacted"] else ""
+    written = []
+    if "json" in formats:
+        path = run.file(f"report{suffix}.json")
+        atomic_write_json(path, report)
+        written.append(str(path))
+    if "html" in formats:
+        from memaudit.report_html import render_html
+
+        path = run.file(f"report{suffix}.html")
+        atomic_write_text(path, render_html(report, flagged))
+        written.append(str(path))
+    return written

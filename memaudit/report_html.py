@@ -1,0 +1,1189 @@
+"""The audit report as one self-contained HTML file.
+
+``render_html(report, flagged)`` renders the ``report.json`` dict (schema ``memaudit-report``
+1.0) as a single HTML page that works offline: inline CSS, plots as inline SVG (their raster
+parts as ``data:`` URIs), no scripts, no external fonts, stylesheets or images, no network
+addresses at all. Record texts are untrusted data: every one of them is HTML-escaped, and when
+the report is redacted no text is shown (ids and text hashes instead).
+
+Plots are drawn on local ``matplotlib.figure.Figure`` objects (no pyplot, no backend switch);
+matplotlib settings are changed only inside ``rc_context`` blocks, which restore them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import io
+import math
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+MAX_CLUSTER_PANELS = 20
+MAX_UNIQUE_RECORDS = 25
+MAX_LINKS_PER_CLUSTER = 30
+MAX_TEXT_WORDS = 400  # longer texts are cut in the tables
+MAX_TICK_LABELS = 40  # record ids as heatmap tick labels up to this many flagged records
+ID_LABEL_CHARS = 24
+LOG_MIN_SPAN = 4.0  # margins spanning less than this factor get a linear axis
+MIN_DIFF_SIMILARITY = 0.3  # word-level similarity below which a member is shown without a diff
+
+COLOR_CLUSTERED = "#D55E00"  # Okabe-Ito vermillion
+COLOR_UNIQUE = "#0072B2"  # Okabe-Ito blue
+NOT_COMPUTED = "extractability not computed"
+
+# Matplotlib settings for every figure: vector text (small, selectable), no mathtext (record
+# ids are untrusted and may contain "$"), a quiet style.
+_RC = {
+    "svg.fonttype": "none",
+    "text.parse_math": False,
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial", "Liberation Sans"],
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.edgecolor": "#555555",
+    "axes.labelcolor": "#222222",
+    "xtick.color": "#444444",
+    "ytick.color": "#444444",
+    "legend.frameon": False,
+    "legend.fontsize": 8,
+    "image.interpolation": "none",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(x: Any) -> float | None:
+    """A finite float, or None."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    v = _num(x)
+    if v is None:
+        return "—"
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-3 or abs(v) >= 1e5:
+        return f"{v:.{max(digits - 1, 1)}e}"
+    if abs(v) >= 10**digits:
+        return f"{v:.0f}"
+    return f"{v:.{digits}g}"
+
+
+def _fmt_bleu(x: Any) -> str:
+    """A score in [0, 1] (BLEU, AUC) with three decimals."""
+    v = _num(x)
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _fmt_pm(value: Any, se: Any) -> str:
+    if _num(value) is None:
+        return "—"
+    if _num(se) is None:
+        return _fmt(value)
+    return f"{_fmt(value)} <span class='pm'>± {_fmt(se, 2)}</span>"
+
+
+def _pct(x: Any) -> str:
+    v = _num(x)
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _short_id(value: Any, n: int = ID_LABEL_CHARS) -> str:
+    s = "" if value is None else str(value)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _has_text(rec: dict[str, Any] | None, redacted: bool) -> bool:
+    return not redacted and rec is not None and isinstance(rec.get("text"), str)
+
+
+def _values(records: Iterable[dict[str, Any]], key: str) -> np.ndarray:
+    vals = [_num(r.get(key)) for r in records]
+    return np.array([v for v in vals if v is not None], dtype=float)
+
+
+def _parse_time(value: Any) -> str:
+    if not value:
+        return "—"
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if t.utcoffset() is not None and t.utcoffset().total_seconds() == 0:
+        return t.strftime("%Y-%m-%d %H:%M UTC")
+    return t.strftime("%Y-%m-%d %H:%M %z").strip()
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def _svg(fig: Any, salt: str) -> str:
+    """The figure as an inline <svg> element: no XML prolog, DOCTYPE, namespaces or metadata
+    (HTML puts <svg> in the SVG namespace itself), ids unique per figure and deterministic."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": f"memaudit-{salt}"}):
+        fig.savefig(
+            buf,
+            format="svg",
+            bbox_inches="tight",
+            pad_inches=0.08,
+            metadata={"Date": None, "Creator": None, "Format": None, "Type": None},
+        )
+    s = buf.getvalue()
+    s = s[s.index("<svg") :]
+    s = re.sub(r"<metadata>.*?</metadata>", "", s, flags=re.S)
+    s = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", s)
+    s = re.sub(r'<style type="text/css">.*?</style>', "", s, flags=re.S)
+    s = re.sub(r'\s+id="[A-Za-z.]+_\d+"', "", s)  # figure_1, axes_1, ...: never referenced
+    # Scale with the page, never beyond the drawn size.
+    m = re.match(r'<svg\s+width="([\d.]+)pt"\s+height="([\d.]+)pt"', s)
+    if m:
+        w = float(m.group(1))
+        s = (
+            f'<svg role="img" style="width:100%;max-width:{w * 4 / 3:.0f}px;height:auto"'
+            + s[m.end() :]
+        )
+    return s.strip()
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _heatmap_svg(report: dict[str, Any], flagged: dict[str, Any]) -> str:
+    import matplotlib
+    import matplotlib.patches
+
+    by_index = {r.get("index"): r for r in report.get("records") or []}
+    indices = [int(i) for i in flagged["indices"]]
+    mat = np.asarray(flagged["matrix"], dtype=float)
+    n = len(indices)
+    clusters = [(by_index.get(i) or {}).get("cluster") for i in indices]
+    # Blocks of consecutive records of the same cluster.
+    blocks: list[tuple[int, int, Any]] = []
+    start = 0
+    for k in range(1, n + 1):
+        if k == n or clusters[k] != clusters[start]:
+            blocks.append((start, k, clusters[start]))
+            start = k
+
+    finite = mat[np.isfinite(mat)]
+    vmax = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+
+    side = min(9.0, max(5.0, 3.2 + 0.13 * n)) if n <= MAX_TICK_LABELS else 7.5
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(side + 1.4, side)
+        ax = fig.add_subplot()
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
+        im = ax.imshow(
+            np.ma.masked_invalid(mat),
+            cmap=cmap,
+            vmin=-vmax,
+            vmax=vmax,
+            interpolation="none",
+            aspect="equal",
+        )
+        # Boundaries across the whole matrix; faint when there are many clusters, so that the
+        # boxes around the diagonal blocks stay readable.
+        line = (
+            {"color": "#222222", "lw": 0.8}
+            if len(blocks) <= 12
+            else {"color": "#9a9a9a", "lw": 0.3}
+        )
+        for _a, b, _ in blocks[:-1]:
+            ax.axhline(b - 0.5, **line)
+            ax.axvline(b - 0.5, **line)
+        for a, b, c in blocks:
+            if c is not None:
+                ax.add_patch(
+                    matplotlib.patches.Rectangle(
+                        (a - 0.5, a - 0.5), b - a, b - a, fill=False, ec="#000000", lw=1.6
+                    )
+                )
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+        if n <= MAX_TICK_LABELS:
+            labels = [
+                _short_id((by_index.get(i) or {}).get("id", i), ID_LABEL_CHARS) for i in indices
+            ]
+            ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+            ax.set_yticks(range(n), labels, fontsize=7)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        # Cluster labels on top, skipping any that would overlap the previous one.
+        pos, names, last = [], [], -math.inf
+        for a, b, c in blocks:
+            centre = (a + b - 1) / 2
+            if centre - last >= max(n / 28, 1.0):
+                pos.append(centre)
+                names.append("unique" if c is None else f"C{c}")
+                last = centre
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(pos, names, fontsize=7)
+        top.tick_params(length=0)
+        ax.set_xlabel("training record i (source)")
+        ax.set_ylabel("target record t")
+        cb = fig.colorbar(im, ax=ax, shrink=0.75, extend="both")
+        cb.set_label("influence I[t, i]")
+        return _svg(fig, "heatmap")
+
+
+def _plain_log_axis(axis: Any) -> None:
+    """Log scale ticks at 1, 2, 5 x 10^k labelled as plain numbers (no mathtext)."""
+    from matplotlib import ticker
+
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _use_log(lo: float, hi: float) -> bool:
+    """A log axis only when the values span enough for log ticks to label it."""
+    return lo > 0 and hi / lo >= LOG_MIN_SPAN
+
+
+def _hist_panel(ax: Any, groups: Sequence[tuple[str, np.ndarray, str]], log: bool) -> None:
+    data = [v for _, v, _ in groups if v.size]
+    allv = np.concatenate(data)
+    lo, hi = float(allv.min()), float(allv.max())
+    if log and _use_log(lo, hi):
+        bins = np.geomspace(lo, hi, 31)
+        ax.set_xscale("log")
+        _plain_log_axis(ax.xaxis)
+        ax.set_xlabel(ax.get_xlabel() + ", log scale")
+    elif hi > lo:
+        bins = np.linspace(lo, hi, 31)
+    else:
+        bins = np.linspace(lo - 0.5, hi + 0.5, 3)
+    top = 0.0
+    notes = []
+    for label, v, color in groups:
+        if not v.size:
+            continue
+        ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.28, color=color)
+        heights, _, _ = ax.hist(v, bins=bins, density=True, histtype="step", lw=1.4, color=color)
+        top = max(top, float(np.max(heights)))
+        ax.axvline(float(np.median(v)), color=color, ls="--", lw=1)
+        notes.append((f"{label}: median {_fmt(np.median(v))}, n={v.size}", color))
+    for k, (note, color) in enumerate(notes):
+        ax.text(
+            0.99,
+            0.98 - 0.075 * k,
+            note,
+            ha="right",
+            va="top",
+            fontsize=7.5,
+            color=color,
+            transform=ax.transAxes,
+            bbox={"fc": "white", "ec": "none", "alpha": 0.85, "pad": 1},
+        )
+    ax.set_ylim(0, top * 1.3 if top > 0 else 1)
+    ax.set_ylabel("density")
+    ax.set_yticks([])
+
+
+def _distributions_svg(records: list[dict[str, Any]], bleu_key: str | None) -> str:
+    import matplotlib
+
+    clustered = [r for r in records if r.get("cluster") is not None]
+    unique = [r for r in records if r.get("cluster") is None]
+    panels: list[tuple[str, str, bool]] = [
+        ("self_influence", "self-influence I[t, t]", False),
+        ("margin", "Top-1 influence margin (defined only)", True),
+    ]
+    if bleu_key:
+        panels.append((bleu_key, _BLEU_LABELS[bleu_key], False))
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(3.9 * len(panels), 3.2)
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        from matplotlib.patches import Patch
+
+        fig.legend(
+            handles=[
+                Patch(
+                    fc=COLOR_CLUSTERED, ec=COLOR_CLUSTERED, alpha=0.5, label="records in clusters"
+                ),
+                Patch(fc=COLOR_UNIQUE, ec=COLOR_UNIQUE, alpha=0.5, label="unique records"),
+            ],
+            loc="outside upper center",
+            ncol=2,
+            fontsize=8.5,
+        )
+        for ax, (key, label, log) in zip(axes, panels, strict=True):
+            groups = [
+                ("in clusters", _values(clustered, key), COLOR_CLUSTERED),
+                ("unique", _values(unique, key), COLOR_UNIQUE),
+            ]
+            ax.set_xlabel(label)
+            if not any(v.size for _, v, _ in groups):
+                ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+                ax.set_yticks([])
+                continue
+            _hist_panel(ax, groups, log)
+        return _svg(fig, "distributions")
+
+
+def _scatter_svg(records: list[dict[str, Any]]) -> tuple[str, int]:
+    """Margin vs self-influence; records with an undefined margin in a strip below."""
+    import matplotlib
+
+    def split(rs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, y, xu = [], [], []
+        for r in rs:
+            s = _num(r.get("self_influence"))
+            if s is None:
+                continue
+            m = _num(r.get("margin"))
+            if r.get("margin_defined", m is not None) and m is not None and m > 0:
+                x.append(s)
+                y.append(m)
+            else:
+                xu.append(s)
+        return np.array(x), np.array(y), np.array(xu)
+
+    groups = [
+        ("in clusters", [r for r in records if r.get("cluster") is not None], COLOR_CLUSTERED),
+        ("unique", [r for r in records if r.get("cluster") is None], COLOR_UNIQUE),
+    ]
+    n_undefined = 0
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(7.6, 4.6)
+        ax, strip = fig.subplots(2, 1, sharex=True, height_ratios=[6, 1])
+        rng = np.random.default_rng(0)
+        for label, rs, color in groups:
+            x, y, xu = split(rs)
+            n_undefined += xu.size
+            ax.scatter(
+                x, y, s=16, alpha=0.7, color=color, edgecolors="none", label=f"{label} ({x.size})"
+            )
+            if xu.size:
+                strip.scatter(
+                    xu,
+                    rng.uniform(-0.3, 0.3, xu.size),
+                    s=16,
+                    alpha=0.8,
+                    color=color,
+                    marker="x",
+                    lw=1,
+                )
+        defined = [_num(r.get("margin")) for r in records if r.get("margin_defined", True)]
+        defined = [m for m in defined if m is not None and m > 0]
+        if defined and _use_log(min(defined), max(defined)):
+            ax.set_yscale("log")
+            _plain_log_axis(ax.yaxis)
+            ax.set_ylabel("Top-1 influence margin (log scale)")
+        else:
+            ax.set_ylabel("Top-1 influence margin")
+        ax.axhline(1.0, color="#999999", lw=0.8, ls=":")
+        ax.legend(
+            loc="lower left",
+            bbox_to_anchor=(0.0, 1.0),
+            ncol=2,
+            scatterpoints=1,
+            markerscale=1.6,
+            fontsize=8.5,
+        )
+        ax.tick_params(labelbottom=False)
+        strip.set_ylim(-0.6, 0.6)
+        strip.set_yticks([0], ["undefined\nmargin"])
+        strip.spines["left"].set_visible(False)
+        strip.tick_params(axis="y", length=0)
+        strip.set_facecolor("#f4f4f4")
+        strip.set_xlabel("self-influence I[t, t]")
+        strip.text(
+            0.995,
+            0.5,
+            f"{n_undefined} record{'s' if n_undefined != 1 else ''}",
+            ha="right",
+            va="center",
+            fontsize=8,
+            color="#555555",
+            transform=strip.transAxes,
+        )
+        return _svg(fig, "scatter"), n_undefined
+
+
+_BLEU_LABELS = {
+    "bleu_in": "BLEU, models trained on the record",
+    "bleu_gain": "BLEU gain (trained on it − not)",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# text and diffs
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def _truncate_words(text: str) -> tuple[list[str], int]:
+    """Display parts (words and the whitespace between them), cut after MAX_TEXT_WORDS words;
+    returns the parts and the number of words left out."""
+    parts = re.findall(r"\S+|\s+", text)
+    kept, nwords = [], 0
+    for p in parts:
+        if not p.isspace():
+            nwords += 1
+            if nwords > MAX_TEXT_WORDS:
+                continue
+        if nwords <= MAX_TEXT_WORDS:
+            kept.append(p)
+    return kept, max(0, nwords - MAX_TEXT_WORDS)
+
+
+def _render_text(text: str) -> str:
+    parts, cut = _truncate_words(text)
+    out = _esc("".join(parts))
+    if cut:
+        out += f" <span class='cut'>… {cut} more words</span>"
+    return out
+
+
+def _render_diff(base: str, text: str) -> str:
+    """`text` with the words that differ from `base` marked: difflib over whitespace tokens;
+    replaced or inserted words in <mark>, words of `base` missing here in <del>."""
+    a, b = _words(base), _words(text)
+    changed: set[int] = set()
+    replaced: dict[int, str] = {}  # first word of a replacement -> the words it replaces
+    deleted_before: dict[int, str] = {}  # word position -> base words deleted before it
+    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    if a and b and sm.ratio() < MIN_DIFF_SIMILARITY:  # a diff would mark nearly every word
+        return (
+            _render_text(text) + " <span class='cut'>(little text in common with the "
+            "reference: not diffed)</span>"
+        )
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag in ("replace", "insert"):
+            changed.update(range(j1, j2))
+            if tag == "replace":
+                replaced[j1] = " ".join(a[i1:i2])
+        elif tag == "delete":
+            deleted_before[j1] = deleted_before.get(j1, "") + " ".join(a[i1:i2])
+
+    parts, cut = _truncate_words(text)
+    out: list[str] = []
+    w = 0
+    for p in parts:
+        if p.isspace():
+            out.append(_esc(p))
+            continue
+        if w in deleted_before:
+            out.append(f"<del>{_esc(deleted_before[w])}</del> ")
+        if w in changed:
+            title = f' title="was: {_esc(replaced[w])}"' if w in replaced else ""
+            out.append(f"<mark{title}>{_esc(p)}</mark>")
+        else:
+            out.append(_esc(p))
+        w += 1
+    if not cut and len(b) in deleted_before:
+        out.append(f" <del>{_esc(deleted_before[len(b)])}</del>")
+    if cut:
+        out.append(f" <span class='cut'>… {cut} more words</span>")
+    return "".join(out)
+
+
+def _redacted_text(rec: dict[str, Any]) -> str:
+    sha = rec.get("text_sha256") or ""
+    return (
+        f"<span class='redacted'>text redacted · sha256 <code>{_esc(str(sha)[:12])}</code></span>"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+
+def _header(report: dict[str, Any]) -> str:
+    cfg = report.get("config") or {}
+    model = cfg.get("model") or {}
+    train = cfg.get("train") or {}
+    ens_cfg = cfg.get("ensemble") or {}
+    ds = report.get("dataset") or {}
+    ens = report.get("ensemble") or {}
+    versions = report.get("versions") or {}
+
+    finetune = model.get("finetune")
+    if finetune == "lora":
+        lora = [f"{k}={model[f'lora_{k}']}" for k in ("r", "alpha") if model.get(f"lora_{k}")]
+        finetune = "LoRA" + (f" ({', '.join(lora)})" if lora else "")
+    train_bits = [
+        f"{train['epochs']} epochs" if train.get("epochs") is not None else None,
+        f"lr {train['lr']}" if train.get("lr") is not None else None,
+        f"batch {train['batch_size']}" if train.get("batch_size") is not None else None,
+        f"loss on {train['loss_on']}" if train.get("loss_on") else None,
+    ]
+    used, total = ens.get("n_models_used"), ens.get("n_models")
+    excluded = ens.get("excluded_models") or []
+    ens_text = f"{_esc(used)} of {_esc(total)} models used"
+    if excluded:
+        shown = ", ".join(str(j) for j in excluded[:12]) + (" …" if len(excluded) > 12 else "")
+        ens_text += f" <span class='muted'>(excluded: {_esc(shown)})</span>"
+    design = ens_cfg.get("design")
+    if design:
+        ens_text += (
+            f" <span class='muted'>· {_esc(design)} design, seed {_esc(ens_cfg.get('seed'))}</span>"
+        )
+
+    rows = [
+        (
+            "Dataset",
+            f"<code>{_esc(ds.get('path'))}</code> · {_esc(ds.get('records'))} records"
+            + (
+                f" <span class='muted'>· sha256 {_esc(str(ds.get('sha256'))[:12])}</span>"
+                if ds.get("sha256")
+                else ""
+            ),
+        ),
+        ("Model", f"<code>{_esc(model.get('name'))}</code>"),
+        (
+            "Fine-tuning",
+            _esc(finetune or "—")
+            + (
+                " <span class='muted'>· " + _esc(", ".join(b for b in train_bits if b)) + "</span>"
+                if any(train_bits)
+                else ""
+            ),
+        ),
+        ("Ensemble", ens_text),
+        (
+            "Estimator",
+            _esc(ens.get("estimator") or "—")
+            + (
+                " <span class='muted'>· extractability measured on "
+                f"{_esc(ens.get('extract_models'))} models</span>"
+                if ens.get("extract_models") is not None
+                else ""
+            ),
+        ),
+        (
+            "Generated",
+            _esc(_parse_time(report.get("generated")))
+            + (
+                f" <span class='muted'>· memaudit {_esc(versions.get('memaudit'))}</span>"
+                if versions.get("memaudit")
+                else ""
+            ),
+        ),
+    ]
+    meta = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    banner = ""
+    if report.get("redacted"):
+        banner = (
+            "<div class='banner'><strong>Redacted report.</strong> Record texts were removed "
+            "before this report was written; records are shown by id and the first 12 hex "
+            "digits of the SHA-256 of their text.</div>"
+        )
+    name = str(ds.get("path") or "dataset").replace("\\", "/").rsplit("/", 1)[-1]
+    return (
+        "<header>"
+        "<div class='brand'>memaudit · memorization audit</div>"
+        f"<h1>Memorization report: {_esc(name)}</h1>"
+        f"{banner}<table class='meta'>{meta}</table>"
+        "</header>"
+    )
+
+
+def _summary_cards(report: dict[str, Any]) -> str:
+    records = report.get("records") or []
+    clusters = report.get("clusters") or []
+    findings = report.get("findings") or {}
+    n_clustered = sum(1 for r in records if r.get("cluster") is not None)
+    n_undef = sum(1 for r in records if not r.get("margin_defined", True))
+    flagged_unique = sum(
+        1
+        for f in findings.get("records") or []
+        if (_record_map(report).get(f.get("index")) or {}).get("cluster") is None
+    )
+    cards = [
+        (str(len(records)), "records audited"),
+        (str(len(findings.get("clusters") or [c.get("id") for c in clusters])), "flagged clusters"),
+        (str(n_clustered), "records in clusters"),
+        (str(flagged_unique), "flagged unique records"),
+        (str(n_undef), "undefined margins"),
+    ]
+    return "<div class='cards'>" + "".join(_card(_esc(v), k) for v, k in cards) + "</div>"
+
+
+def _card(value_html: str, label: str) -> str:
+    return (
+        f"<div class='card'><div class='big'>{value_html}</div>"
+        f"<div class='label'>{_esc(label)}</div></div>"
+    )
+
+
+def _stats_cell(stats: Any, not_computed: str = "—") -> str:
+    if not isinstance(stats, dict):
+        return f"<span class='muted'>{_esc(not_computed)}</span>"
+    if not stats.get("n") or _num(stats.get("mean")) is None:
+        return "<span class='muted'>no values</span>"
+    s = _fmt(stats.get("mean"))
+    if _num(stats.get("std")) is not None:
+        s += f" <span class='pm'>± {_fmt(stats.get('std'))}</span>"
+    extra = f"median {_fmt(stats.get('median'))}, n={_esc(stats.get('n'))}"
+    return f"{s}<div class='sub'>{extra}</div>"
+
+
+def _table_section(report: dict[str, Any], has_bleu: bool) -> str:
+    table = report.get("table") or {}
+    ic, un = table.get("in_clusters") or {}, table.get("unique") or {}
+    rows = [
+        ("Self-influence", "self_influence", "—"),
+        ("Top-1 influence margin", "margin", "—"),
+        ("BLEU (extractability)", "bleu", NOT_COMPUTED),
+        ("BLEU gain (in − out)", "bleu_gain", NOT_COMPUTED),
+    ]
+    if any(isinstance(g.get("mia_auc"), dict) and g["mia_auc"].get("n") for g in (ic, un)):
+        rows.append(("Membership-inference AUC", "mia_auc", "—"))
+    if not has_bleu:  # never show BLEU statistics the records do not back
+        ic = {k: v for k, v in ic.items() if k not in ("bleu", "bleu_gain")}
+        un = {k: v for k, v in un.items() if k not in ("bleu", "bleu_gain")}
+    body = "".join(
+        f"<tr><th>{label}</th><td>{_stats_cell(ic.get(key), nc)}</td>"
+        f"<td>{_stats_cell(un.get(key), nc)}</td></tr>"
+        for label, key, nc in rows
+    )
+    head = (
+        "<tr><th>metric (mean ± std)</th>"
+        f"<th>records in clusters <span class='muted'>({_esc(ic.get('records', '—'))})</span></th>"
+        f"<th>unique records <span class='muted'>({_esc(un.get('records', '—'))})</span></th></tr>"
+    )
+    out = [
+        "<section id='summary'><h2>Summary</h2>",
+        _summary_cards(report),
+        "<p class='lead'>The paper's comparison: records that the audit placed in a cluster "
+        "(near-duplicates or records that influence each other) against unique records. "
+        "Near-duplicates typically have <em>lower</em> self-influence but a margin near 1 and "
+        "higher extractability: self-influence alone underestimates their risk.</p>",
+        f"<table class='data summary'><thead>{head}</thead><tbody>{body}</tbody></table>",
+    ]
+    if not has_bleu:
+        out.append(
+            "<p class='muted'>Extractability not computed for this run: the BLEU rows and "
+            "plots are left out (no zeros are shown in their place).</p>"
+        )
+    gt = report.get("ground_truth")
+    if isinstance(gt, dict):
+        known = [
+            ("pair_precision", "pair precision", _pct),
+            ("pair_recall", "pair recall", _pct),
+            ("groups_recovered_exactly", "groups recovered exactly", _pct),
+            ("groups", "planted groups", lambda v: _esc(v)),
+        ]
+        cells = [(lab, f(gt.get(k))) for k, lab, f in known if k in gt]
+        others = [
+            f"{_esc(k.replace('_', ' '))} <strong>{_fmt(v)}</strong>"
+            for k, v in gt.items()
+            if k not in {x[0] for x in known} and _num(v) is not None
+        ]
+        out.append(
+            "<h3>Against the planted ground truth</h3><div class='cards small'>"
+            + "".join(_card(v, lab) for lab, v in cells)
+            + "</div>"
+            + (f"<p class='sub'>{' · '.join(others)}</p>" if others else "")
+        )
+    notes = [n for n in report.get("notes") or [] if n]
+    if notes:
+        out.append(
+            "<div class='callout'><div class='callout-title'>Caveats</div><ul>"
+            + "".join(f"<li>{_esc(n)}</li>" for n in notes)
+            + "</ul></div>"
+        )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _plots_section(
+    report: dict[str, Any], flagged: dict[str, Any] | None, bleu_key: str | None
+) -> str:
+    records = report.get("records") or []
+    out = ["<section id='plots'><h2>Plots</h2>"]
+
+    out.append("<h3>Influence among the flagged records</h3>")
+    indices = list((flagged or {}).get("indices") or [])
+    matrix = None if flagged is None else flagged.get("matrix")
+    if flagged is None or matrix is None:
+        out.append(
+            "<p class='muted placeholder'>Influence matrix not available for this report "
+            "(the dense matrix was not stored or not passed to the renderer).</p>"
+        )
+    elif not indices:
+        out.append("<p class='muted placeholder'>No records were flagged: no matrix to show.</p>")
+    elif np.asarray(matrix).shape != (len(indices), len(indices)):
+        out.append(
+            "<p class='muted placeholder'>Influence matrix not shown: its shape "
+            f"{_esc(np.asarray(matrix).shape)} does not match the {len(indices)} flagged "
+            "records.</p>"
+        )
+    else:
+        out.append(
+            "<p class='caption'>Rows are targets t, columns training records i, ordered by "
+            "cluster; boxes mark clusters (labels on top). Red: including record i lowers the "
+            "loss on t. The diagonal is each record's self-influence. Colour scale clipped at the "
+            "99th percentile of |I|.</p>"
+        )
+        out.append(f"<figure class='plot'>{_heatmap_svg(report, flagged)}</figure>")
+
+    out.append("<h3>Distributions: records in clusters vs unique records</h3>")
+    if records:
+        out.append(f"<figure class='plot'>{_distributions_svg(records, bleu_key)}</figure>")
+        if bleu_key is None:
+            out.append(
+                "<p class='placeholder muted'>BLEU distribution: extractability not computed "
+                "for this run.</p>"
+            )
+        out.append(
+            "<p class='caption'>Histograms normalised per group; dashed lines are medians.</p>"
+        )
+    else:
+        out.append("<p class='muted placeholder'>No records in the report.</p>")
+
+    out.append("<h3>Margin vs self-influence</h3>")
+    if records:
+        svg, n_undef = _scatter_svg(records)
+        out.append(f"<figure class='plot'>{svg}</figure>")
+        note = (
+            f"{n_undef} record{'s' if n_undef != 1 else ''} with undefined margin "
+            "(second-largest influence ≤ 0) shown in the grey strip at the bottom, at their "
+            "self-influence."
+            if n_undef
+            else "Every record has a defined margin."
+        )
+        out.append(
+            "<p class='caption'>A margin near 1 (dotted line) means other records influence the "
+            f"target as much as itself, typical of near-duplicates. {note}</p>"
+        )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _record_map(report: dict[str, Any]) -> dict[Any, dict[str, Any]]:
+    return {r.get("index"): r for r in report.get("records") or []}
+
+
+def _rec_label(rec: dict[str, Any] | None, index: Any) -> str:
+    if rec is None:
+        return f"#{_esc(index)}"
+    return f"<code>{_esc(rec.get('id'))}</code>"
+
+
+def _kind_badge(kind: Any) -> str:
+    k = str(kind or "unknown")
+    cls = k if k in ("textual", "influence", "mixed") else "unknown"
+    return f"<span class='badge {cls}'>{_esc(k)}</span>"
+
+
+def _cluster_order(report: dict[str, Any]) -> list[dict[str, Any]]:
+    clusters = report.get("clusters") or []
+    by_id = {c.get("id"): c for c in clusters}
+    order = (report.get("findings") or {}).get("clusters")
+    if order is None:
+        return list(clusters)
+    return [by_id[c] for c in order if c in by_id]
+
+
+def _metric_cells(rec: dict[str, Any], has_bleu: bool) -> str:
+    margin = (
+        _fmt(rec.get("margin"))
+        if rec.get("margin_defined", True) and _num(rec.get("margin")) is not None
+        else "<span class='warn' title='second-largest influence ≤ 0'>undefined</span>"
+    )
+    cells = [
+        f"<td class='num'>{_fmt_pm(rec.get('self_influence'), rec.get('self_influence_se'))}</td>",
+        f"<td class='num'>{margin}</td>",
+    ]
+    if has_bleu:
+        b_in, b_out = _fmt_bleu(rec.get("bleu_in")), _fmt_bleu(rec.get("bleu_out"))
+        cells.append(f"<td class='num'>{b_in} / {b_out}</td>")
+    return "".join(cells)
+
+
+def _metric_heads(has_bleu: bool) -> str:
+    heads = "<th>self-influence</th><th>margin</th>"
+    if has_bleu:
+        heads += "<th>BLEU in / out</th>"
+    return heads
+
+
+def _clusters_section(report: dict[str, Any], has_bleu: bool) -> str:
+    recs = _record_map(report)
+    redacted = bool(report.get("redacted"))
+    ordered = _cluster_order(report)
+    out = ["<section id='clusters'><h2>Flagged clusters</h2>"]
+    if not ordered:
+        out.append("<p class='muted'>No cluster was flagged.</p></section>")
+        return "".join(out)
+    shown = ordered[:MAX_CLUSTER_PANELS]
+    out.append(
+        "<p class='lead'>Riskiest first. <em>textual</em>: the members are near-duplicate texts; "
+        "<em>influence</em>: the members influence each other without similar text; "
+        "<em>mixed</em>: both. Differences are highlighted against the cluster's first member"
+        + ("." if not redacted else " (not in a redacted report).")
+        + "</p>"
+    )
+    # Overview.
+    gain_col = "<th>max BLEU gain</th>" if has_bleu else ""
+    rows = []
+    for rank, c in enumerate(shown, 1):
+        gain = f"<td class='num'>{_fmt(c.get('max_bleu_gain'))}</td>" if has_bleu else ""
+        rows.append(
+            f"<tr><td class='num'>{rank}</td>"
+            f"<td><a href='#cluster-{_esc(c.get('id'))}'>C{_esc(c.get('id'))}</a></td>"
+            f"<td>{_kind_badge(c.get('kind'))}</td>"
+            f"<td class='num'>{len(c.get('members') or [])}</td>"
+            f"<td class='num'>{_fmt(c.get('min_margin'))}</td>{gain}"
+            f"<td class='num'><strong>{_fmt(c.get('risk_score'))}</strong></td></tr>"
+        )
+    out.append(
+        "<table class='data overview'><thead><tr><th>#</th><th>cluster</th><th>kind</th>"
+        f"<th>size</th><th>min margin</th>{gain_col}<th>risk score</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+    if len(ordered) > len(shown):
+        out.append(
+            f"<p class='muted'>{len(ordered) - len(shown)} more clusters are in report.json; "
+            f"the {len(shown)} riskiest are shown.</p>"
+        )
+
+    for rank, c in enumerate(shown, 1):
+        members = list(c.get("members") or [])
+        cid = _esc(c.get("id"))
+        out.append(f"<article class='cluster' id='cluster-{cid}'>")
+        out.append(
+            f"<div class='cluster-head'><h3>#{rank} · cluster C{cid}</h3>"
+            f"{_kind_badge(c.get('kind'))}"
+            f"<span class='muted'>{len(members)} records · min margin {_fmt(c.get('min_margin'))}"
+            + (f" · max BLEU gain {_fmt(c.get('max_bleu_gain'))}" if has_bleu else "")
+            + f"</span><span class='risk'>risk {_fmt(c.get('risk_score'))}</span></div>"
+        )
+        reasons = [r for r in c.get("reasons") or [] if r]
+        if reasons:
+            out.append(
+                "<ul class='reasons'>" + "".join(f"<li>{_esc(r)}</li>" for r in reasons) + "</ul>"
+            )
+        base_rec = recs.get(members[0]) if members else None
+        base_text = base_rec.get("text") if _has_text(base_rec, redacted) else None
+        body = []
+        for k, idx in enumerate(members):
+            rec = recs.get(idx)
+            if rec is None:
+                body.append(
+                    f"<tr><td>#{_esc(idx)}</td>"
+                    "<td colspan='5' class='muted'>not in report</td></tr>"
+                )
+                continue
+            if not _has_text(rec, redacted):
+                text = _redacted_text(rec)
+            elif k == 0 or base_text is None:
+                text = _render_text(rec["text"])
+            else:
+                text = _render_diff(base_text, rec["text"])
+            ref = (
+                " <span class='ref'>reference</span>"
+                if k == 0 and len(members) > 1 and base_text is not None
+                else ""
+            )
+            body.append(
+                f"<tr><td class='rid'>{_rec_label(rec, idx)}"
+                f"<div class='sub'>index {_esc(idx)}</div>{ref}</td>"
+                f"<td class='text'>{text}</td>{_metric_cells(rec, has_bleu)}"
+                f"<td>{_esc(rec.get('group') or '—')}</td></tr>"
+            )
+        out.append(
+            "<table class='data members'><thead><tr><th>record</th><th>text</th>"
+            f"{_metric_heads(has_bleu)}<th>group</th></tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
+        links = list(c.get("links") or [])
+        if links:
+            lrows = []
+            for ln in links[:MAX_LINKS_PER_CLUSTER]:
+                s, t = ln.get("source"), ln.get("target")
+                lrows.append(
+                    f"<tr><td>{_rec_label(recs.get(s), s)} <span class='arrow'>→</span> "
+                    f"{_rec_label(recs.get(t), t)}</td>"
+                    f"<td class='num'>{_fmt_pm(ln.get('influence'), ln.get('se'))}</td>"
+                    f"<td class='num'>{_fmt(ln.get('z'))}</td>"
+                    f"<td class='num'>{_fmt(ln.get('lexical_similarity'))}</td></tr>"
+                )
+            more = (
+                f"<p class='muted'>{len(links) - MAX_LINKS_PER_CLUSTER} more links in "
+                "report.json.</p>"
+                if len(links) > MAX_LINKS_PER_CLUSTER
+                else ""
+            )
+            out.append(
+                "<details class='links' open><summary>Influence links "
+                f"({len(links)})</summary><table class='data'><thead><tr>"
+                "<th>source → target</th><th>influence I[t, i]</th><th>z</th>"
+                "<th>lexical similarity</th></tr></thead>"
+                f"<tbody>{''.join(lrows)}</tbody></table>{more}</details>"
+            )
+        out.append("</article>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _unique_section(report: dict[str, Any], has_bleu: bool) -> str:
+    recs = _record_map(report)
+    redacted = bool(report.get("redacted"))
+    flagged = [
+        f
+        for f in (report.get("findings") or {}).get("records") or []
+        if (recs.get(f.get("index")) or {}).get("cluster") is None
+    ]
+    out = ["<section id='unique'><h2>Top-risk unique records</h2>"]
+    if not flagged:
+        out.append("<p class='muted'>No unique record was flagged.</p></section>")
+        return "".join(out)
+    shown = flagged[:MAX_UNIQUE_RECORDS]
+    out.append(
+        "<p class='lead'>Records outside every cluster that the audit still flags, e.g. for a "
+        "high self-influence (the model memorises them on their own) or an undefined margin.</p>"
+    )
+    extra_heads = "<th>BLEU gain</th>" if has_bleu else ""
+    mia = any(_num((recs.get(f.get("index")) or {}).get("mia_auc")) is not None for f in shown)
+    if mia:
+        extra_heads += "<th>MIA AUC</th>"
+    body = []
+    for rank, f in enumerate(shown, 1):
+        idx = f.get("index")
+        rec = recs.get(idx) or {"index": idx}
+        text = _render_text(rec["text"]) if _has_text(rec, redacted) else _redacted_text(rec)
+        reasons = "".join(f"<li>{_esc(r)}</li>" for r in f.get("reasons") or [])
+        others = [t for t in rec.get("top_influencers") or [] if t.get("index") != idx][:1]
+        top = (
+            "<div class='sub'>strongest other influencer: "
+            f"<code>{_esc(others[0].get('id'))}</code> "
+            f"({_fmt(others[0].get('influence'))})</div>"
+            if others
+            else ""
+        )
+        extra = f"<td class='num'>{_fmt(rec.get('bleu_gain'))}</td>" if has_bleu else ""
+        if mia:
+            extra += f"<td class='num'>{_fmt_bleu(rec.get('mia_auc'))}</td>"
+        body.append(
+            f"<tr><td class='num'>{rank}</td>"
+            f"<td class='rid'>{_rec_label(rec, idx)}<div class='sub'>index {_esc(idx)}</div></td>"
+            f"<td class='text'>{text}<ul class='reasons'>{reasons}</ul>{top}</td>"
+            f"<td class='num'><strong>{_fmt(f.get('risk_score'))}</strong></td>"
+            f"{_metric_cells(rec, has_bleu)}{extra}</tr>"
+        )
+    out.append(
+        "<table class='data unique'><thead><tr><th>#</th><th>record</th><th>text and reasons</th>"
+        f"<th>risk</th>{_metric_heads(has_bleu)}{extra_heads}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+    if len(flagged) > len(shown):
+        out.append(
+            f"<p class='muted'>{len(flagged) - len(shown)} more flagged unique records are in "
+            "report.json.</p>"
+        )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _config_section(report: dict[str, Any]) -> str:
+    def rows(d: Any, prefix: str = "") -> list[str]:
+        out = []
+        if isinstance(d, dict):
+            for k, v in d.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if isinstance(v, dict):
+                    out.extend(rows(v, key))
+                else:
+                    out.append(
+                        f"<tr><th><code>{_esc(key)}</code></th><td>{_esc(_plain(v))}</td></tr>"
+                    )
+        return out
+
+    def _plain(v: Any) -> str:
+        if v is None:
+            return "—"
+        if isinstance(v, (list, tuple)):
+            return ", ".join(str(x) for x in v) or "—"
+        return str(v)
+
+    parts = []
+    for title, key in (
+        ("Run configuration", "config"),
+        ("Finding thresholds", "thresholds"),
+        ("Versions", "versions"),
+    ):
+        r = rows(report.get(key))
+        if r:
+            parts.append(
+                f"<details><summary>{title}</summary>"
+                f"<table class='kv'>{''.join(r)}</table></details>"
+            )
+    if not parts:
+        return ""
+    return "<section id='config'><h2>Configuration</h2>" + "".join(parts) + "</section>"
+
+
+_CSS = """
+:root{--fg:#1f2328;--muted:#656d76;--line:#d8dee4;--bg:#ffffff;--soft:#f6f8fa;
+--accent:#0b5cad;--clu:#D55E00;--uni:#0072B2;--mark:#ffe08a}
+*{box-sizing:border-box}
+html{-webkit-text-size-adjust:100%}
+body{margin:0;background:#eef1f4;color:var(--fg);line-height:1.45;
+font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,
+"Noto Sans","DejaVu Sans",sans-serif}
+main{max-width:1180px;margin:24px auto;background:var(--bg);padding:28px 36px 40px;
+border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+h1{font-size:26px;margin:4px 0 14px;font-weight:650}
+h2{font-size:20px;margin:34px 0 10px;padding-bottom:6px;border-bottom:2px solid var(--line)}
+h3{font-size:16px;margin:22px 0 8px}
+code{font:12.5px/1.3 ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;
+background:var(--soft);padding:1px 4px;border-radius:4px;word-break:break-all}
+a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
+.brand{font-size:12px;letter-spacing:.08em;text-transform:uppercase;color:var(--muted)}
+.muted{color:var(--muted)}
+.sub{font-size:12px;color:var(--muted)}
+.lead{max-width:900px}
+.caption{font-size:13px;color:var(--muted);max-width:900px;margin:4px 0 10px}
+nav.toc{font-size:13px;margin:8px 0 0;color:var(--muted)}
+nav.toc a{margin-right:14px}
+table.meta{border-collapse:collapse;margin:6px 0 4px}
+table.meta th{text-align:left;font-weight:600;color:var(--muted);padding:3px 18px 3px 0;
+vertical-align:top;white-space:nowrap}
+table.meta td{padding:3px 0}
+.banner{background:#fff4e5;border:1px solid #f0b45b;border-left:6px solid #e08a00;
+padding:10px 14px;border-radius:6px;margin:10px 0 14px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0 16px}
+.card{flex:1 1 150px;background:var(--soft);border:1px solid var(--line);border-radius:8px;
+padding:10px 14px}
+.card .big{font-size:24px;font-weight:650}
+.card .label{font-size:12px;color:var(--muted)}
+.cards.small .big{font-size:20px}
+table.data{border-collapse:collapse;width:100%;margin:8px 0 14px;font-size:13px}
+table.data th,table.data td{border-bottom:1px solid var(--line);padding:6px 8px;
+vertical-align:top;text-align:left}
+table.data thead th{background:var(--soft);font-weight:600;white-space:nowrap;
+border-bottom:2px solid var(--line)}
+table.data tbody tr:nth-child(even){background:#fbfcfd}
+table.summary{width:auto;min-width:640px}
+table.summary td,table.summary tbody th{padding:8px 16px 8px 8px}
+table.overview{width:auto;min-width:560px}
+td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td.rid{max-width:190px;word-break:break-all}
+td.text{min-width:320px;word-break:break-word;white-space:pre-wrap}
+td.text ul.reasons{white-space:normal}
+.pm{color:var(--muted);font-size:12px}
+.warn{color:#9a6700;font-weight:600}
+mark{background:var(--mark);color:inherit;padding:0 2px;border-radius:3px;
+box-shadow:inset 0 -1px 0 #e0b000}
+del{color:#a40e26;background:#ffebe9;text-decoration:line-through;padding:0 2px;border-radius:3px}
+.redacted{color:var(--muted);font-style:italic}
+.cut{color:var(--muted);font-style:italic}
+.ref{display:inline-block;margin-top:3px;font-size:11px;color:var(--muted);
+border:1px solid var(--line);border-radius:10px;padding:0 6px}
+.callout{background:#f1f8ff;border:1px solid #c8e1ff;border-left:6px solid var(--accent);
+padding:10px 16px;border-radius:6px;margin:14px 0}
+.callout-title{font-weight:650;margin-bottom:4px}
+.callout ul{margin:4px 0 0;padding-left:20px}
+figure.plot{margin:8px 0 4px;padding:8px;border:1px solid var(--line);border-radius:8px;
+background:#fff;text-align:center;overflow-x:auto}
+figure.plot svg{display:inline-block}
+svg *{stroke-linejoin:round;stroke-linecap:butt}
+.placeholder{background:var(--soft);border:1px dashed var(--line);border-radius:8px;
+padding:14px 16px}
+article.cluster{border:1px solid var(--line);border-radius:10px;padding:4px 18px 10px;
+margin:18px 0;background:#fff}
+.cluster-head{display:flex;flex-wrap:wrap;align-items:center;gap:10px;padding-top:10px}
+.cluster-head h3{margin:0}
+.risk{margin-left:auto;font-weight:650;background:#fdecea;color:#8a1c0e;border-radius:12px;
+padding:2px 10px;font-size:13px}
+.badge{display:inline-block;font-size:11.5px;font-weight:600;border-radius:10px;padding:1px 9px;
+text-transform:uppercase;letter-spacing:.04em}
+.badge.textual{background:#fde7da;color:#8a3b00}
+.badge.influence{background:#dcebf8;color:#0b4f8a}
+.badge.mixed{background:#ece2f7;color:#5b2a8c}
+.badge.unknown{background:var(--soft);color:var(--muted)}
+ul.reasons{margin:6px 0 8px;padding-left:20px;font-size:13px}
+ul.reasons li{margin:1px 0}
+details{margin:6px 0}
+details>summary{cursor:pointer;font-weight:600;color:var(--accent)}
+table.kv{border-collapse:collapse;font-size:13px;margin:6px 0 10px}
+table.kv th{text-align:left;font-weight:normal;padding:2px 18px 2px 0;color:var(--muted)}
+table.kv td{padding:2px 0}
+.arrow{color:var(--muted)}
+footer{margin-top:36px;font-size:12px;color:var(--muted);border-top:1px solid var(--line);
+padding-top:10px}
+@media print{body{background:#fff}main{box-shadow:none;margin:0;max-width:none;padding:0}
+article.cluster,figure.plot{break-inside:avoid}}
+"""
+
+
+def render_html(report: dict, flagged: dict | None = None) -> str:
+    """Render the report dict (schema "memaudit-report" 1.0) as one self-contained HTML page.
+
+    report: the report.json dict. flagged: {"indices": [record indices ordered by cluster],
+    "matrix": array (len x len), influence I[t, i] among them (rows targets)}, or None when not
+    available. Returns the page as a string (UTF-8 text; write it with encoding="utf-8").
+    """
+    report = report or {}
+    records = report.get("records") or []
+    if any(_num(r.get("bleu_in")) is not None for r in records):
+        bleu_key: str | None = "bleu_in"
+    elif any(_num(r.get("bleu_gain")) is not None for r in records):
+        bleu_key = "bleu_gain"
+    else:
+        bleu_key = None
+    has_bleu = bleu_key is not None
+
+    ds = report.get("dataset") or {}
+    name = str(ds.get("path") or "dataset").replace("\\", "/").rsplit("/", 1)[-1]
+    toc = (
+        "<nav class='toc'><a href='#summary'>Summary</a><a href='#plots'>Plots</a>"
+        "<a href='#clusters'>Clusters</a><a href='#unique'>Unique records</a>"
+        "<a href='#config'>Configuration</a></nav>"
+    )
+    schema = f"{report.get('schema', 'memaudit-report')} {report.get('schema_version', '')}"
+    body = [
+        _header(report),
+        toc,
+        _table_section(report, has_bleu),
+        _plots_section(report, flagged, bleu_key),
+        _clusters_section(report, has_bleu),
+        _unique_section(report, has_bleu),
+        _config_section(report),
+        f"<footer>Generated by memaudit from {_esc(schema.strip())}. Influence I[t, i] is the "
+        "mean loss on target t over models trained without record i minus the mean over models "
+        "trained with it (Meeus et al., 2025). This file is self-contained and works "
+        "offline.</footer>",
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>memaudit report · {_esc(name)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>\n"
+    )

@@ -1,0 +1,1 @@
+"""JSON Schemas of memaudit outputs, versioned by major version."""

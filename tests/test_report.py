@@ -1,0 +1,99 @@
+"""Reports: schema, re-rendering an older run directory, redaction, self-contained HTML."""
+
+import json
+import re
+import shutil
+
+import jsonschema
+import pytest
+
+from memaudit.report import load_schema
+from tests.conftest import ROOT
+
+V1_RUN = ROOT / "fixtures" / "runs" / "v1-foundation"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(V1_RUN, out)
+    return out
+
+
+def _texts(run):
+    rows = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    # Whole texts and their parts long enough not to occur by chance in other output.
+    parts = [r["text"] for r in rows]
+    parts += [r["prompt"] for r in rows if r["prompt"] and len(r["prompt"]) >= 12]
+    parts += [
+        r["text"][len(r["prompt"]) :].strip()
+        for r in rows
+        if r["prompt"] and len(r["text"]) - len(r["prompt"]) >= 12
+    ]
+    return parts
+
+
+def test_report_rerenders_an_older_run_directory(run_dir, cli):
+    """A run directory written by the first release (format 1, no extraction) still renders."""
+    res = cli("report", run_dir)
+    assert res.code == 0, res.err
+    report = json.loads((run_dir / "report.json").read_text())
+    jsonschema.validate(report, load_schema())
+    assert report["schema"] == "memaudit-report" and report["schema_version"].startswith("1.")
+    assert report["ensemble"]["n_records"] == 40 and report["ensemble"]["n_models"] == 6
+    assert report["ensemble"]["extract_models"] is None
+    assert all(r["bleu_in"] is None for r in report["records"])  # not computed, not zeros
+    assert any("Extractability was not computed" in n for n in report["notes"])
+    assert "memaudit report" in res.out and "self-influence" in res.out
+    html = (run_dir / "report.html").read_text()
+    assert "<html" in html.lower()
+    # The terminal view fits 100 columns.
+    assert max(len(line) for line in res.out.splitlines()) <= 100
+
+
+def test_formats_are_selectable(run_dir, cli):
+    res = cli("report", run_dir, "--format", "json")
+    assert res.code == 0, res.err
+    assert (run_dir / "report.json").exists() and not (run_dir / "report.html").exists()
+    assert "memaudit report" not in res.out
+
+
+def test_redacted_outputs_hold_no_record_text(run_dir, cli):
+    res = cli("report", run_dir, "--redact")
+    assert res.code == 0, res.err
+    files = [run_dir / "report.redacted.json", run_dir / "report.redacted.html"]
+    outputs = [f.read_bytes() for f in files] + [res.out.encode(), res.err.encode()]
+    texts = _texts(run_dir)
+    assert len(texts) > 40
+    for raw in outputs:
+        for text in texts:
+            assert text.encode() not in raw
+    report = json.loads(files[0].read_text())
+    jsonschema.validate(report, load_schema())
+    assert report["redacted"] is True
+    assert all(r["text"] is None and len(r["text_sha256"]) == 64 for r in report["records"])
+    # The unredacted report is untouched by a redacted rendering.
+    assert not (run_dir / "report.json").exists()
+
+
+def test_html_is_self_contained(run_dir, cli):
+    cli("report", run_dir, "--format", "html")
+    html = (run_dir / "report.html").read_text()
+    assert not re.search(r"https?://", html)
+    for attr in re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html):
+        assert attr.startswith(("data:", "#")), attr
+    assert "<script src" not in html and "@import" not in html
+
+
+def test_thresholds_are_options_and_saved(run_dir, cli):
+    res = cli("report", run_dir, "--format", "json", "--link-z", "2.5", "--link-fraction", "0.2")
+    assert res.code == 0, res.err
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["thresholds"]["link_z"] == 2.5 and report["thresholds"]["link_fraction"] == 0.2
+    res = cli("report", run_dir, "--link-fraction", "3")
+    assert res.code == 2 and "--link-fraction" in res.err
+
+
+def test_report_of_a_missing_run_dir(tmp_path, cli):
+    res = cli("report", tmp_path / "nope")
+    assert res.code == 2 and "not a memaudit run directory" in res.err

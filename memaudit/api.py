@@ -88,6 +88,7 @@ class Audit:
             records, tokenizer, cfg.train.max_length, cfg.train.loss_on, cfg.data
         )
         model = load_base_model(cfg.model, device, dtype)
+        # With --models auto, the first round; adaptive.run_adaptive grows it.
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
         resumed = self.run_dir.check_or_create(cfg, records, data_sha)
         self.run_dir.save_inclusion(inclusion)
@@ -152,9 +153,17 @@ class Audit:
         return report
 
     def run(self, progress: bool = False) -> dict[str, Any]:
-        """Train what is missing, estimate, and write the reports; returns the report dict."""
+        """Train what is missing (in rounds with ``auto``), estimate, diagnose convergence and
+        write the reports; returns the report dict."""
+        from memaudit import adaptive
+
         prepared = self.prepare()
-        self.train(prepared, progress=progress)
+        if self.config.ensemble.auto:
+            history = adaptive.run_adaptive(self, prepared, progress=progress)
+        else:
+            self.train(prepared, progress=progress)
+            history = [adaptive.check(self)[0]]
+            adaptive.write_history(self, history, f"fixed --models {history[0].n_models}")
         return self.report(show=progress)
 
     # -- reading results back -------------------------------------------------------------------

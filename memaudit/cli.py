@@ -127,6 +127,35 @@ def _findings_config(base, **given):
         raise MemauditError(f"--{str(exc).split()[0].replace('_', '-')}: {exc}") from None
 
 
+def _ensemble_config(models, max_models, first_round, design, seed):
+    from memaudit.config import EnsembleConfig
+
+    text = str(models).strip().lower()
+    if text == "auto":
+        return EnsembleConfig(
+            models=first_round, design=design, seed=seed, auto=True, max_models=max_models
+        )
+    try:
+        count = int(text)
+    except ValueError:
+        raise MemauditError(f"--models: expected a number or 'auto', got '{models}'") from None
+    return EnsembleConfig(models=count, design=design, seed=seed)
+
+
+def _convergence_config(min_reliability, max_flag_change):
+    from memaudit.convergence import ConvergenceConfig
+
+    given = {
+        k: v
+        for k, v in (("min_reliability", min_reliability), ("max_flag_change", max_flag_change))
+        if v is not None
+    }
+    for key, value in given.items():
+        if not 0.0 <= value <= 1.0:
+            raise MemauditError(f"--{key.replace('_', '-')}: must be between 0 and 1")
+    return ConvergenceConfig(**given)
+
+
 def _apply(options):
     def deco(f):
         for opt in reversed(options):
@@ -165,10 +194,36 @@ def cli() -> None:
 @click.option(
     "--models",
     "n_models",
+    default="1000",
+    show_default=True,
+    help="Ensemble size M (the paper's full mode is 1,000), or 'auto': train in rounds of "
+    "16, 32, 64, ... until the convergence diagnostics agree.",
+)
+@click.option(
+    "--max-models",
     type=int,
     default=1000,
     show_default=True,
-    help="Ensemble size M (the paper's full mode is 1,000).",
+    help="With --models auto: the most models to train.",
+)
+@click.option(
+    "--first-round",
+    type=int,
+    default=16,
+    show_default=True,
+    help="With --models auto: the first round's models.",
+)
+@click.option(
+    "--min-reliability",
+    type=float,
+    default=None,
+    help="Convergence: split-half reliability of self-influence and margin [0.9].",
+)
+@click.option(
+    "--max-flag-change",
+    type=float,
+    default=None,
+    help="Convergence: most change (1 - Jaccard) of the flagged set per round [0.1].",
 )
 @click.option(
     "--design",
@@ -254,6 +309,10 @@ def run(
     template,
     out,
     n_models,
+    max_models,
+    first_round,
+    min_reliability,
+    max_flag_change,
     design,
     finetune,
     lora_r,
@@ -289,7 +348,6 @@ def run(
     from memaudit import api
     from memaudit.config import (
         AnalysisConfig,
-        EnsembleConfig,
         ExtractConfig,
         ModelConfig,
         RunConfig,
@@ -325,7 +383,8 @@ def run(
             loss_on=loss_on,
             dtype=dtype,
         ),
-        ensemble=EnsembleConfig(models=n_models, design=design, seed=seed),
+        ensemble=_ensemble_config(n_models, max_models, first_round, design, seed),
+        convergence=_convergence_config(min_reliability, max_flag_change),
         analysis=AnalysisConfig(top_k=top_k),
         extract=ExtractConfig(models=extract_models, prefix_tokens=prefix_tokens),
         findings=_findings_config(

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from memaudit.convergence import ConvergenceConfig
 from memaudit.errors import MemauditError
 from memaudit.findings import FindingsConfig
 
@@ -71,12 +72,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    models: int = 1000  # the paper's full mode
+    models: int = 1000  # the paper's full mode; with auto, the first round's size
     design: str = "bernoulli"
     seed: int = 0
+    auto: bool = False  # train in rounds (doubling) until the convergence diagnostics agree
+    max_models: int = 1000  # auto: never more than this
 
     def __post_init__(self) -> None:
         _positive("--models", self.models)
+        _positive("--max-models", self.max_models)
+        if self.auto and self.max_models < self.models:
+            raise MemauditError("--max-models: must be at least the first round's models")
         _choice("--design", self.design, DESIGNS)
         if self.design == "complementary" and self.models % 2:
             raise MemauditError("--models: the complementary design needs an even number")
@@ -117,6 +123,7 @@ class RunConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     findings: FindingsConfig = field(default_factory=FindingsConfig)
+    convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
     device: str = "auto"
     eval_batch_size: int = 64
 
@@ -142,6 +149,7 @@ class RunConfig:
             analysis=AnalysisConfig(**d.get("analysis", {})),
             extract=ExtractConfig(**d.get("extract", {})),
             findings=FindingsConfig(**d.get("findings", {})),
+            convergence=ConvergenceConfig(**d.get("convergence", {})),
             device=d.get("device", "auto"),
             eval_batch_size=d.get("eval_batch_size", 64),
         )
@@ -152,9 +160,10 @@ class RunConfig:
         the number of extraction models, analysis and findings options may change."""
         d = self.to_dict()
         d.pop("data")  # the dataset is identified by its sha256, not its path
-        for key in ("device", "eval_batch_size", "analysis", "findings"):
+        for key in ("device", "eval_batch_size", "analysis", "findings", "convergence"):
             d.pop(key)
-        d["ensemble"].pop("models")
+        for key in ("models", "auto", "max_models"):
+            d["ensemble"].pop(key)
         # How many members decode, and in what batches, may change; what they decode may not.
         d["extract"] = {"prefix_tokens": d["extract"]["prefix_tokens"]}
         return d

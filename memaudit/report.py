@@ -32,7 +32,7 @@ from memaudit.io import atomic_write_json, atomic_write_text
 from memaudit.rundir import RunDir, package_versions
 
 SCHEMA_NAME = "memaudit-report"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: optional "convergence"
 
 
 def load_schema() -> dict[str, Any]:
@@ -169,6 +169,7 @@ def build_report(
             ],
         },
         "notes": _notes(analysis, n_extract, link_z, len(clusters)),
+        "convergence": _convergence(run),
     }
     if redact:
         report["config"] = {**report["config"], "data": "(redacted)"}
@@ -181,6 +182,14 @@ def build_report(
         )
         flagged["matrix"] = block[:, flagged_idx]
     return report, flagged
+
+
+def _convergence(run: RunDir) -> dict[str, Any] | None:
+    """The diagnostics of every round (RUN/convergence.json), when the run has them."""
+    path = run.file("convergence.json")
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _planted_table(groups, res, margin, extraction) -> dict[str, Any]:

@@ -721,6 +721,43 @@ def _table_section(report: dict[str, Any], has_bleu: bool) -> str:
     return "".join(out)
 
 
+def _convergence_section(report: dict[str, Any]) -> str:
+    """Each training round's diagnostics: what stopped the run and how much each criterion
+    moved (schema 1.1; absent in older reports)."""
+    conv = report.get("convergence")
+    if not conv or not conv.get("rounds"):
+        return ""
+    names = [c["name"] for c in conv["rounds"][-1]["criteria"]]
+    head = "".join(f"<th>{_esc(n.replace('_', ' '))}</th>" for n in names)
+    rows = []
+    for r in conv["rounds"]:
+        cells = []
+        for c in r["criteria"]:
+            if c.get("value") is None:
+                cells.append("<td class='muted'>not evaluated</td>")
+                continue
+            ok = "ok" if c["met"] else "not met"
+            cells.append(
+                f"<td>{_fmt(c['value'])} <span class='muted'>(needs "
+                f"{_esc(c['threshold'])}; {ok})</span></td>"
+            )
+        state = "converged" if r["converged"] else "not converged"
+        rows.append(f"<tr><td>{_esc(r['n_models'])}</td>{''.join(cells)}<td>{state}</td></tr>")
+    n_pairs = conv["rounds"][-1].get("n_indistinguishable") or 0
+    pairs = (
+        f"<p class='muted'>{_esc(n_pairs)} record pairs have (nearly) the same inclusion "
+        "pattern; their influences cannot be told apart.</p>"
+        if n_pairs
+        else ""
+    )
+    return (
+        "<section id='convergence'><h2>Convergence</h2>"
+        f"<p>{_esc(conv['stopped_by'])}.</p>"
+        f"<table><thead><tr><th>models</th>{head}<th></th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>{pairs}</section>"
+    )
+
+
 def _plots_section(
     report: dict[str, Any], flagged: dict[str, Any] | None, bleu_key: str | None
 ) -> str:
@@ -1172,6 +1209,7 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
         _header(report),
         toc,
         _table_section(report, has_bleu),
+        _convergence_section(report),
         _plots_section(report, flagged, bleu_key),
         _clusters_section(report, has_bleu),
         _unique_section(report, has_bleu),

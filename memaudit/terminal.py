@@ -303,5 +303,49 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
                 r["id"][:16], label[:40] + ("…" if len(label) > 40 else ""), "; ".join(f["reasons"])
             )
         out.print(rt)
+    print_convergence(report.get("convergence"), out)
     for note in report["notes"]:
         out.print(f"[dim]note: {note}[/]")
+
+
+# -- convergence -------------------------------------------------------------------------------
+
+
+def _criteria_line(criteria: list[dict]) -> str:
+    parts = []
+    for c in criteria:
+        if c.get("value") is None:
+            parts.append(f"{c['name']} not evaluated")
+            continue
+        mark = "[green]ok[/]" if c["met"] else "[red]no[/]"
+        moved = f", moved {c['change']:+.3f}" if c.get("change") is not None else ""
+        parts.append(f"{c['name']} {c['value']:.3f} (needs {c['threshold']}) {mark}{moved}")
+    return "; ".join(parts)
+
+
+def print_round(diag, out: Console | None = None) -> None:
+    """One line per training round of --models auto."""
+    out = out or console
+    state = "[green]converged[/]" if diag.converged else "not converged"
+    out.print(f"round at {diag.n_models} models: {state}: {_criteria_line(diag.criteria)}")
+
+
+def print_convergence(conv: dict | None, out: Console) -> None:
+    if not conv or not conv.get("rounds"):
+        return
+    last = conv["rounds"][-1]
+    out.print(f"\n[bold]Convergence[/] ({len(conv['rounds'])} round(s)): {conv['stopped_by']}")
+    out.print(_criteria_line(last["criteria"]))
+    evaluated = [c for c in last["criteria"] if c.get("value") is not None]
+    if any(not c["met"] for c in evaluated):
+        out.print(
+            f"[yellow]warning:[/] with {last['n_models']} models the diagnostics say the "
+            "estimates have not settled; more models (--models, or --models auto) would "
+            "change the findings."
+        )
+    n_pairs = last.get("n_indistinguishable") or len(last.get("indistinguishable") or [])
+    if n_pairs:
+        out.print(
+            f"[yellow]warning:[/] {n_pairs} record pairs have (nearly) the same inclusion "
+            "pattern, so no estimator can tell their influences apart; see report.json."
+        )

@@ -170,12 +170,14 @@ def test_demo_shows_the_papers_direction(tmp_path, cli):
     assert report["ground_truth"]["pair_precision"] in (None, 1.0)
     assert (out / "report.html").stat().st_size > 10_000
     assert "records in near-duplicate clusters vs unique records" in res.out
+    # A fixed, small M gets the same diagnostics and a warning that it was too small.
+    conv = json.loads((out / "convergence.json").read_text())
+    assert conv["stopped_by"] == "fixed --models 16" and len(conv["rounds"]) == 1
+    assert "have not settled" in res.out
 
 
-@pytest.mark.slow
-def test_planted_groups_are_each_others_top_influencers(tmp_path, cli):
-    """With more models per record (64 records, 64 models), a planted record's strongest other
-    influencers are its own group, and the margin separates planted from unique records."""
+def _plant_small(tmp_path, cli):
+    """64 records: the first 48 of the demo source with 8 planted groups of 3."""
     planted = tmp_path / "planted.jsonl"
     source = tmp_path / "src.jsonl"
     source.write_text("\n".join(DEMO_SOURCE.read_text().splitlines()[:48]) + "\n")
@@ -194,6 +196,14 @@ def test_planted_groups_are_each_others_top_influencers(tmp_path, cli):
         planted,
     )
     assert res.code == 0, res.err
+    return planted
+
+
+@pytest.mark.slow
+def test_planted_groups_are_each_others_top_influencers(tmp_path, cli):
+    """With more models per record (64 records, 64 models), a planted record's strongest other
+    influencers are its own group, and the margin separates planted from unique records."""
+    planted = _plant_small(tmp_path, cli)
     out = tmp_path / "run"
     res = cli("run", planted, "--config", DEMO_CONFIG, "--models", "64", "--out", out)
     assert res.code == 0, res.err
@@ -214,3 +224,44 @@ def test_planted_groups_are_each_others_top_influencers(tmp_path, cli):
             others = [x["id"] for x in r["top_influencers"] if x["id"] != r["id"]][:2]
             mates = {x["id"] for x in rows if x["group"] == r["group"]} - {r["id"]}
             assert len(mates.intersection(others)) >= 1
+
+
+@pytest.mark.slow
+def test_models_auto_stops_by_its_rule(tmp_path, cli):
+    """--models auto trains in rounds (16, 32, ...) and stops when the diagnostics agree; the
+    tolerances are options. On 64 records with planted groups of 3 the measured values are:
+    16 models: split-half reliability of self-influence 0.92, of the margin 0.09; 32 models:
+    0.96 and 0.68, flagged set changed by 0.44. So these tolerances stop it at 32, by the
+    rule, far below the cap."""
+    planted = _plant_small(tmp_path, cli)
+    out = tmp_path / "run"
+    res = cli(
+        "run",
+        planted,
+        "--config",
+        DEMO_CONFIG,
+        "--models",
+        "auto",
+        "--max-models",
+        "256",
+        "--min-reliability",
+        "0.6",
+        "--max-flag-change",
+        "0.5",
+        "--out",
+        out,
+    )
+    assert res.code == 0, res.err
+    conv = json.loads((out / "convergence.json").read_text())
+    assert [r["n_models"] for r in conv["rounds"]] == [16, 32]
+    assert conv["stopped_by"].startswith("converged at 32 models")
+    first, last = conv["rounds"]
+    assert not first["converged"] and last["converged"]
+    crit = {c["name"]: c for c in last["criteria"]}
+    assert crit["reliability_self"]["value"] >= 0.6 and crit["flag_change"]["value"] <= 0.5
+    assert crit["reliability_margin"]["change"] > 0  # the margin settles as models are added
+    assert len(list((out / "models").glob("0*[0-9].json"))) == 32
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, load_schema())
+    assert report["convergence"]["stopped_by"] == conv["stopped_by"]
+    assert "Convergence (2 round(s)): converged at 32 models" in res.out

@@ -38,7 +38,7 @@ def _nan_to_none(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-def _stats(values: np.ndarray) -> dict[str, Any]:
+def describe(values: np.ndarray) -> dict[str, Any]:
     v = values[np.isfinite(values)]
     if len(v) == 0:
         return {"n": 0, "mean": None, "std": None, "median": None}
@@ -66,8 +66,8 @@ def group_summary(records: list[Record], result: InfluenceResult) -> dict[str, A
     margin = np.where(result.margin_defined, result.margin, np.nan)
     summary: dict[str, Any] = {
         "all": {
-            "self_influence": _stats(result.self_influence),
-            "margin": _stats(margin),
+            "self_influence": describe(result.self_influence),
+            "margin": describe(margin),
             "margin_undefined": int((~result.margin_defined).sum()),
             "top1_is_self": float(result.top1_is_self.mean()),
         }
@@ -77,8 +77,8 @@ def group_summary(records: list[Record], result: InfluenceResult) -> dict[str, A
     for name, mask in (("unique", ~grouped), ("near_duplicated", grouped)):
         summary[name] = {
             "records": int(mask.sum()),
-            "self_influence": _stats(result.self_influence[mask]),
-            "margin": _stats(margin[mask]),
+            "self_influence": describe(result.self_influence[mask]),
+            "margin": describe(margin[mask]),
             "margin_undefined": int((~result.margin_defined[mask]).sum()),
             "top1_is_self": float(result.top1_is_self[mask].mean()) if mask.any() else None,
         }

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from memaudit.analysis import Analysis, _stats, influence_row
+from memaudit.analysis import Analysis, describe, influence_row
 from memaudit.extract import aggregate
 from memaudit.findings import (
     FindingsConfig,
@@ -115,22 +115,20 @@ def build_report(
         )
 
     margin = np.where(res.margin_defined, res.margin, np.nan)
-    table = {}
-    for name, mask in (("in_clusters", cluster_of >= 0), ("unique", cluster_of < 0)):
-        table[name] = {
-            "records": int(mask.sum()),
-            "self_influence": _stats(res.self_influence[mask]),
-            "margin": _stats(margin[mask]),
-            "bleu": _stats(extraction["bleu_in"][mask]) if extraction else None,
-            "bleu_gain": _stats(extraction["bleu_gain"][mask]) if extraction else None,
-            "mia_auc": _stats(mia["mia_auc"][mask]),
-        }
+    columns = {"self_influence": res.self_influence, "margin": margin, "mia_auc": mia["mia_auc"]}
+    if extraction:
+        columns |= {"bleu": extraction["bleu_in"], "bleu_gain": extraction["bleu_gain"]}
+    table = _group_table({"in_clusters": cluster_of >= 0, "unique": cluster_of < 0}, columns)
     groups = [r.group for r in records]
     ground_truth = None
     if any(groups):
         ground_truth = score_against_groups(cluster_of, groups)
         ground_truth["groups_recovered_exactly"] = ground_truth["share_exact"]
-        ground_truth["planted_table"] = _planted_table(groups, res, margin, extraction)
+        # The paper's table by ground truth: planted near-duplicates vs unique records.
+        planted = np.array([g is not None for g in groups])
+        ground_truth["planted_table"] = _group_table(
+            {"near_duplicated": planted, "unique": ~planted}, columns
+        )
 
     report = {
         "schema": SCHEMA_NAME,
@@ -192,19 +190,17 @@ def _convergence(run: RunDir) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _planted_table(groups, res, margin, extraction) -> dict[str, Any]:
-    """The paper's table by ground truth: planted near-duplicates vs unique records."""
-    planted = np.array([g is not None for g in groups])
-    out = {}
-    for name, mask in (("near_duplicated", planted), ("unique", ~planted)):
-        out[name] = {
+def _group_table(masks: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -> dict:
+    """Mean, std and median of every metric for each group of records; a metric that was not
+    computed (no extraction) is null, never zeros."""
+    return {
+        name: {
             "records": int(mask.sum()),
-            "self_influence": _stats(res.self_influence[mask]),
-            "margin": _stats(margin[mask]),
-            "bleu": _stats(extraction["bleu_in"][mask]) if extraction else None,
-            "bleu_gain": _stats(extraction["bleu_gain"][mask]) if extraction else None,
+            **{key: describe(values[mask]) for key, values in columns.items()},
+            **{key: None for key in ("bleu", "bleu_gain") if key not in columns},
         }
-    return out
+        for name, mask in masks.items()
+    }
 
 
 def _cluster_dict(c) -> dict[str, Any]:

@@ -91,6 +91,7 @@ class Audit:
         # With --models auto, the first round; adaptive.run_adaptive grows it.
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
         resumed = self.run_dir.check_or_create(cfg, records, data_sha)
+        self.run_dir.check_unlocked()
         self.run_dir.save_inclusion(inclusion)
         return Prepared(
             records, tokenizer, tokens, MemberFactory(model), device, dtype, inclusion, resumed
@@ -158,13 +159,14 @@ class Audit:
         from memaudit import adaptive
 
         prepared = self.prepare()
-        if self.config.ensemble.auto:
-            history = adaptive.run_adaptive(self, prepared, progress=progress)
-        else:
-            self.train(prepared, progress=progress)
-            history = [adaptive.check(self)[0]]
-            adaptive.write_history(self, history, f"fixed --models {history[0].n_models}")
-        return self.report(show=progress)
+        with self.run_dir.lock():
+            if self.config.ensemble.auto:
+                history = adaptive.run_adaptive(self, prepared, progress=progress)
+            else:
+                self.train(prepared, progress=progress)
+                history = [adaptive.check(self)[0]]
+                adaptive.write_history(self, history, f"fixed --models {history[0].n_models}")
+            return self.report(show=progress)
 
     # -- reading results back -------------------------------------------------------------------
     def records(self) -> list[Record]:

@@ -10,6 +10,7 @@
                              and it holds the sha256 of the files before it: a damaged file is
                              retrained, never read
     RUN/losses.npy           L, float64 (N x M), NaN for models without a valid result
+    RUN/lock                 held by the run writing the directory (host and pid)
     RUN/influence.npz        per-target estimates (see memaudit.influence.InfluenceResult)
     RUN/influence.json       per-record metrics for people and other tools
     RUN/influence_dense.npy  the full influence matrix, float32, when N is small enough
@@ -19,9 +20,13 @@ Every file is written atomically (memaudit.io), so a killed run leaves only whol
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import platform
+import socket
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
@@ -131,6 +136,45 @@ class RunDir:
             },
         )
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold RUN/lock while writing, so that two runs never write one directory.
+
+        The lock file names its holder (host and pid); a lock whose process is gone on this
+        host is stale and taken over, so a killed run never blocks its own rerun.
+        """
+        path = self.file("lock")
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self.check_unlocked()
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            break
+        else:
+            raise MemauditError(f"{self.path}: could not take {path}")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if path.read_text(encoding="utf-8").strip() == me:
+                    path.unlink()
+
+    def check_unlocked(self) -> None:
+        """Refuse early when another live run holds the lock."""
+        path = self.file("lock")
+        if path.exists() and _holder_alive(path):
+            holder = path.read_text(encoding="utf-8", errors="replace").strip()
+            raise MemauditError(
+                f"{self.path}: another memaudit run ({holder}) is writing to it; wait for it "
+                f"to finish, or delete {path} if it is not running"
+            )
+
     def read_config(self) -> dict[str, Any]:
         if not self.exists():
             raise MemauditError(f"{self.path}: not a memaudit run directory (no config.json)")
@@ -221,6 +265,24 @@ class RunDir:
 
     def model_metas(self, n_models: int) -> list[dict[str, Any] | None]:
         return [self.model_meta(j) for j in range(n_models)]
+
+
+def _holder_alive(path: Path) -> bool:
+    """Whether the process named in a lock file still runs (another host: assume it does)."""
+    try:
+        host, pid = path.read_text(encoding="utf-8").split()
+        pid_n = int(pid)
+    except (FileNotFoundError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _matches(path: Path, sha256: str | None) -> bool:

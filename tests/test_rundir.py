@@ -76,3 +76,35 @@ def test_collect_losses_marks_failed_models(tmp_path):
     assert np.isnan(losses[:, 1:]).all()
     assert json.loads((run.models_dir / "00001.json").read_text())["status"] == "diverged"
     assert not list(run.path.rglob("*.tmp"))
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    run = RunDir(tmp_path / "run")
+    run.check_or_create(_cfg(), RECORDS, "abc")
+    lock = run.file("lock")
+    with run.lock():
+        assert lock.read_text().split() == [socket.gethostname(), str(os.getpid())]
+        # A second writer (here: another holder name for a live process) is refused.
+        lock.write_text(f"{socket.gethostname()} {os.getppid()}\n")
+        with pytest.raises(MemauditError, match="another memaudit run"):
+            run.check_unlocked()
+        with pytest.raises(MemauditError, match="another memaudit run"), run.lock():
+            pass
+        lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    assert not lock.exists()  # released
+    # A lock left by a process that died (SIGKILL never cleans up) is stale: taken over.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    lock.write_text(f"{socket.gethostname()} {dead}\n")
+    with run.lock():
+        assert lock.read_text().split()[1] == str(os.getpid())
+    assert not lock.exists()

@@ -40,9 +40,8 @@ def check(audit, previous: tuple[Diagnostics, set[int]] | None = None):
     analysis = audit.analyze()
     report, _ = build_report(audit.run_dir, analysis, audit.config.findings)
     flagged = flagged_records(report)
-    losses = audit.run_dir.collect_losses(len(analysis.records), analysis.n_models)[0]
     diag = diagnose(
-        losses,
+        analysis.losses,
         audit.run_dir.inclusion(),
         flagged,
         previous=previous[0] if previous else None,
@@ -75,8 +74,10 @@ def stop_reason(diag: Diagnostics, at_cap: bool) -> str:
     return f"{diag.n_models} models"
 
 
-def run_adaptive(audit, prepared, progress: bool = False) -> list[Diagnostics]:
-    """Train round after round until the diagnostics converge or the cap is reached."""
+def run_adaptive(audit, prepared, progress: bool = False):
+    """Train round after round until the diagnostics converge or the cap is reached.
+
+    Returns (diagnostics of every round, the last round's analysis)."""
     from memaudit.partition import inclusion_matrix
 
     ens = audit.config.ensemble
@@ -87,7 +88,7 @@ def run_adaptive(audit, prepared, progress: bool = False) -> list[Diagnostics]:
         prepared.inclusion = inclusion_matrix(len(prepared.records), ens, n_models=m)
         audit.run_dir.save_inclusion(prepared.inclusion)
         audit.train(prepared, progress=progress)
-        diag, flagged, _, _ = check(audit, previous)
+        diag, flagged, analysis, _ = check(audit, previous)
         history.append(diag)
         at_cap = m == sizes[-1]
         write_history(audit, history, stop_reason(diag, at_cap))
@@ -98,4 +99,4 @@ def run_adaptive(audit, prepared, progress: bool = False) -> list[Diagnostics]:
         if diag.converged or at_cap:
             break
         previous = (diag, flagged)
-    return history
+    return history, analysis

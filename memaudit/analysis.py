@@ -31,6 +31,7 @@ class Analysis:
     result: InfluenceResult
     n_models: int  # models in P
     valid: np.ndarray  # (M,) bool: models with a valid loss column
+    losses: np.ndarray  # L (N x M) it was computed from, NaN in invalid columns
     summary: dict[str, Any]
 
 
@@ -122,7 +123,7 @@ def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
     result.save(run.file("influence.npz"))
     summary = group_summary(records, result)
     _write_influence_json(run, records, result, valid, summary, config)
-    return Analysis(records, result, n_models, valid, summary)
+    return Analysis(records, result, n_models, valid, losses=losses, summary=summary)
 
 
 def influence_row(records: list[Record], result: InfluenceResult, t: int) -> dict[str, Any]:

@@ -161,12 +161,14 @@ class Audit:
         prepared = self.prepare()
         with self.run_dir.lock():
             if self.config.ensemble.auto:
-                history = adaptive.run_adaptive(self, prepared, progress=progress)
+                _, analysis = adaptive.run_adaptive(self, prepared, progress=progress)
             else:
                 self.train(prepared, progress=progress)
-                history = [adaptive.check(self)[0]]
-                adaptive.write_history(self, history, f"fixed --models {history[0].n_models}")
-            return self.report(show=progress)
+                diag, _, analysis, _ = adaptive.check(self)
+                adaptive.write_history(self, [diag], f"fixed --models {diag.n_models}")
+            # The report reads convergence.json, written after the last check: rebuild it, but
+            # from the analysis already made.
+            return self.report(show=progress, analysis=analysis)
 
     # -- reading results back -------------------------------------------------------------------
     def records(self) -> list[Record]:

@@ -71,7 +71,7 @@ def build_report(
     records, res = analysis.records, analysis.result
     n = len(records)
     inclusion = run.inclusion()
-    losses = np.load(run.file("losses.npy"), allow_pickle=False)
+    losses = analysis.losses
     extraction, n_extract = extraction_metrics(run, inclusion)
     bleu_gain = extraction.get("bleu_gain")
     mia = membership_scores(np.nan_to_num(losses), inclusion, analysis.valid)

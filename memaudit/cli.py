@@ -280,6 +280,22 @@ def cli() -> None:
 @click.option(
     "--top-k", type=int, default=10, show_default=True, help="Top influencers kept per target."
 )
+@click.option(
+    "--estimator",
+    type=click.Choice(["adjusted", "plain"]),
+    default="adjusted",
+    show_default=True,
+    help="adjusted: difference of means after regressing out each target's own inclusion and "
+    "its strongest influencers (far less noise at small M); plain: the paper's difference of "
+    "means.",
+)
+@click.option(
+    "--covariates",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Influencers per target the adjusted estimator regresses out (at most M/4 - 1).",
+)
 @click.option("--eval-batch-size", type=int, default=64, show_default=True)
 @click.option(
     "--extract-models",
@@ -331,6 +347,8 @@ def run(
     device,
     seed,
     top_k,
+    estimator,
+    covariates,
     eval_batch_size,
     extract_models,
     prefix_tokens,
@@ -385,7 +403,7 @@ def run(
         ),
         ensemble=_ensemble_config(n_models, max_models, first_round, design, seed),
         convergence=_convergence_config(min_reliability, max_flag_change),
-        analysis=AnalysisConfig(top_k=top_k),
+        analysis=AnalysisConfig(top_k=top_k, estimator=estimator, covariates=covariates),
         extract=ExtractConfig(models=extract_models, prefix_tokens=prefix_tokens),
         findings=_findings_config(
             None,
@@ -405,11 +423,17 @@ def run(
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--top-k", type=int, default=None, help="Top influencers kept per target.")
-def analyze(run_dir: Path, top_k: int | None) -> None:
+@click.option(
+    "--estimator",
+    type=click.Choice(["adjusted", "plain"]),
+    default=None,
+    help="Override the run's estimator for this analysis.",
+)
+def analyze(run_dir: Path, top_k: int | None, estimator: str | None) -> None:
     """Recompute the influence estimates of RUN_DIR from its saved losses (no training)."""
     from memaudit import api
 
-    api.Audit.open(run_dir).analyze(top_k=top_k, show=True)
+    api.Audit.open(run_dir).analyze(top_k=top_k, estimator=estimator, show=True)
 
 
 @cli.command()
@@ -461,10 +485,16 @@ def report(
 @click.option("--groups", type=int, required=True, help="How many records get near-duplicates.")
 @click.option(
     "--copies",
-    type=int,
-    default=5,
+    default="5",
     show_default=True,
-    help="Group size: the original plus copies-1 edited copies.",
+    help="Group size: the original plus copies-1 edited copies; a range such as 2-5 draws it "
+    "per group.",
+)
+@click.option(
+    "--edits",
+    default="1",
+    show_default=True,
+    help="Tokens replaced in each copy; a range such as 1-3 draws it per copy.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -473,7 +503,7 @@ def report(
     help="Replace a tokenizer token (as the paper did) instead of a whole word.",
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def plant(data: Path, preset, template, groups, copies, seed, tokenizer, out) -> None:
+def plant(data: Path, preset, template, groups, copies, edits, seed, tokenizer, out) -> None:
     """Make near-duplicate groups in DATA: each copy replaces one random token of the completion.
 
     Writes OUT in DATA's format with an `id` on every record and a `group` on planted ones.
@@ -486,9 +516,27 @@ def plant(data: Path, preset, template, groups, copies, seed, tokenizer, out) ->
         from memaudit.models import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-    objects = planting.plant(data, fmt, groups=groups, copies=copies, seed=seed, tokenizer=tok)
+    copies_range = _int_range(copies, "--copies")
+    edits_range = _int_range(edits, "--edits")
+    objects = planting.plant(
+        data, fmt, groups=groups, copies=copies_range, seed=seed, tokenizer=tok, edits=edits_range
+    )
     planting.write_jsonl(objects, out)
-    click.echo(f"wrote {out}: {len(objects)} records, {groups} groups of {copies}")
+    click.echo(f"wrote {out}: {len(objects)} records, {groups} planted groups of {copies}")
+
+
+def _int_range(value: str, option: str) -> tuple[int, int]:
+    """'3' -> (3, 3); '2-5' -> (2, 5)."""
+    lo, sep, hi = value.partition("-")
+    try:
+        low, high = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise MemauditError(
+            f"{option}: expected a number or a range like 2-5, got {value!r}"
+        ) from None
+    if high < low:
+        raise MemauditError(f"{option}: the range {value!r} is empty")
+    return low, high
 
 
 def main() -> None:

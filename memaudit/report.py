@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from memaudit.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
 from memaudit.analysis import Analysis, describe, influence_row
 from memaudit.extract import aggregate
 from memaudit.findings import (
@@ -32,7 +33,7 @@ from memaudit.io import atomic_write_json, atomic_write_text
 from memaudit.rundir import RunDir, package_versions
 
 SCHEMA_NAME = "memaudit-report"
-SCHEMA_VERSION = "1.1"  # 1.1: optional "convergence"
+SCHEMA_VERSION = "1.2"  # 1.1: optional "convergence"; 1.2: optional link "basis"
 
 
 def load_schema() -> dict[str, Any]:
@@ -210,7 +211,10 @@ def _cluster_dict(c) -> dict[str, Any]:
     d["max_bleu_gain"] = _num(c.max_bleu_gain)
     d["risk_score"] = _num(c.risk_score)
     d["links"] = [
-        {k: (int(v) if k in ("target", "source") else _num(v)) for k, v in link.items()}
+        {
+            k: (int(v) if k in ("target", "source") else v if k == "basis" else _num(v))
+            for k, v in link.items()
+        }
         for link in d["links"]
     ]
     return d
@@ -220,7 +224,13 @@ def _notes(analysis: Analysis, n_extract: int, link_z: float, n_clusters: int) -
     n_ok = int(analysis.valid.sum())
     notes = [
         f"Near-duplicate links need z >= {link_z:.2f} (adjusted for the number of record "
-        "pairs tested) and a large share of the target's largest influence."
+        "pairs tested) and a large share of the target's largest influence"
+        + (
+            ", or (regression-adjusted estimator) two records with low margins that are each "
+            "other's top influencers."
+            if analysis.result.estimator == ADJUSTED_NAME
+            else "."
+        )
     ]
     if n_clusters == 0:
         notes.append(

@@ -695,6 +695,8 @@ def _table_section(report: dict[str, Any], has_bleu: bool) -> str:
         known = [
             ("pair_precision", "pair precision", _pct),
             ("pair_recall", "pair recall", _pct),
+            ("cluster_purity", "clusters pure", _pct),
+            ("share_found", "groups found", _pct),
             ("groups_recovered_exactly", "groups recovered exactly", _pct),
             ("groups", "planted groups", lambda v: _esc(v)),
         ]
@@ -969,7 +971,8 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool) -> str:
                     f"{_rec_label(recs.get(t), t)}</td>"
                     f"<td class='num'>{_fmt_pm(ln.get('influence'), ln.get('se'))}</td>"
                     f"<td class='num'>{_fmt(ln.get('z'))}</td>"
-                    f"<td class='num'>{_fmt(ln.get('lexical_similarity'))}</td></tr>"
+                    f"<td class='num'>{_fmt(ln.get('lexical_similarity'))}</td>"
+                    f"<td>{_esc(ln.get('basis') or 'evidence')}</td></tr>"
                 )
             more = (
                 f"<p class='muted'>{len(links) - MAX_LINKS_PER_CLUSTER} more links in "
@@ -981,7 +984,7 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool) -> str:
                 "<details class='links' open><summary>Influence links "
                 f"({len(links)})</summary><table class='data'><thead><tr>"
                 "<th>source → target</th><th>influence I[t, i]</th><th>z</th>"
-                "<th>lexical similarity</th></tr></thead>"
+                "<th>lexical similarity</th><th>rule</th></tr></thead>"
                 f"<tbody>{''.join(lrows)}</tbody></table>{more}</details>"
             )
         out.append("</article>")

@@ -238,8 +238,10 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     if gt:
         out.print(
             f"planted ground truth: pair precision {_f(gt['pair_precision'])}, pair recall "
-            f"{_f(gt['pair_recall'])}; {gt['groups_exact']} of {gt['groups']} planted groups "
-            f"recovered exactly, {gt['groups_majority']} by majority"
+            f"{_f(gt['pair_recall'])}; of {gt['groups']} planted groups "
+            f"{gt.get('groups_found', '–')} found, {gt['groups_majority']} by majority, "
+            f"{gt['groups_exact']} exactly; {gt.get('clusters_pure', '–')} of {gt['clusters']} "
+            "clusters pure"
         )
         pt = gt["planted_table"]
         nd, un = pt["near_duplicated"], pt["unique"]

@@ -40,9 +40,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.stats import rankdata
 
-from memaudit.adjusted import adjusted_block
-from memaudit.estimators import run_estimator
-from memaudit.influence import InfluenceResult, influence_block
+from memaudit.estimators import influence_rows, run_estimator
+from memaudit.influence import InfluenceResult
 
 # Float64 budget for one (records x N) block of bootstrap influences, and for one block of the
 # Hamming-distance Gram matrix (float32); keeps N = 20,000 far from a dense N x N.
@@ -320,9 +319,7 @@ def bootstrap_margins(
     units = _model_units(inclusion, used)
 
     def rows_of(lm: np.ndarray, pm: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        if estimator == "adjusted":
-            return adjusted_block(lm, pm, rows, covariates)[0]
-        return influence_block(lm, pm, rows)[0]
+        return influence_rows(estimator, lm, pm, rows, covariates=covariates)
 
     full = np.full(rec.size, np.nan)
     lu, pu = losses[:, used], inclusion[:, used]

@@ -113,6 +113,7 @@ def plant(
         for _ in range(draw(edits_lo, edits_hi)):
             value = edit(value, rng)
         return value
+
     group_of = {idx: f"g{g:03d}" for g, idx in enumerate(chosen)}
     taken = {r.id for r in records}
     out: list[dict] = []

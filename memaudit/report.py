@@ -19,6 +19,7 @@ import numpy as np
 
 from memaudit.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
 from memaudit.analysis import Analysis, describe, influence_row
+from memaudit.estimators import influence_rows
 from memaudit.extract import aggregate
 from memaudit.findings import (
     FindingsConfig,
@@ -28,7 +29,6 @@ from memaudit.findings import (
     risky_unique_records,
     score_against_groups,
 )
-from memaudit.influence import influence_block
 from memaudit.io import atomic_write_json, atomic_write_text
 from memaudit.rundir import RunDir, package_versions
 
@@ -176,11 +176,21 @@ def build_report(
     flagged_idx += [f.index for f in risky if f.index not in flagged_idx]
     flagged: dict[str, Any] = {"indices": flagged_idx, "matrix": None}
     if flagged_idx:
-        block, _ = influence_block(
-            np.nan_to_num(losses), inclusion, np.array(flagged_idx), model_mask=analysis.valid
+        block = influence_rows(
+            res.estimator,
+            np.nan_to_num(losses),
+            inclusion,
+            np.array(flagged_idx),
+            model_mask=analysis.valid,
+            covariates=_covariates(saved),
         )
         flagged["matrix"] = block[:, flagged_idx]
     return report, flagged
+
+
+def _covariates(saved: dict[str, Any]) -> int:
+    """The run's --covariates (runs from before the adjusted estimator: the default)."""
+    return int(saved.get("config", {}).get("analysis", {}).get("covariates", 4))
 
 
 def _convergence(run: RunDir) -> dict[str, Any] | None:

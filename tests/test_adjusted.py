@@ -188,3 +188,17 @@ def test_unknown_and_known_names(name):
     assert run_estimator(name, losses, inc).n_models == 20
     with pytest.raises(ValueError, match="unknown estimator"):
         run_estimator("magic", losses, inc)
+
+
+def test_influence_rows_by_either_name_match_the_full_estimates():
+    from memaudit.estimators import influence_rows
+
+    rng = np.random.default_rng(7)
+    losses, inc = simulate(40, rng, _drops(rng))
+    mask = np.arange(40) % 4 != 0
+    rows = np.array([1, 9, 20])
+    for option, name in (("adjusted", ESTIMATOR_NAME), ("plain", "difference-of-means")):
+        full = dense(run_estimator(option, losses, inc, top_k=N, model_mask=mask), N)
+        for key in (option, name):
+            got = influence_rows(key, losses, inc, rows, model_mask=mask)
+            np.testing.assert_allclose(got, full[rows], atol=1e-9)

@@ -81,7 +81,35 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
             )
             bar.update(state["models"], advance=1, info=info)
 
-        yield EnsembleProgress(on_start, on_step, on_model)
+        def on_failure(j: int, attempt: int, error: str) -> None:
+            console.print(f"[yellow]model {j} failed[/] (attempt {attempt}): {error}")
+
+        yield EnsembleProgress(on_start, on_step, on_model, on_failure)
+
+
+def _indices(js) -> str:
+    js = list(js)
+    return ", ".join(map(str, js[:12])) + (f", ... ({len(js)} in all)" if len(js) > 12 else "")
+
+
+def print_status(status: dict, run_dir, out: Console | None = None) -> None:
+    """Say which models the estimates lack: diverged, failed on every attempt, not trained."""
+    out = out or console
+    if status["diverged"]:
+        out.print(
+            f"[yellow]warning:[/] {len(status['diverged'])} models diverged and are excluded: "
+            f"{_indices(status['diverged'])}"
+        )
+    for j, error in status["failed"].items():
+        out.print(f"[yellow]warning:[/] model {j} failed on every attempt ({error})")
+    pending = [*status["failed"], *status["missing"]]
+    if pending:
+        out.print(
+            f"[yellow]warning:[/] {len(pending)} of {status['models']} models have no result "
+            f"({_indices(sorted(pending))}); the estimates use the other "
+            f"{len(status['ok'])}. Train them with `memaudit train {run_dir.path}` (or its "
+            "shards) or rerun the same `memaudit run`, then `memaudit report` again"
+        )
 
 
 def _fmt(stats: dict, key: str = "mean") -> str:

@@ -149,6 +149,10 @@ class RunDir:
         """
         with _exclusive(self.file("lock"), self.check_unlocked):
             self._check_no_shards()
+            # Alone now: temporary files are what a killed writer left; never read, swept.
+            for tmp in (*self.path.glob(".*.tmp"), *self.models_dir.glob(".*.tmp")):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
             yield
 
     @contextlib.contextmanager

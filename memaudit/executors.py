@@ -150,16 +150,38 @@ class RayExecutor:
     on a local one started here (and stopped at the end)."""
 
     def __init__(self, ecfg: ExecutorConfig, cfg: RunConfig, records: list) -> None:
-        ray = self.ray = import_ray()
-        self.ecfg = ecfg
+        self.ray = import_ray()
+        self.ecfg, self.cfg, self.records = ecfg, cfg, records
         self.started = False
+        self.task = None  # connected on the first member: nothing pending, no cluster
+
+    def _connect(self) -> None:
+        ray, ecfg = self.ray, self.ecfg
         local = ecfg.address is None
+        env = dict(ecfg.runtime_env or {})
+        package = Path(__file__).resolve().parent
+        if not local:
+            # Ship this memaudit package to the cluster (small), so that workers run the
+            # driver's code; its dependencies (torch, transformers, ...) must be installed there.
+            env.setdefault("py_modules", [str(package)])
+        else:
+            # Workers of a cluster on this machine import the driver's memaudit, wherever it
+            # lives (a checkout, not only an install).
+            env_vars = dict(env.get("env_vars", {}))
+            path = env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")
+            env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (str(package.parent), path) if p)
+            env["env_vars"] = env_vars
+        task_env = None
         if not ray.is_initialized():
+            _check_reachable(ecfg.address)
             try:
+                # The environment at the job level: uploads (py_modules) are only allowed there.
                 ray.init(
-                    address=ecfg.address,
+                    # "local": a new cluster, never one found on this machine by chance.
+                    address=ecfg.address or "local",
+                    runtime_env=env or None,
                     include_dashboard=False,
-                    logging_level=logging.WARNING,
+                    logging_level=logging.ERROR,
                     log_to_driver=False,
                     configure_logging=True,
                 )
@@ -168,36 +190,31 @@ class RayExecutor:
                     f"--ray-address {ecfg.address}: cannot connect: {ensemble.describe_error(exc)}"
                 ) from None
             self.started = True
-        env = dict(ecfg.runtime_env or {})
-        if local:
-            # Workers of a cluster on this machine import the driver's memaudit, wherever it
-            # lives (a checkout, not only an install); a remote cluster must have it installed.
-            root = str(Path(__file__).resolve().parents[1])
-            env_vars = dict(env.get("env_vars", {}))
-            path = env_vars.get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")
-            env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (root, path) if p)
-            env["env_vars"] = env_vars
-        self.options = {"num_cpus": ecfg.cpus, "num_gpus": ecfg.gpus, "runtime_env": env or None}
+        else:
+            # Ray started by the caller (a notebook, the tests): per-task environment, no uploads.
+            task_env = {k: v for k, v in env.items() if k != "py_modules"} or None
+        self.options = {"num_cpus": ecfg.cpus, "num_gpus": ecfg.gpus, "runtime_env": task_env}
         # max_calls=0: keep a worker (and its loaded model) for the next member, GPU tasks too;
         # Ray's own retries are off, the driver retries and reports.
-        self.task = ray.remote(max_calls=0, max_retries=0)(_ray_member).options(**self.options)
+        task = ray.remote(max_calls=0, max_retries=0)(_ray_member).options(**self.options)
         try:
             self._check_code()
         except BaseException:
             self.close()
             raise
-        ship = cfg
+        cfg = self.cfg
         model_dir = Path(cfg.model.name).expanduser()
         if model_dir.is_dir():
             # A relative model folder means the driver's folder; workers start elsewhere.
             from dataclasses import replace
 
-            ship = replace(cfg, model=replace(cfg.model, name=str(model_dir.resolve())))
-        cfg_dict = ship.to_dict()
+            cfg = replace(cfg, model=replace(cfg.model, name=str(model_dir.resolve())))
+        cfg_dict = cfg.to_dict()
         key = hashlib.sha256(
-            json.dumps([cfg_dict, [asdict(r) for r in records]], sort_keys=True).encode()
+            json.dumps([cfg_dict, [asdict(r) for r in self.records]], sort_keys=True).encode()
         ).hexdigest()
-        self.args = (key, ray.put(cfg_dict), ray.put(records))
+        self.args = (key, ray.put(cfg_dict), ray.put(self.records))
+        self.task = task
 
     def _check_code(self) -> None:
         ray = self.ray
@@ -213,6 +230,8 @@ class RayExecutor:
 
     def map(self, members: list[int], inclusion: np.ndarray, on_step=None) -> Iterator[Outcome]:
         ray = self.ray
+        if self.task is None:
+            self._connect()
         threads = self.ecfg.worker_threads
         refs = {
             self.task.remote(*self.args, j, inclusion[:, j].copy(), threads): j for j in members
@@ -234,6 +253,30 @@ class RayExecutor:
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
+            self.started = False
+        self.task = None
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail in seconds, not minutes, when a HOST:PORT address does not answer (ray.init would
+    keep retrying)."""
+    import socket
+
+    if not address or address == "auto":
+        return
+    hostport = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise MemauditError(
+            f"--ray-address: expected HOST:PORT, ray://HOST:PORT or auto, got '{address}'"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise MemauditError(
+            f"--ray-address {address}: cannot connect ({exc.strerror or exc}); is the cluster "
+            "running (ray start --head)?"
+        ) from None
 
 
 def make_executor(ecfg: ExecutorConfig | None, ctx_factory, cfg: RunConfig, records: list):

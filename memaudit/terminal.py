@@ -65,12 +65,13 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
             if done:
                 console.print(f"resuming: {done} models already trained, {todo} to go")
             state["models"] = bar.add_task("models", total=todo + done, completed=done, info="")
-            state["steps"] = bar.add_task("  steps", total=1, info="", visible=todo > 0)
+            # Shown once steps are reported (this process trains; Ray workers report none).
+            state["steps"] = bar.add_task("  steps", total=1, info="", visible=False)
             state["t0"] = time.perf_counter()
 
         def on_step(step: int, total: int, loss: float) -> None:
             if step == 1:
-                bar.reset(state["steps"], total=total)
+                bar.reset(state["steps"], total=total, visible=True)
             bar.update(state["steps"], completed=step, info=f"loss {loss:.3f}")
 
         def on_model(j: int, meta: dict) -> None:

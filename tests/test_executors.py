@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -273,6 +274,7 @@ def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray")
     arm = tmp_path_factory.mktemp("ray") / "arm"
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
@@ -292,6 +294,28 @@ def test_ray_run_equals_the_local_run(data, reference, tmp_path, ray_cluster):
     _same_results(out, reference)
     meta = json.loads((out / "models" / "00001.json").read_text())
     assert meta["threads"] == 1 and "host" in meta  # computed by a Ray worker
+
+
+def test_cli_starts_its_own_ray_cluster(reference, tmp_path):
+    """`memaudit train --executor ray` with no address starts a local cluster (and stops it);
+    its workers import this tree, and the members they train equal the reference."""
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for j in (1, 4):
+        (out / "models" / f"{j:05d}.json").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "memaudit", "train", str(out), "--executor", "ray"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "trained 2 models; the run has 6 of 6 models done" in proc.stdout
+    RunDir(out).collect_losses(30, N_MODELS)
+    _same_results(out, reference)
+    assert "host" in json.loads((out / "models" / "00004.json").read_text())
 
 
 def test_ray_worker_killed_mid_run_still_gives_identical_results(

@@ -60,6 +60,8 @@ class ExecutorConfig:
             raise MemauditError("--threads: must be a positive integer")
         if self.retries < 0:
             raise MemauditError("--retries: must not be negative")
+        if self.kind == "ray":
+            import_ray()  # before anything is written
 
     @property
     def worker_threads(self) -> int:

@@ -373,3 +373,4 @@ def test_missing_ray_says_how_to_install(data, tmp_path, monkeypatch, cli):
         "memaudit: error: --executor ray: the ray package is not installed; "
         'pip install "memaudit[ray]"'
     )
+    assert not (tmp_path / "run").exists()  # refused before anything was written

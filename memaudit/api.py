@@ -46,15 +46,18 @@ class Prepared:
 
 
 class Audit:
-    def __init__(self, config: RunConfig, out: str | Path) -> None:
+    def __init__(self, config: RunConfig, out: str | Path, executor=None) -> None:
+        """``executor``: a memaudit.executors.ExecutorConfig (default: in this process)."""
         self.config = config
         self.run_dir = RunDir(out)
+        self.executor_config = executor
+        self._executor = None  # made on first training, kept across --models auto rounds
 
     @classmethod
-    def open(cls, out: str | Path) -> Audit:
+    def open(cls, out: str | Path, executor=None) -> Audit:
         """An existing run directory, with the configuration saved in it."""
         run = RunDir(out)
-        return cls(run.config(), out)
+        return cls(run.config(), out, executor)
 
     # -- stages ---------------------------------------------------------------------------------
     def prepare(self) -> Prepared:
@@ -92,18 +95,25 @@ class Audit:
         # With --models auto, the first round; adaptive.run_adaptive grows it.
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
         resumed = self.run_dir.check_or_create(cfg, records, data_sha)
-        self.run_dir.check_unlocked()
+        self.run_dir.check_idle()
         self.run_dir.save_inclusion(inclusion)
         return Prepared(
             records, tokenizer, tokens, MemberFactory(model), device, dtype, inclusion, resumed
         )
 
-    def train(self, prepared: Prepared | None = None, progress: bool = False) -> list[int]:
-        """Train every member the run directory lacks; return the indices trained now."""
+    def train(
+        self,
+        prepared: Prepared | None = None,
+        progress: bool = False,
+        members: list[int] | None = None,
+    ) -> list[int]:
+        """Train every member (of ``members``) the run directory lacks; return the indices
+        trained now. Members that fail on every attempt are recorded and left pending."""
         from memaudit.ensemble import train_ensemble
         from memaudit.terminal import ensemble_progress
 
         prepared = prepared or self.prepare()
+        executor = self._get_executor(prepared)
         with ensemble_progress(enabled=progress, config=self.config, prepared=prepared) as hooks:
             return train_ensemble(
                 self.run_dir,
@@ -115,7 +125,76 @@ class Audit:
                 prepared.dtype,
                 hooks,
                 tokenizer=prepared.tokenizer,
+                executor=executor,
+                members=members,
+                retries=self._executor_cfg().retries,
             )
+
+    def _executor_cfg(self):
+        from memaudit.executors import ExecutorConfig
+
+        return self.executor_config or ExecutorConfig()
+
+    def _get_executor(self, prepared: Prepared):
+        from memaudit.ensemble import MemberContext
+        from memaudit.executors import make_executor
+
+        if self._executor is None:
+            self._executor = make_executor(
+                self._executor_cfg(),
+                lambda: MemberContext(
+                    self.config,
+                    prepared.tokens,
+                    prepared.factory,
+                    prepared.device,
+                    prepared.dtype,
+                    prepared.tokenizer,
+                ),
+                self.config,
+                prepared.records,
+            )
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the executor (a Ray cluster started for this audit)."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    def prepare_stored(self) -> Prepared:
+        """Everything training needs, from the run directory alone (its records and P), as a
+        shard on another machine has it: the dataset file is not needed."""
+        from memaudit.ensemble import member_context
+
+        records = self.run_dir.records()
+        ctx = member_context(self.config, records)
+        return Prepared(
+            records,
+            ctx.tokenizer,
+            ctx.tokens,
+            ctx.factory,
+            ctx.device,
+            ctx.dtype,
+            self.run_dir.inclusion(),
+            True,
+        )
+
+    def train_shard(self, index: int = 1, count: int = 1, progress: bool = False) -> list[int]:
+        """Train shard ``index`` of ``count`` (1-based): the members j with j % count ==
+        index - 1 that the directory lacks. Shards of one split run side by side; a full run
+        merges them (it trains only what is still missing)."""
+        from memaudit.partition import shard_members
+
+        members = shard_members(self.run_dir.inclusion().shape[1], index, count)
+        with self.run_dir.shard_lock(index, count):
+            try:
+                return self.train(self.prepare_stored(), progress=progress, members=members)
+            finally:
+                self.close()
+
+    def status(self) -> dict[str, Any]:
+        """Models done, diverged, failed after every retry, and not trained yet."""
+        return self.run_dir.status(self.inclusion().shape[1])
 
     def analyze(
         self, top_k: int | None = None, show: bool = False, estimator: str | None = None
@@ -166,15 +245,23 @@ class Audit:
 
         prepared = self.prepare()
         with self.run_dir.lock():
-            if self.config.ensemble.auto:
-                _, analysis = adaptive.run_adaptive(self, prepared, progress=progress)
-            else:
-                self.train(prepared, progress=progress)
-                diag, _, analysis, _ = adaptive.check(self)
-                adaptive.write_history(self, [diag], f"fixed --models {diag.n_models}")
+            try:
+                if self.config.ensemble.auto:
+                    _, analysis = adaptive.run_adaptive(self, prepared, progress=progress)
+                else:
+                    self.train(prepared, progress=progress)
+                    diag, _, analysis, _ = adaptive.check(self)
+                    adaptive.write_history(self, [diag], f"fixed --models {diag.n_models}")
+            finally:
+                self.close()
             # The report reads convergence.json, written after the last check: rebuild it, but
             # from the analysis already made.
-            return self.report(show=progress, analysis=analysis)
+            report = self.report(show=progress, analysis=analysis)
+            if progress:
+                from memaudit.terminal import print_status
+
+                print_status(self.status(), self.run_dir)
+            return report
 
     # -- reading results back -------------------------------------------------------------------
     def records(self) -> list[Record]:

@@ -156,6 +156,57 @@ def _convergence_config(min_reliability, max_flag_change):
     return ConvergenceConfig(**given)
 
 
+executor_options = [
+    click.option(
+        "--executor",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help='Where members train: this process, or Ray tasks (pip install "memaudit[ray]").',
+    ),
+    click.option(
+        "--ray-address",
+        default=None,
+        help="A running Ray cluster ('auto', 'ray://HOST:10001') [default: start a local one].",
+    ),
+    click.option(
+        "--cpus-per-model", type=float, default=1.0, show_default=True, help="Ray: CPUs per member."
+    ),
+    click.option(
+        "--gpus-per-model", type=float, default=0.0, show_default=True, help="Ray: GPUs per member."
+    ),
+    click.option(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per member [local: torch's default; ray: --cpus-per-model]; "
+        "CPU results are bit-identical for the same count.",
+    ),
+    click.option(
+        "--retries",
+        type=int,
+        default=2,
+        show_default=True,
+        help="Extra attempts for a member that fails (an error, a lost worker).",
+    ),
+]
+
+
+def _executor_config(executor, ray_address, cpus_per_model, gpus_per_model, threads, retries):
+    from memaudit.executors import ExecutorConfig
+
+    if ray_address and executor != "ray":
+        raise MemauditError("--ray-address: needs --executor ray")
+    return ExecutorConfig(
+        kind=executor,
+        address=ray_address,
+        cpus=cpus_per_model,
+        gpus=gpus_per_model,
+        threads=threads,
+        retries=retries,
+    )
+
+
 def _apply(options):
     def deco(f):
         for opt in reversed(options):
@@ -318,6 +369,13 @@ def cli() -> None:
     default=False,
     help="Allow model code from the model's repository to run (off by default).",
 )
+@_apply(executor_options)
+@click.option(
+    "--prepare-only",
+    is_flag=True,
+    default=False,
+    help="Create the run directory and stop: train it with `memaudit train RUN --shard I/K`.",
+)
 def run(
     data: Path,
     model: str,
@@ -358,6 +416,13 @@ def run(
     bleu_gain,
     mia_auc,
     trust_remote_code,
+    executor,
+    ray_address,
+    cpus_per_model,
+    gpus_per_model,
+    threads,
+    retries,
+    prepare_only,
 ) -> None:
     """Train an ensemble on random halves of DATA (JSON Lines) and estimate the influence matrix.
 
@@ -417,7 +482,62 @@ def run(
         eval_batch_size=eval_batch_size,
     )
     out = out or api.default_out(data, cfg.model.name)
-    api.Audit(cfg, out).run(progress=True)
+    ecfg = _executor_config(executor, ray_address, cpus_per_model, gpus_per_model, threads, retries)
+    audit = api.Audit(cfg, out, executor=ecfg)
+    if prepare_only:
+        if cfg.ensemble.auto:
+            raise MemauditError("--prepare-only: needs a fixed --models (shards train a fixed M)")
+        audit.prepare()
+        click.echo(
+            f"prepared {out}: {cfg.ensemble.models} models; train them with "
+            f"`memaudit train {out} --shard I/K` (I = 1..K), then `memaudit report {out}`"
+        )
+        return
+    audit.run(progress=True)
+
+
+def _shard(value: str | None) -> tuple[int, int]:
+    if value is None:
+        return 1, 1
+    try:
+        index, count = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise MemauditError(f"--shard: expected I/K (e.g. 2/8), got '{value}'") from None
+    if not 1 <= index <= count:
+        raise MemauditError(f"--shard: I must be between 1 and K, got '{value}'")
+    return index, count
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--shard",
+    default=None,
+    help="I/K: train members j with j % K == I - 1 (I = 1..K), e.g. from a Slurm array; "
+    "shards of one K run side by side [default: all members].",
+)
+@_apply(executor_options)
+def train(
+    run_dir: Path, shard, executor, ray_address, cpus_per_model, gpus_per_model, threads, retries
+) -> None:
+    """Train the members RUN_DIR lacks (or one shard of them), without estimating.
+
+    RUN_DIR is made by `memaudit run ... --prepare-only`; `memaudit report RUN_DIR` (or the
+    same `memaudit run`) merges what the shards wrote and says what is missing.
+    """
+    from memaudit import api
+    from memaudit.terminal import print_status
+
+    index, count = _shard(shard)
+    ecfg = _executor_config(executor, ray_address, cpus_per_model, gpus_per_model, threads, retries)
+    audit = api.Audit.open(run_dir, executor=ecfg)
+    trained = audit.train_shard(index, count, progress=True)
+    status = audit.status()
+    click.echo(
+        f"shard {index}/{count}: trained {len(trained)} models; the run has "
+        f"{len(status['ok'])} of {status['models']} models done"
+    )
+    print_status(status, audit.run_dir)
 
 
 @cli.command()
@@ -477,6 +597,9 @@ def report(
         findings=findings,
         show="terminal" in chosen,
     )
+    from memaudit.terminal import print_status
+
+    print_status(audit.status(), audit.run_dir)
 
 
 @cli.command()

@@ -1,15 +1,19 @@
 """Train the ensemble: every member that the run directory does not already hold.
 
 Member j trains on column j of P with seed ``model_seed(seed, j)`` and is evaluated on all
-records; its losses and metadata are written before the next member starts, so a killed run
-loses at most the member in progress.
+records. Computing a member (:func:`compute_member`) is a pure function of the configuration,
+the records and j that returns its result; an executor (memaudit.executors: this process, or Ray
+tasks) runs it wherever, and the driver writes each result to the run directory as it arrives,
+so a killed run loses at most the members in progress, and workers need no shared file system.
 """
 
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +35,110 @@ class EnsembleProgress:
     on_start: Callable[[int, int], None] | None = None  # (to train, already done)
     on_step: Callable[[int, int, float], None] | None = None  # (step, total, loss)
     on_model: Callable[[int, dict], None] | None = None  # (j, metadata)
+    on_failure: Callable[[int, int, str], None] | None = None  # (j, attempt, error)
+
+
+@dataclass
+class MemberContext:
+    """What computing any member needs; built once per process (driver or worker)."""
+
+    cfg: RunConfig
+    tokens: TokenizedRecords
+    factory: MemberFactory
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: Any = None  # None: no extraction
+    targets: Any = None  # extraction targets, made on first use
+
+    @property
+    def n_extract(self) -> int:
+        return self.cfg.extract.models if self.tokenizer is not None else 0
+
+
+@dataclass
+class MemberResult:
+    """Member j's result, as the driver writes it: losses None unless status is "ok"."""
+
+    j: int
+    losses: np.ndarray | None
+    meta: dict[str, Any]
+    extraction: dict[str, Any] | None = None
+
+
+class MemberFailed(RuntimeError):
+    """Computing a member raised (or its worker died); it may be retried."""
+
+
+def member_context(cfg: RunConfig, records) -> MemberContext:
+    """Load tokenizer and model and tokenize ``records``: a worker's own copy of the setup, so
+    that it needs only the configuration and the records, not the driver's files."""
+    from memaudit.models import load_base_model, load_tokenizer, pick_device, pick_dtype
+    from memaudit.tokens import tokenize_records
+
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.train.dtype, device)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+    tokens = tokenize_records(records, tokenizer, cfg.train.max_length, cfg.train.loss_on, cfg.data)
+    model = load_base_model(cfg.model, device, dtype)
+    return MemberContext(cfg, tokens, MemberFactory(model), device, dtype, tokenizer)
+
+
+def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None) -> MemberResult:
+    """Train member j on the records where ``column`` is true, evaluate it on every record and,
+    for the first ``extract.models`` members, decode every record. Writes nothing."""
+    cfg, device = ctx.cfg, ctx.device
+    if j < ctx.n_extract and ctx.targets is None:
+        ctx.targets = extraction_targets(ctx.tokens, ctx.tokenizer, cfg.extract.prefix_tokens)
+    seed = model_seed(cfg.ensemble.seed, j)
+    subset = np.flatnonzero(column)
+    model = ctx.factory.fresh()
+    meta = {
+        "seed": seed,
+        "n_train": int(len(subset)),
+        "device": str(device),
+        "dtype": str(ctx.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),  # CPU results are bit-identical per thread count
+    }
+    try:
+        stats = train_member(model, ctx.tokens, subset, cfg.train, seed, device, on_step)
+    except TrainingDiverged as exc:
+        # Excluded from the estimates and reported, never averaged in; deterministic, so
+        # it is a result, not a failure to retry.
+        meta.update(status="diverged", error=str(exc))
+        return MemberResult(j, None, meta)
+    t0 = time.perf_counter()
+    losses = record_losses(model, ctx.tokens, cfg.eval_batch_size, device)
+    meta.update(
+        status="ok" if np.isfinite(losses).all() else "diverged",
+        train_loss=stats.final_loss,
+        epoch_losses=stats.epoch_losses,
+        steps=stats.steps,
+        train_seconds=round(stats.seconds, 3),
+        eval_seconds=round(time.perf_counter() - t0, 3),
+    )
+    if meta["status"] != "ok":
+        meta["error"] = "non-finite evaluation loss"
+        return MemberResult(j, None, meta)
+    extraction = None
+    if j < ctx.n_extract:
+        t0 = time.perf_counter()
+        extraction = extract_member(
+            model, ctx.targets, ctx.tokenizer, cfg.extract.batch_size, device
+        )
+        meta["extract_seconds"] = round(time.perf_counter() - t0, 3)
+    return MemberResult(j, losses, meta, extraction)
 
 
 def pending_models(run: RunDir, n_models: int, n_extract: int = 0) -> list[int]:
     """Members without a valid result; the first n_extract also need their extraction."""
     return [j for j in range(n_models) if run.model_meta(j, need_extraction=j < n_extract) is None]
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line: the exception's type and first line (a Ray error names the original one)."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
 
 
 def train_ensemble(
@@ -48,59 +151,52 @@ def train_ensemble(
     dtype: torch.dtype,
     progress: EnsembleProgress | None = None,
     tokenizer=None,
+    executor=None,
+    members: list[int] | None = None,
+    retries: int = 2,
 ) -> list[int]:
-    """Train and evaluate every pending member; return the indices trained in this call.
+    """Compute every pending member (of ``members``, default all) with ``executor`` (default:
+    in this process), write each result as it arrives, and return the indices written now.
 
+    A member whose computation fails is retried up to ``retries`` times (it is identified by
+    its index and seed, so a retry is identical to a first try); one that still fails gets a
+    ``models/NNNNN.failed.json`` and stays pending for the next run, while the rest finish.
     The first ``cfg.extract.models`` members also decode every record (extractability), since
     members are not kept; a tokenizer is needed for that.
     """
+    from memaudit.executors import LocalExecutor
+
     progress = progress or EnsembleProgress()
     n_extract = cfg.extract.models if tokenizer is not None else 0
-    targets = (
-        extraction_targets(tokens, tokenizer, cfg.extract.prefix_tokens) if n_extract else None
-    )
-    todo = pending_models(run, inclusion.shape[1], n_extract)
+    candidates = range(inclusion.shape[1]) if members is None else members
+    todo = [j for j in candidates if run.model_meta(j, need_extraction=j < n_extract) is None]
     if progress.on_start:
-        progress.on_start(len(todo), inclusion.shape[1] - len(todo))
-    for j in todo:
-        seed = model_seed(cfg.ensemble.seed, j)
-        subset = np.flatnonzero(inclusion[:, j])
-        model = factory.fresh()
-        meta = {
-            "seed": seed,
-            "n_train": int(len(subset)),
-            "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."),
-        }
-        try:
-            stats = train_member(model, tokens, subset, cfg.train, seed, device, progress.on_step)
-        except TrainingDiverged as exc:
-            # Excluded from the estimates and reported, never averaged in.
-            meta.update(status="diverged", error=str(exc))
-            run.save_model(j, None, meta)
-        else:
-            t0 = time.perf_counter()
-            losses = record_losses(model, tokens, cfg.eval_batch_size, device)
-            meta.update(
-                status="ok" if np.isfinite(losses).all() else "diverged",
-                train_loss=stats.final_loss,
-                epoch_losses=stats.epoch_losses,
-                steps=stats.steps,
-                train_seconds=round(stats.seconds, 3),
-                eval_seconds=round(time.perf_counter() - t0, 3),
-            )
-            extraction = None
-            if meta["status"] == "ok" and j < n_extract:
-                t0 = time.perf_counter()
-                extraction = extract_member(
-                    model, targets, tokenizer, cfg.extract.batch_size, device
-                )
-                meta["extract_seconds"] = round(time.perf_counter() - t0, 3)
-            if meta["status"] == "ok":
-                run.save_model(j, losses, meta, extraction)
+        progress.on_start(len(todo), len(candidates) - len(todo))
+    if executor is None:
+        ctx = MemberContext(cfg, tokens, factory, device, dtype, tokenizer)
+        executor = LocalExecutor(ctx)
+    written: list[int] = []
+    pending, attempts = list(todo), dict.fromkeys(todo, 0)
+    while pending:
+        failed = []
+        for j, outcome in executor.map(pending, inclusion, progress.on_step):
+            if isinstance(outcome, MemberResult):
+                run.save_model(j, outcome.losses, outcome.meta, outcome.extraction)
+                written.append(j)
+                if progress.on_model:
+                    progress.on_model(j, outcome.meta)
+                continue
+            attempts[j] += 1
+            error = describe_error(outcome)
+            if progress.on_failure:
+                progress.on_failure(j, attempts[j], error)
+            if attempts[j] <= retries:
+                failed.append(j)
             else:
-                meta["error"] = "non-finite evaluation loss"
-                run.save_model(j, None, meta)
-        if progress.on_model:
-            progress.on_model(j, meta)
-    return todo
+                run.save_failure(j, attempts[j], error, _trace(outcome))
+        pending = sorted(failed)
+    return sorted(written)
+
+
+def _trace(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]

@@ -1,12 +1,14 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never half of one.
 
 Every artifact in a run directory goes through these helpers: write to a temporary file in the
-same directory, fsync it, then ``os.replace`` it over the target (atomic on POSIX).
+same directory, fsync it, then ``os.replace`` it over the target (atomic on POSIX). A full
+disk (or quota) becomes a one-line MemauditError, with the temporary file removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from memaudit.errors import MemauditError
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextlib.contextmanager
@@ -30,6 +36,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            # The temporary file goes; the target keeps its old content (or stays absent).
+            raise MemauditError(
+                f"{path}: no space left on device ({os.strerror(exc.errno)}); free space and "
+                "rerun the same command: finished models are kept"
+            ) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -40,3 +40,9 @@ def inclusion_matrix(
 def model_seed(seed: int, j: int) -> int:
     """The training seed of model j (initialisation noise, data order, dropout)."""
     return int(np.random.default_rng([seed, _SEED_STREAM, j]).integers(2**31 - 1))
+
+
+def shard_members(n_models: int, index: int, count: int) -> list[int]:
+    """Shard ``index`` of ``count`` (1-based): every count-th member, so shards stay balanced
+    and a larger M adds members to every shard."""
+    return list(range(index - 1, n_models, count))

@@ -11,6 +11,9 @@
                              retrained, never read
     RUN/losses.npy           L, float64 (N x M), NaN for models without a valid result
     RUN/lock                 held by the run writing the directory (host and pid)
+    RUN/locks/shard-I-of-K   held by shard I of K (memaudit train --shard) while it trains
+    RUN/models/NNNNN.failed.json  model j failed on every attempt: error, host, traceback;
+                             removed when it is written; the model stays pending
     RUN/influence.npz        per-target estimates (see memaudit.influence.InfluenceResult)
     RUN/influence.json       per-record metrics for people and other tools
     RUN/influence_dense.npy  the full influence matrix, float32, when N is small enough
@@ -141,29 +144,61 @@ class RunDir:
         """Hold RUN/lock while writing, so that two runs never write one directory.
 
         The lock file names its holder (host and pid); a lock whose process is gone on this
-        host is stale and taken over, so a killed run never blocks its own rerun.
+        host is stale and taken over, so a killed run never blocks its own rerun. A run is also
+        refused while shards (``memaudit train --shard``) are training the directory.
         """
-        path = self.file("lock")
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self.check_unlocked()
+        with _exclusive(self.file("lock"), self.check_unlocked):
+            self._check_no_shards()
+            # Alone now: temporary files are what a killed writer left; never read, swept.
+            for tmp in (*self.path.glob(".*.tmp"), *self.models_dir.glob(".*.tmp")):
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me + "\n")
-            break
-        else:
-            raise MemauditError(f"{self.path}: could not take {path}")
-        try:
+                    tmp.unlink()
             yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                if path.read_text(encoding="utf-8").strip() == me:
-                    path.unlink()
+
+    @contextlib.contextmanager
+    def shard_lock(self, index: int, count: int) -> Iterator[None]:
+        """Hold RUN/locks/shard-I-of-K while shard I of K trains: shards of one K run side by
+        side (their members are disjoint), the same shard twice, a shard beside a full run, or
+        beside a shard of another K (overlapping members) is refused."""
+        path = self.path / "locks" / f"shard-{index}-of-{count}"
+        path.parent.mkdir(exist_ok=True)
+
+        def refuse() -> None:
+            self.check_unlocked()
+            if path.exists() and _holder_alive(path):
+                holder = path.read_text(encoding="utf-8", errors="replace").strip()
+                raise MemauditError(
+                    f"{self.path}: shard {index}/{count} is already training ({holder}); "
+                    f"delete {path} if it is not running"
+                )
+
+        with _exclusive(path, refuse):
+            self.check_unlocked()
+            for other, holder in self.live_shards():
+                if not other.endswith(f"-of-{count}"):
+                    raise MemauditError(
+                        f"{self.path}: a shard of another split ({other}, {holder}) is training "
+                        "it; shards running side by side must share K"
+                    )
+            yield
+
+    def live_shards(self) -> list[tuple[str, str]]:
+        """(name, holder) of the shard locks whose process still runs."""
+        out = []
+        for path in sorted((self.path / "locks").glob("shard-*")):
+            if _holder_alive(path):
+                with contextlib.suppress(FileNotFoundError):
+                    out.append((path.name, path.read_text(encoding="utf-8").strip()))
+        return out
+
+    def _check_no_shards(self) -> None:
+        shards = self.live_shards()
+        if shards:
+            names = ", ".join(f"{name} ({holder})" for name, holder in shards)
+            raise MemauditError(
+                f"{self.path}: shards are training it ({names}); wait for them to finish, or "
+                "delete their files in locks/ if they are not running"
+            )
 
     def check_unlocked(self) -> None:
         """Refuse early when another live run holds the lock."""
@@ -174,6 +209,11 @@ class RunDir:
                 f"{self.path}: another memaudit run ({holder}) is writing to it; wait for it "
                 f"to finish, or delete {path} if it is not running"
             )
+
+    def check_idle(self) -> None:
+        """Refuse early when a live run or live shards write the directory."""
+        self.check_unlocked()
+        self._check_no_shards()
 
     def read_config(self) -> dict[str, Any]:
         if not self.exists():
@@ -221,6 +261,49 @@ class RunDir:
             atomic_write_bytes(self._extract_path(j), data)
             meta["extract_sha256"] = sha256_bytes(data)
         atomic_write_json(js, meta)
+        with contextlib.suppress(FileNotFoundError):
+            self._failure_path(j).unlink()
+
+    def _failure_path(self, j: int) -> Path:
+        return self.models_dir / f"{j:05d}.failed.json"
+
+    def save_failure(self, j: int, attempts: int, error: str, trace: str = "") -> None:
+        """Record that model j failed ``attempts`` times: reported, and retried by a rerun."""
+        atomic_write_json(
+            self._failure_path(j),
+            {
+                "index": j,
+                "attempts": attempts,
+                "error": error,
+                "host": socket.gethostname(),
+                "traceback": trace,
+            },
+        )
+
+    def failure(self, j: int) -> dict[str, Any] | None:
+        try:
+            return read_json(self._failure_path(j))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def status(self, n_models: int) -> dict[str, Any]:
+        """Which models are done, diverged, failed (retries exhausted) or not trained yet."""
+        out: dict[str, Any] = {
+            "models": n_models,
+            "ok": [],
+            "diverged": [],
+            "failed": {},
+            "missing": [],
+        }
+        for j in range(n_models):
+            meta = self.model_meta(j)
+            if meta is not None:
+                out["ok" if meta.get("status") == "ok" else "diverged"].append(j)
+            elif (fail := self.failure(j)) is not None:
+                out["failed"][j] = fail["error"]
+            else:
+                out["missing"].append(j)
+        return out
 
     def model_meta(self, j: int, need_extraction: bool = False) -> dict[str, Any] | None:
         """Metadata of a completed model, or None when model j must be (re)trained."""
@@ -265,6 +348,35 @@ class RunDir:
 
     def model_metas(self, n_models: int) -> list[dict[str, Any] | None]:
         return [self.model_meta(j) for j in range(n_models)]
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, refuse) -> Iterator[None]:
+    """Create ``path`` naming this process (host and pid), hold it, remove it at the end.
+
+    If it exists, ``refuse()`` raises when its holder is alive; a dead holder's file is stale
+    and taken over.
+    """
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            refuse()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        break
+    else:
+        raise MemauditError(f"{path.parent}: could not take {path}")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text(encoding="utf-8").strip() == me:
+                path.unlink()
 
 
 def _holder_alive(path: Path) -> bool:

@@ -65,12 +65,13 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
             if done:
                 console.print(f"resuming: {done} models already trained, {todo} to go")
             state["models"] = bar.add_task("models", total=todo + done, completed=done, info="")
-            state["steps"] = bar.add_task("  steps", total=1, info="", visible=todo > 0)
+            # Shown once steps are reported (this process trains; Ray workers report none).
+            state["steps"] = bar.add_task("  steps", total=1, info="", visible=False)
             state["t0"] = time.perf_counter()
 
         def on_step(step: int, total: int, loss: float) -> None:
             if step == 1:
-                bar.reset(state["steps"], total=total)
+                bar.reset(state["steps"], total=total, visible=True)
             bar.update(state["steps"], completed=step, info=f"loss {loss:.3f}")
 
         def on_model(j: int, meta: dict) -> None:
@@ -81,7 +82,35 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
             )
             bar.update(state["models"], advance=1, info=info)
 
-        yield EnsembleProgress(on_start, on_step, on_model)
+        def on_failure(j: int, attempt: int, error: str) -> None:
+            console.print(f"[yellow]model {j} failed[/] (attempt {attempt}): {error}")
+
+        yield EnsembleProgress(on_start, on_step, on_model, on_failure)
+
+
+def _indices(js) -> str:
+    js = list(js)
+    return ", ".join(map(str, js[:12])) + (f", ... ({len(js)} in all)" if len(js) > 12 else "")
+
+
+def print_status(status: dict, run_dir, out: Console | None = None) -> None:
+    """Say which models the estimates lack: diverged, failed on every attempt, not trained."""
+    out = out or console
+    if status["diverged"]:
+        out.print(
+            f"[yellow]warning:[/] {len(status['diverged'])} models diverged and are excluded: "
+            f"{_indices(status['diverged'])}"
+        )
+    for j, error in status["failed"].items():
+        out.print(f"[yellow]warning:[/] model {j} failed on every attempt ({error})")
+    pending = [*status["failed"], *status["missing"]]
+    if pending:
+        out.print(
+            f"[yellow]warning:[/] {len(pending)} of {status['models']} models have no result "
+            f"({_indices(sorted(pending))}); the estimates use the other "
+            f"{len(status['ok'])}. Train them with `memaudit train {run_dir.path}` (or its "
+            "shards) or rerun the same `memaudit run`, then `memaudit report` again"
+        )
 
 
 def _fmt(stats: dict, key: str = "mean") -> str:

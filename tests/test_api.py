@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,28 +68,43 @@ def reference_run(small_data, tmp_path_factory):
     return out
 
 
-def test_killed_run_resumes_identically(small_data, reference_run, tmp_path):
+@pytest.mark.parametrize(
+    "kill_when",
+    [
+        "config.json",  # setting up, or in the first model
+        "models/00001.json",  # mid-ensemble
+        "losses.npy",  # every model done, estimating and reporting
+    ],
+)
+def test_killed_run_resumes_identically(small_data, reference_run, tmp_path, kill_when):
     out = tmp_path / "run"
     proc = _memaudit("run", small_data, *SMALL, "--models", "6", "--out", out)
     deadline = time.time() + 300
-    while not (out / "models" / "00001.json").exists():
+    while not (out / kill_when).exists():
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-        time.sleep(0.05)
+        time.sleep(0.02)
+    assert proc.poll() is None, "the kill should land while the run works"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = _files(out)
+    done_before = _files(out) if (out / "models").exists() else {}
     n_done = sum(len(name) == len("00000.json") for name in done_before)
-    assert 2 <= n_done < 6, "the kill should land mid-ensemble"
-    assert not (out / "influence.json").exists()
+    if kill_when == "models/00001.json":
+        assert 2 <= n_done < 6, "the kill should land mid-ensemble"
+    if kill_when == "losses.npy":
+        assert n_done == 6
+    assert not (out / "report.json").exists()
 
     proc = _memaudit("run", small_data, *SMALL, "--models", "6", "--out", out)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert f"resuming: {n_done} models already trained" in err
+    if n_done:
+        assert f"resuming: {n_done} models already trained" in err
     after = _files(out)
     for name, data in done_before.items():  # finished models were not retrained or rewritten
-        if name.endswith(".json"):
+        if name.endswith(".json") and not name.startswith("."):
             assert after[name] == data
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not (out / "lock").exists()
     # Identical to the uninterrupted run: every loss, bit for bit, and the estimates.
     reference = np.load(reference_run / "losses.npy")
     np.testing.assert_array_equal(np.load(out / "losses.npy"), reference)
@@ -107,9 +123,19 @@ def test_damaged_result_is_retrained_and_changes_are_refused(
     shutil.copytree(reference_run, out)
     npy = out / "models" / "00003.npy"
     npy.write_bytes(npy.read_bytes()[:-8])  # truncated
+    flipped = bytearray((out / "models" / "00001.npy").read_bytes())
+    flipped[-3] ^= 0x10  # one bit of one loss
+    (out / "models" / "00001.npy").write_bytes(bytes(flipped))
+    # What a kill between a model's files leaves: its losses without the metadata that marks
+    # them complete, a temporary file of the next one, and the dead run's lock.
+    (out / "models" / "00005.json").unlink()
+    (out / "models" / ".00004.json.x1y2.tmp").write_text('{"index": 4, "sta')
+    (out / "lock").write_text(f"{socket.gethostname()} {_dead_pid()}\n")
     res = cli("run", small_data, *SMALL, "--models", "6", "--out", out)
     assert res.code == 0, res.err
-    assert "resuming: 5 models already trained, 1 to go" in res.err
+    assert "resuming: 3 models already trained, 3 to go" in res.err
+    assert not (out / "lock").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # swept
     reference = np.load(reference_run / "losses.npy")
     np.testing.assert_array_equal(np.load(out / "losses.npy"), reference)
 
@@ -119,6 +145,12 @@ def test_damaged_result_is_retrained_and_changes_are_refused(
     other = write_jsonl(tmp_path / "other.jsonl", [{"question": "q", "answer": ["a"]}])
     res = cli("run", other, *SMALL, "--models", "6", "--out", out)
     assert res.code == 2 and "different dataset" in res.err
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def test_more_models_extend_a_run(small_data, reference_run, tmp_path, cli):

@@ -108,3 +108,72 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
     with run.lock():
         assert lock.read_text().split()[1] == str(os.getpid())
     assert not lock.exists()
+
+
+def test_shards_run_side_by_side_but_not_beside_a_run_or_another_split(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    run = RunDir(tmp_path / "run")
+    run.check_or_create(_cfg(), RECORDS, "abc")
+    me = f"{socket.gethostname()} {os.getpid()}"
+    with run.shard_lock(1, 2):
+        assert (run.path / "locks" / "shard-1-of-2").read_text().strip() == me
+        with run.shard_lock(2, 2):  # the other shard of the split: fine
+            assert [name for name, _ in run.live_shards()] == ["shard-1-of-2", "shard-2-of-2"]
+        with (
+            pytest.raises(MemauditError, match="shard 1/2 is already training"),
+            run.shard_lock(1, 2),
+        ):
+            pass
+        with pytest.raises(MemauditError, match="a shard of another split"), run.shard_lock(1, 3):
+            pass
+        # A full run is refused while shards train, early (prepare) and at the lock.
+        with pytest.raises(MemauditError, match="shards are training it"):
+            run.check_idle()
+        with pytest.raises(MemauditError, match="shards are training it"), run.lock():
+            pass
+        assert not run.file("lock").exists()  # the refused run took nothing
+    assert not list((run.path / "locks").iterdir())
+    with (
+        run.lock(),
+        pytest.raises(MemauditError, match="another memaudit run"),
+        run.shard_lock(1, 2),
+    ):
+        pass
+    assert not list((run.path / "locks").iterdir())
+    # A shard killed on this host left its lock: stale, taken over by its rerun.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (run.path / "locks" / "shard-2-of-2").write_text(f"{socket.gethostname()} {dead}\n")
+    assert run.live_shards() == []
+    with run.shard_lock(2, 2):
+        pass
+    with run.lock():
+        pass
+
+
+def test_failures_are_recorded_until_the_model_is_written(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.check_or_create(_cfg(), RECORDS, "abc")
+    run.save_model(0, np.array([1.0, 2.0]), {"status": "ok"})
+    run.save_failure(1, 3, "RuntimeError: boom", "trace")
+    run.save_model(2, None, {"status": "diverged", "error": "nan"})
+    status = run.status(4)
+    assert status == {
+        "models": 4,
+        "ok": [0],
+        "diverged": [2],
+        "failed": {1: "RuntimeError: boom"},
+        "missing": [3],
+    }
+    assert run.model_meta(1) is None  # a failure is not a result: the next run retries it
+    run.save_model(1, np.array([3.0, 4.0]), {"status": "ok"})
+    assert not (run.models_dir / "00001.failed.json").exists()
+    assert run.status(4)["ok"] == [0, 1]

@@ -42,6 +42,7 @@ class Prepared:
     dtype: Any
     inclusion: np.ndarray
     resumed: bool
+    task: Any = None  # the image path's memaudit.vision.ImageTask; None: text
 
 
 class Audit:
@@ -74,6 +75,8 @@ class Audit:
         from memaudit.tokens import tokenize_records
 
         cfg = self.config
+        if cfg.is_image:
+            return self._prepare_images()
         records = load_records(cfg.data, RecordFormat(cfg.preset, cfg.template))
         data_sha = file_sha256(cfg.data)
         device = pick_device(cfg.device)
@@ -97,6 +100,43 @@ class Audit:
             records, tokenizer, tokens, MemberFactory(model), device, dtype, inclusion, resumed
         )
 
+    def _prepare_images(self) -> Prepared:
+        """prepare() for an image run: images instead of JSON Lines, an ImageTask instead of a
+        tokenizer and a base model; the same checks-before-writing order."""
+        import torch
+
+        from memaudit.images import load_images
+        from memaudit.models import pick_device
+        from memaudit.partition import inclusion_matrix
+        from memaudit.vision import ImageTask, build_model
+
+        cfg = self.config
+        img = cfg.image
+        build_model(cfg.model.name, 2)  # an unknown image model fails before anything is read
+        data = load_images(cfg.data or None, img.dataset, img.data_root, img.resize)
+        records = data.records()
+        device = pick_device(cfg.device)
+        task = ImageTask(
+            data.images,
+            data.labels,
+            len(data.class_names),
+            cfg.model.name,
+            cfg.train,
+            img,
+            init_seed=cfg.ensemble.seed,
+            device=device,
+            eval_batch_size=cfg.eval_batch_size,
+        )
+        inclusion = inclusion_matrix(len(records), cfg.ensemble)
+        resumed = self.run_dir.check_or_create(cfg, records, data.sha256())
+        self.run_dir.check_unlocked()
+        if not self.run_dir.file("images.npz").exists():
+            self.run_dir.save_images(data)
+        self.run_dir.save_inclusion(inclusion)
+        return Prepared(
+            records, None, None, None, device, torch.float32, inclusion, resumed, task=task
+        )
+
     def train(self, prepared: Prepared | None = None, progress: bool = False) -> list[int]:
         """Train every member the run directory lacks; return the indices trained now."""
         from memaudit.ensemble import train_ensemble
@@ -114,6 +154,7 @@ class Audit:
                 prepared.dtype,
                 hooks,
                 tokenizer=prepared.tokenizer,
+                task=prepared.task,
             )
 
     def analyze(self, top_k: int | None = None, show: bool = False) -> Analysis:

@@ -37,14 +37,21 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
         yield EnsembleProgress()
         return
     n = len(prepared.records)
-    factory = prepared.factory
-    console.print(
-        f"[bold]memaudit[/] {n} records, {prepared.inclusion.shape[1]} models, "
-        f"{config.model.name} ({config.model.finetune}, {factory.n_trainable:,} of "
-        f"{factory.n_params:,} parameters trained), {prepared.device}/"
-        f"{str(prepared.dtype).removeprefix('torch.')}"
-    )
-    if prepared.tokens.truncated:
+    if prepared.task is not None:  # an image run: trained from scratch, no tokens
+        console.print(
+            f"[bold]memaudit[/] {n} images, {prepared.inclusion.shape[1]} models, "
+            f"{config.model.name} ({prepared.task.n_params:,} parameters, from scratch), "
+            f"{prepared.device}/float32"
+        )
+    else:
+        factory = prepared.factory
+        console.print(
+            f"[bold]memaudit[/] {n} records, {prepared.inclusion.shape[1]} models, "
+            f"{config.model.name} ({config.model.finetune}, {factory.n_trainable:,} of "
+            f"{factory.n_params:,} parameters trained), {prepared.device}/"
+            f"{str(prepared.dtype).removeprefix('torch.')}"
+        )
+    if prepared.tokens is not None and prepared.tokens.truncated:
         console.print(
             f"[yellow]note:[/] {prepared.tokens.truncated} records truncated to "
             f"--max-length {config.train.max_length} tokens"

@@ -425,9 +425,7 @@ def run(
         if data is None:
             raise MemauditError("missing DATA (a JSON Lines file)")
         if dataset is not None or is_image_source(data, None) and data.suffix == ".npz":
-            raise MemauditError(
-                f"image data needs an image --model ({', '.join(VISION_MODELS)})"
-            )
+            raise MemauditError(f"image data needs an image --model ({', '.join(VISION_MODELS)})")
     given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}
     train_opts = {k: v for k, v in given.items() if v is not None}
     if images:

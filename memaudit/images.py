@@ -221,7 +221,9 @@ def _strings(arrays: dict, key: str, n: int, path: Path) -> list[str] | None:
         return None
     values = arrays[key]
     if values.shape != (n,) or values.dtype.kind not in "US":
-        raise MemauditError(f"{path}: '{key}' must be {n} strings, got {values.dtype} {values.shape}")
+        raise MemauditError(
+            f"{path}: '{key}' must be {n} strings, got {values.dtype} {values.shape}"
+        )
     return [str(v) for v in values.tolist()]
 
 
@@ -240,7 +242,7 @@ def _load_torchvision(dataset: str, root: str | Path | None) -> ImageData:
         folder = cls.base_folder
         raise MemauditError(
             f"--dataset {dataset}: no {dataset.upper()} files in {root} (expected {root}/"
-            f"{folder}); fetch them once with: python -c \"from torchvision import datasets; "
+            f'{folder}); fetch them once with: python -c "from torchvision import datasets; '
             f"datasets.{cls.__name__}('{root}', download=True)\""
         ) from None
     labels = np.asarray(ds.targets, dtype=np.int64)

@@ -153,8 +153,12 @@ class ImageTask:
             rows = (oy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
             cols = (ox[:, None] + torch.arange(w)[None, :])[:, None, None, :]
             src = self.x_padded[idx]
-            batch = src[torch.arange(n)[:, None, None, None], torch.arange(3)[None, :, None, None],
-                        rows, cols]
+            batch = src[
+                torch.arange(n)[:, None, None, None],
+                torch.arange(3)[None, :, None, None],
+                rows,
+                cols,
+            ]
         else:
             batch = self.x[idx]
         if self.image_cfg.flip:
@@ -177,7 +181,8 @@ class ImageTask:
             weight_decay=cfg.weight_decay,
         )
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
+            opt,
+            lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / (total - warmup)),
         )
         model.train()
         t0 = time.perf_counter()

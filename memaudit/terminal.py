@@ -215,11 +215,16 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     ens, cfg = report["ensemble"], report["config"]
     records = report["records"]
     extraction = ens["extract_models"]
+    image = report.get("modality") == "image"
     head = (
         f"[bold]memaudit report[/]  {ens['n_records']} records · {ens['n_models_used']}/"
         f"{ens['n_models']} models · {ens['estimator']} · {cfg['model']['name']} "
-        f"({cfg['model']['finetune']}) · "
-        + (f"extraction by {extraction} models" if extraction else "no extraction")
+        + (
+            "(from scratch) · extractability does not apply to images"
+            if image
+            else f"({cfg['model']['finetune']}) · "
+            + (f"extraction by {extraction} models" if extraction else "no extraction")
+        )
     )
     if report["redacted"]:
         head += " · [reverse] REDACTED [/]"
@@ -238,6 +243,8 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     if extraction:
         rows += [("BLEU, trained on", "bleu"), ("BLEU gain vs held out", "bleu_gain")]
     rows.append(("membership AUC", "mia_auc"))
+    if "fz_memorization" in t["unique"]:
+        rows.append(("accuracy in - out (F&Z)", "fz_memorization"))
     for name, key in rows:
         table.add_row(name, _ms(t["in_clusters"].get(key)), _ms(t["unique"].get(key)))
     out.print(table)
@@ -297,6 +304,9 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
             members.add_row("…", f"{len(c['members']) - 8} more", "", "", "")
         out.print(members)
 
+    if report.get("lowest_margin"):
+        _print_lowest_margin(report["lowest_margin"], out, report["ground_truth"] is not None)
+
     risky = report["findings"]["records"]
     if risky:
         out.print("\n[bold]Top-risk unique records[/]")
@@ -313,6 +323,32 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     print_convergence(report.get("convergence"), out)
     for note in report["notes"]:
         out.print(f"[dim]note: {note}[/]")
+
+
+def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> None:
+    """The paper's image view: targets by lowest Top-1 margin, beside their top influencer;
+    with planted ground truth, whether the two are a planted pair."""
+    out.print("\n[bold]Lowest-margin targets[/] and their most influential other image")
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    cols = ["target", "label", "margin", "top influencer", "label", "influence", "pixel sim"]
+    for col in cols + (["planted pair"] if planted else []):
+        table.add_column(col, justify="left" if "label" in col or col[0] == "t" else "right")
+    for e in lowest:
+        top = e["top_influencer"] or {}
+        infl = top.get("influence")
+        cells = [
+            e["id"][:22],
+            e["label"][:10],
+            _f(e["margin"]),
+            str(top.get("id", "–"))[:22],
+            str(top.get("label", "–"))[:10],
+            "–" if infl is None else f"{infl:.2f} ± {_f(top.get('se'))}",
+            _f(top.get("pixel_similarity")),
+        ]
+        if planted:
+            cells.append("yes" if top.get("same_group") else "no")
+        table.add_row(*cells)
+    out.print(table)
 
 
 # -- convergence -------------------------------------------------------------------------------

@@ -917,9 +917,11 @@ def _lowest_margin_section(report: dict[str, Any], flagged: dict | None) -> str:
     rows = side.get("lowest_rows") or []
     out = [
         "<section id='lowest-margin'><h2>Lowest-margin targets</h2><p class='lead'>Targets "
-        "with the lowest Top-1 influence margin (largest / second-largest influence on them): "
-        "their own inclusion no longer dominates, usually because a near-duplicate competes. "
-        "Each is shown beside its most influential other image."
+        "with the lowest Top-1 influence margin (self-influence / the largest influence of "
+        "another image, that one measured with the target's own inclusion held fixed so that "
+        "chance overlap of inclusion patterns does not pass for influence; the plain margin "
+        "in brackets): their own inclusion no longer dominates, usually because a "
+        "near-duplicate competes. Each is shown beside that most influential other image."
         + (" Images are not shown in a redacted report." if report.get("redacted") else "")
         + "</p>"
     ]
@@ -943,8 +945,9 @@ def _lowest_margin_section(report: dict[str, Any], flagged: dict | None) -> str:
             f"<figure>{_thumb(thumbs, o)}<figcaption>top influencer<br>"
             f"{_esc(top.get('label', '—'))}</figcaption></figure>"
             f"<div><strong>{_esc(e.get('id'))}</strong> ← {_esc(top.get('id', '—'))}<br>"
-            f"margin {_fmt(e.get('margin'))} · influence "
-            f"{_fmt_pm(top.get('influence'), top.get('se'))} · self-influence "
+            f"margin {_fmt(e.get('adjusted_margin'))} (plain {_fmt(e.get('margin'))}) · "
+            f"influence {_fmt_pm(top.get('adjusted_influence'), top.get('adjusted_se'))} · "
+            "self-influence "
             f"{_fmt(e.get('self_influence'))} · pixel similarity "
             f"{_fmt(top.get('pixel_similarity'))}{planted}</div>"
             f"<div>{svg}</div></div>"

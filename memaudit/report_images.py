@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from memaudit.analysis import Analysis, top_other
-from memaudit.findings import pixel_similarity
+from memaudit.analysis import Analysis
+from memaudit.findings import adjusted_margins, pixel_similarity
 from memaudit.influence import influence_block
 from memaudit.rundir import RunDir
 
@@ -89,10 +89,13 @@ def image_report(
     acc_in, acc_out, fz = accuracy_in_out(correct, inclusion, analysis.valid)
     columns = {"accuracy_in": acc_in, "accuracy_out": acc_out, "fz_memorization": fz}
 
-    defined = res.margin_defined & np.isfinite(res.margin)
-    order = np.flatnonzero(defined)
-    order = order[np.lexsort((order, res.margin[order]))][:LOWEST_MARGIN_TARGETS]
-    other = top_other(res)
+    # Ranked by the adjusted margin (findings.adjusted_margins): at the ensemble sizes a CPU
+    # affords, the plain margin of a unique image is as often near 1 as a duplicate's.
+    adj = adjusted_margins(res, np.nan_to_num(analysis.losses), inclusion, analysis.valid)
+    margin_adj, other = adj["adjusted_margin"], adj["other"]
+    columns["adjusted_margin"] = margin_adj
+    order = np.flatnonzero(np.isfinite(margin_adj))
+    order = order[np.lexsort((order, margin_adj[order]))][:LOWEST_MARGIN_TARGETS]
     block = None
     if len(order):
         block, _ = influence_block(
@@ -117,18 +120,19 @@ def image_report(
         o = int(other[t])
         top = None
         if o >= 0:
-            col = list(res.top_idx[t]).index(o)
             top = {
                 **who(o),
-                "influence": _num(res.top_val[t, col]),
-                "se": _num(res.top_se[t, col]),
+                "influence": _num(row[o]),  # plain I[t, o]
+                "adjusted_influence": _num(adj["other_influence"][t]),
+                "adjusted_se": _num(adj["other_se"][t]),
                 "pixel_similarity": sim_of.get(t),
                 "same_group": records[t].group is not None and records[t].group == records[o].group,
             }
         lowest.append(
             {
                 **who(t),
-                "margin": float(res.margin[t]),
+                "adjusted_margin": float(margin_adj[t]),
+                "margin": _num(res.margin[t]) if res.margin_defined[t] else None,
                 "self_influence": _num(res.self_influence[t]),
                 "fz_memorization": _num(fz[t]),
                 "top_influencer": top,

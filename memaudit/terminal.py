@@ -328,21 +328,34 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
 def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> None:
     """The paper's image view: targets by lowest Top-1 margin, beside their top influencer;
     with planted ground truth, whether the two are a planted pair."""
-    out.print("\n[bold]Lowest-margin targets[/] and their most influential other image")
+    out.print(
+        "\n[bold]Lowest-margin targets[/] and their most influential other image: margin "
+        "adjusted for chance overlap (plain margin), the other's influence with the target's "
+        "own inclusion held fixed, pixel similarity"
+    )
     table = Table(show_edge=False, box=None, pad_edge=False)
-    cols = ["target", "label", "margin", "top influencer", "label", "influence", "pixel sim"]
-    for col in cols + (["planted pair"] if planted else []):
-        table.add_column(col, justify="left" if "label" in col or col[0] == "t" else "right")
+    cols = [
+        ("target", "left", None),
+        ("label", "left", 8),
+        ("margin", "right", None),
+        ("top influencer", "left", None),
+        ("label", "left", 8),
+        ("infl.", "right", None),
+        ("pixel", "right", None),
+    ]
+    if planted:
+        cols.append(("planted", "right", None))
+    for name, just, width in cols:
+        table.add_column(name, justify=just, no_wrap=True, max_width=width, overflow="ellipsis")
     for e in lowest:
         top = e["top_influencer"] or {}
-        infl = top.get("influence")
         cells = [
-            e["id"][:22],
-            e["label"][:10],
-            _f(e["margin"]),
-            str(top.get("id", "–"))[:22],
-            str(top.get("label", "–"))[:10],
-            "–" if infl is None else f"{infl:.2f} ± {_f(top.get('se'))}",
+            e["id"],
+            e["label"],
+            f"{_f(e['adjusted_margin'])} ({_f(e['margin'])})",
+            str(top.get("id", "–")),
+            str(top.get("label", "–")),
+            _f(top.get("adjusted_influence")),
             _f(top.get("pixel_similarity")),
         ]
         if planted:

@@ -182,7 +182,9 @@ class ImageTask:
         )
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt,
-            lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / (total - warmup)),
+            lambda s: (
+                (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+            ),
         )
         model.train()
         t0 = time.perf_counter()

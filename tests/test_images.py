@@ -150,3 +150,50 @@ def test_text_model_refuses_image_data(tmp_path, cli):
     res = cli("run", tmp_path / "d.npz", "--model", "gpt-neo-125M", "--out", tmp_path / "run")
     assert res.code == 2 and "image data needs an image --model" in res.err
     assert not (tmp_path / "run").exists()
+
+
+def test_demo_config_runs(tmp_path, cli):
+    """The README's image demo settings parse and run (a tiny version: 2 models, 1 epoch)."""
+    import json
+
+    root = _folder(tmp_path / "imgs")
+    demo = ROOT / "fixtures" / "images" / "demo.toml"
+    out = tmp_path / "run"
+    res = cli("run", root, "--config", demo, "--models", "2", "--epochs", "1", "--out", out)
+    assert res.code == 0, res.err
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["model"]["name"] == "resnet-tiny"
+    assert cfg["image"] == {
+        "dataset": None, "data_root": None, "resize": 16, "crop_padding": 0, "flip": True
+    }  # fmt: skip
+    assert cfg["train"]["batch_size"] == 32 and cfg["extract"]["models"] == 0
+    assert load_images(root, resize=16).images.shape[1:] == (16, 16, 3)
+    assert np.load(out / "images.npz")["images"].shape == (6, 16, 16, 3)
+
+
+def test_torchvision_cifar10_from_local_files(tmp_path, monkeypatch):
+    """--dataset cifar10 reads torchvision's local files (here a tiny stand-in in the official
+    layout; torchvision's md5 check is bypassed because the stand-in is not the real data)."""
+    import pickle
+
+    from torchvision.datasets import cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(1, 6):
+        data = rng.integers(0, 256, (2, 3 * 32 * 32), dtype=np.uint8)
+        with open(folder / f"data_batch_{k}", "wb") as f:
+            pickle.dump({"data": data, "labels": [k % 10, (k + 1) % 10]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
+    data = load_images(None, dataset="cifar10", data_root=tmp_path)
+    assert data.images.shape == (10, 32, 32, 3)
+    assert data.labels.tolist()[:4] == [1, 2, 2, 3]
+    assert data.class_names[0] == "c0" and data.ids[0] == "cifar10-train-00000"
+    with open(folder / "data_batch_1", "rb") as f:
+        first = pickle.load(f)["data"][0]
+    assert np.array_equal(data.images[0], first.reshape(3, 32, 32).transpose(1, 2, 0))
+    assert load_images(None, "cifar10", tmp_path, resize=8).images.shape == (10, 8, 8, 3)

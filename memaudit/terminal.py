@@ -333,13 +333,12 @@ def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> Non
         "adjusted for chance overlap (plain margin), the other's influence with the target's "
         "own inclusion held fixed, pixel similarity"
     )
-    table = Table(show_edge=False, box=None, pad_edge=False)
+    table = Table(show_edge=False, box=None, pad_edge=False, padding=(0, 1))
     cols = [
-        ("target", "left", None),
-        ("label", "left", 8),
+        ("target", "left", 26),
+        ("top influencer", "left", 26),
+        ("labels", "left", 15),
         ("margin", "right", None),
-        ("top influencer", "left", None),
-        ("label", "left", 8),
         ("infl.", "right", None),
         ("pixel", "right", None),
     ]
@@ -349,12 +348,14 @@ def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> Non
         table.add_column(name, justify=just, no_wrap=True, max_width=width, overflow="ellipsis")
     for e in lowest:
         top = e["top_influencer"] or {}
+        labels = e["label"]
+        if top.get("label") not in (None, e["label"]):
+            labels += f"/{top['label']}"  # a top influencer of another class
         cells = [
             e["id"],
-            e["label"],
-            f"{_f(e['adjusted_margin'])} ({_f(e['margin'])})",
             str(top.get("id", "–")),
-            str(top.get("label", "–")),
+            labels,
+            f"{_f(e['adjusted_margin'])} ({_f(e['margin'])})",
             _f(top.get("adjusted_influence")),
             _f(top.get("pixel_similarity")),
         ]

@@ -185,6 +185,10 @@ def build_report(
     }
     if is_image:
         report["lowest_margin"] = lowest
+        if not lowest:
+            from memaudit.report_images import NO_MARGIN_NOTE
+
+            report["notes"].append(NO_MARGIN_NOTE)
     if redact:
         report["config"] = {**report["config"], "data": "(redacted)"}
     flagged_idx = [m for c in clusters[: cfg.top_clusters] for m in c.members]

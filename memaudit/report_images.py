@@ -25,6 +25,10 @@ from memaudit.rundir import RunDir
 LOWEST_MARGIN_TARGETS = 12  # how many targets the report lists (the paper showed six)
 THUMBNAIL_SIZE = 64  # pixels per side in the HTML (nearest-neighbour upscaling)
 
+NO_MARGIN_NOTE = (
+    "No target has a significant largest influence (z >= 3), so no margin is ranked: the "
+    "ensemble is too small or the models do not memorise; train more models or epochs."
+)
 EXTRACTABILITY_NOTE = (
     "Extractability does not apply to image classifiers (nothing is generated from a prompt); "
     "the BLEU columns are left out."

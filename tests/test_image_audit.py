@@ -1,11 +1,11 @@
 """End to end on real CIFAR-10 images with planted near-duplicates: `memaudit plant` then
 `memaudit run` on the .npz, and the paper's image result: the lowest-margin targets are planted
 near-duplicates whose top influencer is their planted copy. Also: the run resumes, ImageFolder
-data runs, and the reports show the images.
+data runs, the reports show the images (and a redacted one does not).
 
 Measured (180 images = 140 unique + 20 planted pairs, M = 48, resnet-tiny at 16 x 16, 40
-epochs, one thread; 161 s for the whole module's setup on this shared 2-core machine, 3.2 s of
-training per model): the 10 lowest-margin targets are all planted and all have their planted
+epochs, one thread; 140-161 s for the module's setup on this shared 2-core machine, 3.2 s of
+training per model; the same numbers in two runs): the 10 lowest-margin targets are all planted and all have their planted
 copy as top influencer (the 12th is a unique image whose top influencer has pixel similarity
 0.74); 16 of the 20 planted pairs appear among the 40 lowest margins with their copy as top
 influencer. On other subsets (220 images, seeds 0 and 1) the 12 lowest held 9-10 planted
@@ -15,7 +15,6 @@ for the spread that another torch build or thread count can cause.
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,7 +113,7 @@ def test_lowest_margins_are_planted_pairs(planted_run):
     )
 
 
-def test_report_contents(planted_run):
+def test_report_contents(planted_run, cli):
     _, out = planted_run
     report = json.loads((out / "report.json").read_text())
     rec = report["records"][0]
@@ -133,8 +132,13 @@ def test_report_contents(planted_run):
     thumbs = html.count("src='data:image/png;base64,")
     assert thumbs >= 2 * 10  # each target beside its top influencer
     assert "http://" not in html and "https://" not in html and "<script" not in html
-    # The pixels never go into report.json.
+    # The pixels never go into report.json, and a redacted report shows none.
     assert "base64" not in (out / "report.json").read_text()
+    res = cli("report", out, "--redact", "--format", "html")
+    assert res.code == 0, res.err
+    redacted = (out / "report.redacted.html").read_text()
+    assert "src='data:image/png;base64," not in redacted
+    assert "Images are not shown in a redacted report" in redacted
     import jsonschema
 
     from memaudit.report import load_schema
@@ -155,20 +159,15 @@ def test_rerun_resumes_without_training(planted_run, cli):
     assert res.code == 2 and "different dataset" in res.err
 
 
-def test_image_folder_runs_and_redacts(tmp_path, cli, one_thread):
+def test_image_folder_runs(tmp_path, cli, one_thread):
     root = _folder(tmp_path / "imgs")
     out = tmp_path / "run"
     res = cli("run", root, "--model", "resnet-tiny", "--epochs", "2", "--models", "4",
               "--out", out)  # fmt: skip
     assert res.code == 0, res.err
-    assert "Lowest-margin targets" in res.out
+    # 4 models cannot make any influence significant: the report says so, lists nothing.
+    assert "no margin is ranked" in res.out
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["image"]["crop_padding"] == 4 and cfg["train"]["lr"] == 0.05
     correct = np.load(out / "models" / "00000.correct.npy")
     assert correct.dtype == bool and correct.shape == (6,)
-    assert "src='data:image/png;base64," in (out / "report.html").read_text()  # thumbnails
-    res = cli("report", out, "--redact")
-    assert res.code == 0, res.err
-    redacted = Path(out / "report.redacted.html").read_text()
-    assert "src='data:image/png;base64," not in redacted  # no thumbnails of the data
-    assert "Images are not shown in a redacted report" in redacted

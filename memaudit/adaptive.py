@@ -49,6 +49,9 @@ def check(audit, previous: tuple[Diagnostics, set[int]] | None = None):
         model_mask=analysis.valid,
         cfg=audit.config.convergence,
         top_k=audit.config.analysis.top_k,
+        result=analysis.result,
+        estimator=audit.config.analysis.estimator,
+        covariates=audit.config.analysis.covariates,
     )
     return diag, flagged, analysis, report
 

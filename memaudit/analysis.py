@@ -14,7 +14,8 @@ import numpy as np
 
 from memaudit.config import AnalysisConfig
 from memaudit.errors import MemauditError
-from memaudit.influence import InfluenceResult, estimate
+from memaudit.estimators import run_estimator
+from memaudit.influence import InfluenceResult
 from memaudit.io import atomic_write_json
 from memaudit.records import Record
 from memaudit.rundir import RunDir
@@ -117,8 +118,14 @@ def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
             "at least 2 are needed (rerun `memaudit run` to train the rest)"
         )
     dense = run.file("influence_dense.npy") if len(records) <= cfg.dense_max else None
-    result = estimate(
-        np.nan_to_num(losses), inclusion, top_k=cfg.top_k, model_mask=valid, dense_path=dense
+    result = run_estimator(
+        cfg.estimator,
+        np.nan_to_num(losses),
+        inclusion,
+        covariates=cfg.covariates,
+        top_k=cfg.top_k,
+        model_mask=valid,
+        dense_path=dense,
     )
     result.save(run.file("influence.npz"))
     summary = group_summary(records, result)

@@ -9,6 +9,7 @@ Audit.open("runs/x").losses()          # any stage's output, read back from the 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from memaudit.analysis import Analysis, analyze_run
-from memaudit.config import AnalysisConfig, ModelConfig, RunConfig, resolve_model_name
+from memaudit.config import ModelConfig, RunConfig, resolve_model_name
 from memaudit.errors import MemauditError
 from memaudit.findings import FindingsConfig
 from memaudit.records import Record, RecordFormat, file_sha256, load_records
@@ -157,11 +158,16 @@ class Audit:
                 task=prepared.task,
             )
 
-    def analyze(self, top_k: int | None = None, show: bool = False) -> Analysis:
-        """Estimate influence from the saved losses and write the influence files."""
+    def analyze(
+        self, top_k: int | None = None, show: bool = False, estimator: str | None = None
+    ) -> Analysis:
+        """Estimate influence from the saved losses and write the influence files; top_k and
+        estimator override the run's analysis options for this call."""
         cfg = self.config.analysis
         if top_k is not None:
-            cfg = AnalysisConfig(top_k=top_k, dense_max=cfg.dense_max)
+            cfg = dataclasses.replace(cfg, top_k=top_k)
+        if estimator is not None:
+            cfg = dataclasses.replace(cfg, estimator=estimator)
         analysis = analyze_run(self.run_dir, cfg)
         if show:
             from memaudit.terminal import print_summary

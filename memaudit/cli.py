@@ -320,6 +320,22 @@ image_options = [
 @click.option(
     "--top-k", type=int, default=10, show_default=True, help="Top influencers kept per target."
 )
+@click.option(
+    "--estimator",
+    type=click.Choice(["adjusted", "plain"]),
+    default="adjusted",
+    show_default=True,
+    help="adjusted: difference of means after regressing out each target's own inclusion and "
+    "its strongest influencers (far less noise at small M); plain: the paper's difference of "
+    "means.",
+)
+@click.option(
+    "--covariates",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Influencers per target the adjusted estimator regresses out (at most M/4 - 1).",
+)
 @click.option("--eval-batch-size", type=int, default=64, show_default=True)
 @click.option(
     "--extract-models",
@@ -376,6 +392,8 @@ def run(
     device,
     seed,
     top_k,
+    estimator,
+    covariates,
     eval_batch_size,
     extract_models,
     prefix_tokens,
@@ -459,7 +477,7 @@ def run(
         ),
         ensemble=_ensemble_config(n_models, max_models, first_round, design, seed),
         convergence=_convergence_config(min_reliability, max_flag_change),
-        analysis=AnalysisConfig(top_k=top_k),
+        analysis=AnalysisConfig(top_k=top_k, estimator=estimator, covariates=covariates),
         extract=ExtractConfig(models=extract_models, prefix_tokens=prefix_tokens),
         findings=_findings_config(
             None,
@@ -488,11 +506,17 @@ def run(
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--top-k", type=int, default=None, help="Top influencers kept per target.")
-def analyze(run_dir: Path, top_k: int | None) -> None:
+@click.option(
+    "--estimator",
+    type=click.Choice(["adjusted", "plain"]),
+    default=None,
+    help="Override the run's estimator for this analysis.",
+)
+def analyze(run_dir: Path, top_k: int | None, estimator: str | None) -> None:
     """Recompute the influence estimates of RUN_DIR from its saved losses (no training)."""
     from memaudit import api
 
-    api.Audit.open(run_dir).analyze(top_k=top_k, show=True)
+    api.Audit.open(run_dir).analyze(top_k=top_k, estimator=estimator, show=True)
 
 
 @cli.command()
@@ -545,10 +569,16 @@ def report(
 @click.option("--groups", type=int, required=True, help="How many records get near-duplicates.")
 @click.option(
     "--copies",
-    type=int,
-    default=5,
+    default="5",
     show_default=True,
-    help="Group size: the original plus copies-1 edited copies.",
+    help="Group size: the original plus copies-1 edited copies; a range such as 2-5 draws it "
+    "per group.",
+)
+@click.option(
+    "--edits",
+    default="1",
+    show_default=True,
+    help="Tokens replaced in each copy; a range such as 1-3 draws it per copy.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -558,7 +588,18 @@ def report(
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def plant(
-    data: Path, preset, template, dataset, data_root, resize, groups, copies, seed, tokenizer, out
+    data: Path,
+    preset,
+    template,
+    dataset,
+    data_root,
+    resize,
+    groups,
+    copies,
+    edits,
+    seed,
+    tokenizer,
+    out,
 ) -> None:
     """Make near-duplicate groups in DATA: each copy replaces one random token of the completion.
 
@@ -576,9 +617,12 @@ def plant(
 
         if out.suffix.lower() != ".npz":
             raise MemauditError(f"--out: image data is planted into an .npz, not {out}")
-        planted = plant_images(
-            load_images(data, dataset, data_root, resize), groups, copies, seed=seed
-        )
+        lo, hi = _int_range(copies, "--copies")
+        if lo != hi:
+            raise MemauditError("--copies: image planting takes one group size, not a range")
+        if edits != "1":
+            raise MemauditError("--edits: counts replaced tokens; image copies get every edit")
+        planted = plant_images(load_images(data, dataset, data_root, resize), groups, lo, seed=seed)
         atomic_write_bytes(out, npz_bytes(planted))
         click.echo(f"wrote {out}: {len(planted)} images, {groups} groups of {copies}")
         return
@@ -591,9 +635,27 @@ def plant(
         from memaudit.models import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-    objects = planting.plant(data, fmt, groups=groups, copies=copies, seed=seed, tokenizer=tok)
+    copies_range = _int_range(copies, "--copies")
+    edits_range = _int_range(edits, "--edits")
+    objects = planting.plant(
+        data, fmt, groups=groups, copies=copies_range, seed=seed, tokenizer=tok, edits=edits_range
+    )
     planting.write_jsonl(objects, out)
-    click.echo(f"wrote {out}: {len(objects)} records, {groups} groups of {copies}")
+    click.echo(f"wrote {out}: {len(objects)} records, {groups} planted groups of {copies}")
+
+
+def _int_range(value: str, option: str) -> tuple[int, int]:
+    """'3' -> (3, 3); '2-5' -> (2, 5)."""
+    lo, sep, hi = value.partition("-")
+    try:
+        low, high = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise MemauditError(
+            f"{option}: expected a number or a range like 2-5, got {value!r}"
+        ) from None
+    if high < low:
+        raise MemauditError(f"{option}: the range {value!r} is empty")
+    return low, high
 
 
 def main() -> None:

@@ -125,9 +125,16 @@ class ImageConfig:
 class AnalysisConfig:
     top_k: int = 10
     dense_max: int = 5000  # also store the dense N x N matrix (float32) up to this many records
+    # "adjusted" (regression-adjusted, memaudit.adjusted) or "plain" (difference of means).
+    estimator: str = "adjusted"
+    covariates: int = 4  # influencers per target the adjusted estimator regresses out
 
     def __post_init__(self) -> None:
         _positive("--top-k", self.top_k)
+        if self.estimator not in ("adjusted", "plain"):
+            raise MemauditError(f"--estimator: {self.estimator!r} is not one of adjusted, plain")
+        if self.covariates < 0:
+            raise MemauditError("--covariates: must be 0 or more")
 
 
 @dataclass(frozen=True)

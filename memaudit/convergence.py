@@ -40,7 +40,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.stats import rankdata
 
-from memaudit.influence import InfluenceResult, estimate, influence_block
+from memaudit.estimators import influence_rows, run_estimator
+from memaudit.influence import InfluenceResult
 
 # Float64 budget for one (records x N) block of bootstrap influences, and for one block of the
 # Hamming-distance Gram matrix (float32); keeps N = 20,000 far from a dense N x N.
@@ -198,6 +199,8 @@ def split_half_reliability(
     top_k: int = 10,
     seed: int = 0,
     n_splits: int = 5,
+    estimator: str = "plain",
+    covariates: int = 4,
 ) -> tuple[float | None, float | None]:
     """(reliability of self-influence, reliability of the margin) of the full ensemble.
 
@@ -230,7 +233,11 @@ def split_half_reliability(
         for half in halves:
             mask = np.zeros(losses.shape[1], dtype=bool)
             mask[np.concatenate([units[u] for u in half])] = True
-            results.append(estimate(losses, inclusion, top_k=top_k, model_mask=mask))
+            results.append(
+                run_estimator(
+                    estimator, losses, inclusion, covariates, top_k=top_k, model_mask=mask
+                )
+            )
         a, b = results
         rs = _spearman(a.self_influence, b.self_influence)
         both = a.margin_defined & b.margin_defined
@@ -269,6 +276,8 @@ def bootstrap_margins(
     model_mask: np.ndarray | None = None,
     n_boot: int = 200,
     seed: int = 0,
+    estimator: str = "plain",
+    covariates: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap standard errors and 90% CIs of the margins of ``records``.
 
@@ -308,9 +317,14 @@ def bootstrap_margins(
         return se, ci
     used = _used_models(losses.shape[1], model_mask)
     units = _model_units(inclusion, used)
+
+    def rows_of(lm: np.ndarray, pm: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return influence_rows(estimator, lm, pm, rows, covariates=covariates)
+
     full = np.full(rec.size, np.nan)
+    lu, pu = losses[:, used], inclusion[:, used]
     for lo, hi in _row_blocks(rec.size, n):
-        full[lo:hi] = _row_margins(influence_block(losses, inclusion, rec[lo:hi], model_mask)[0])
+        full[lo:hi] = _row_margins(rows_of(lu, pu, rec[lo:hi]))
     # All draws up front, so the result does not depend on how records are blocked.
     draws = np.random.default_rng(seed).integers(0, len(units), size=(n_boot, len(units)))
     boot = np.full((n_boot, rec.size), np.nan)
@@ -318,7 +332,7 @@ def bootstrap_margins(
         cols = np.concatenate([units[u] for u in draws[b]])
         lb, pb = losses[:, cols], inclusion[:, cols]
         for lo, hi in _row_blocks(rec.size, n):
-            boot[b, lo:hi] = _row_margins(influence_block(lb, pb, rec[lo:hi])[0])
+            boot[b, lo:hi] = _row_margins(rows_of(lb, pb, rec[lo:hi]))
     tail = 100.0 * (1.0 - _CI_LEVEL) / 2.0
     for r in range(rec.size):
         m = boot[np.isfinite(boot[:, r]), r]
@@ -438,6 +452,8 @@ def diagnose(
     cfg: ConvergenceConfig = ConvergenceConfig(),  # noqa: B008 (frozen, so sharing is safe)
     top_k: int = 10,
     result: InfluenceResult | None = None,
+    estimator: str = "plain",
+    covariates: int = 4,
 ) -> Diagnostics:
     """All diagnostics for the ensemble as it stands.
 
@@ -460,15 +476,24 @@ def diagnose(
     if any(t < 0 or t >= n for t in flagged):
         raise ValueError(f"flagged records must be indices in [0, {n})")
     if result is None:
-        result = estimate(losses, inclusion, top_k=top_k, model_mask=model_mask)
+        result = run_estimator(
+            estimator, losses, inclusion, covariates, top_k=top_k, model_mask=model_mask
+        )
     elif result.self_se.shape != (n,):
         raise ValueError(f"result has {result.self_se.shape[0]} records, losses have {n}")
+    named = {"estimator": estimator, "covariates": covariates}
     rel_self, rel_margin = split_half_reliability(
-        losses, inclusion, model_mask=model_mask, top_k=top_k, seed=cfg.seed
+        losses, inclusion, model_mask=model_mask, top_k=top_k, seed=cfg.seed, **named
     )
     records = sorted(flagged)
     se, ci = bootstrap_margins(
-        losses, inclusion, records, model_mask=model_mask, n_boot=cfg.bootstrap, seed=cfg.seed
+        losses,
+        inclusion,
+        records,
+        model_mask=model_mask,
+        n_boot=cfg.bootstrap,
+        seed=cfg.seed,
+        **named,
     )
     finite_se = se[np.isfinite(se)]
     margin_se_median = float(np.median(finite_se)) if finite_se.size else None

@@ -277,6 +277,15 @@ def _margin(top2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return margin, defined
 
 
+def _apply_corrections(
+    infl: np.ndarray, rows: np.ndarray, cols: np.ndarray, delta: np.ndarray
+) -> None:
+    c, d = cols[rows], delta[rows]
+    ok = (c >= 0) & np.isfinite(d)
+    local = np.broadcast_to(np.arange(rows.size)[:, None], c.shape)
+    infl[local[ok], c[ok]] += d[ok]
+
+
 def _auto_block_rows(n_records: int, n_models: int) -> int:
     """Rows per block so a block's float64 work arrays stay under about _BLOCK_BYTES."""
     per_row = 8 * (_WORK_ARRAYS * n_records + 3 * n_models)
@@ -290,9 +299,16 @@ def estimate(
     model_mask: np.ndarray | None = None,
     block_rows: int | None = None,
     dense_path: str | os.PathLike[str] | None = None,
+    corrections: tuple[np.ndarray, np.ndarray] | None = None,
+    estimator: str = ESTIMATOR_NAME,
 ) -> InfluenceResult:
     """Blockwise over targets so N = 20,000 never holds a dense N x N float64: per block
     compute I and SE, take per-row top-k, the self entries and margins.
+
+    corrections = (cols, delta), two (N, S) arrays (cols -1 where padded): delta[t, s] is
+    added to I[t, cols[t, s]] before top-k and margins; the regression-adjusted estimator
+    (memaudit.adjusted) uses it to put back the effects it regressed out. ``estimator`` names
+    the result.
 
     block_rows=None picks a block size so each block's float64 work arrays stay under about
     256 MB (the transposed inclusion matrix, N x M float64, is a fixed extra cost). If
@@ -328,6 +344,8 @@ def estimate(
         for start in range(0, n, block_rows):
             rows = np.arange(start, min(start + block_rows, n))
             infl, se = _block_stats(prep, rows)
+            if corrections is not None:
+                _apply_corrections(infl, rows, *corrections)
             if dense is not None:
                 dense[rows[0] : rows[-1] + 1] = infl
             self_infl[rows] = infl[np.arange(rows.size), rows]
@@ -346,7 +364,7 @@ def estimate(
             del dense  # close the memmap before atomic_path moves the file into place
 
     return InfluenceResult(
-        estimator=ESTIMATOR_NAME,
+        estimator=estimator,
         n_models=prep.n_models,
         top_k=k,
         self_influence=self_infl,

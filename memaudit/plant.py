@@ -1,7 +1,9 @@
 """Plant near-duplicate groups, as the paper did, so that any audit can be scored.
 
-Each group is an original record plus ``copies - 1`` edited copies; each copy replaces one random
-token of the completion (of the text, for plain-text records) by a random vocabulary token. With a
+Each group is an original record plus ``copies - 1`` edited copies; each copy replaces ``edits``
+random tokens of the completion (of the text, for plain-text records) by random vocabulary tokens.
+Both may be ranges (``2-5`` copies, ``1-3`` edits), drawn per group and per copy, so a planted set
+is harder than one group size and one edit strength. With a
 tokenizer the unit is a tokenizer token, as in the paper; without one it is a whitespace-separated
 word and the vocabulary is the dataset's own words. The output keeps the input's format, so a
 planted file is a drop-in replacement, and adds an ``id`` to every record and a ``group`` to every
@@ -62,16 +64,24 @@ def plant(
     path: str | Path,
     fmt: RecordFormat,
     groups: int,
-    copies: int,
+    copies: int | tuple[int, int],
     seed: int = 0,
     tokenizer=None,
+    edits: int | tuple[int, int] = 1,
 ) -> list[dict]:
-    """Return the planted dataset as JSON objects in the input's format, copies after originals."""
+    """Return the planted dataset as JSON objects in the input's format, copies after originals.
+
+    ``copies`` and ``edits`` are an int or an inclusive (low, high) range drawn uniformly.
+    """
     records = load_records(path, fmt)
     if groups < 1 or groups > len(records):
         raise MemauditError(f"--groups: must be between 1 and {len(records)} (the record count)")
-    if copies < 2:
+    copies_lo, copies_hi = (copies, copies) if isinstance(copies, int) else copies
+    edits_lo, edits_hi = (edits, edits) if isinstance(edits, int) else edits
+    if copies_lo < 2 or copies_hi < copies_lo:
         raise MemauditError("--copies: must be at least 2 (the original and one edited copy)")
+    if edits_lo < 1 or edits_hi < edits_lo:
+        raise MemauditError("--edits: must be at least 1 replaced token per copy")
     objects = [obj for _, obj in iter_json_lines(Path(path))]
     field = fmt.completion_field(objects[0])
 
@@ -94,6 +104,16 @@ def plant(
     )
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(records), size=groups, replace=False).tolist())
+
+    def draw(lo: int, hi: int) -> int:
+        # Fixed values draw nothing, so fixed-size plantings are the same as before ranges.
+        return lo if lo == hi else int(rng.integers(lo, hi + 1))
+
+    def edited(value: str) -> str:
+        for _ in range(draw(edits_lo, edits_hi)):
+            value = edit(value, rng)
+        return value
+
     group_of = {idx: f"g{g:03d}" for g, idx in enumerate(chosen)}
     taken = {r.id for r in records}
     out: list[dict] = []
@@ -105,14 +125,15 @@ def plant(
         base[GROUP_FIELD] = group_of[rec.index]
         out.append(base)
         seen = {get(base)}
-        for c in range(1, copies):
+        size = draw(copies_lo, copies_hi)
+        for c in range(1, size):
             for _ in range(100):
-                value = edit(get(base), rng)
+                value = edited(get(base))
                 if value not in seen:
                     break
             else:
                 raise MemauditError(
-                    f"{path}:{rec.line}: could not make {copies - 1} distinct copies of "
+                    f"{path}:{rec.line}: could not make {size - 1} distinct copies of "
                     f"record '{rec.id}'; its completion is too short"
                 )
             seen.add(value)

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from memaudit.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
 from memaudit.analysis import Analysis, describe, influence_row
+from memaudit.estimators import influence_rows
 from memaudit.extract import aggregate
 from memaudit.findings import (
     FindingsConfig,
@@ -27,12 +29,12 @@ from memaudit.findings import (
     risky_unique_records,
     score_against_groups,
 )
-from memaudit.influence import influence_block
 from memaudit.io import atomic_write_json, atomic_write_text
 from memaudit.rundir import RunDir, package_versions
 
 SCHEMA_NAME = "memaudit-report"
-SCHEMA_VERSION = "1.2"  # 1.1: optional "convergence"; 1.2: image runs (see report-1.json)
+# 1.1: optional "convergence"; 1.2: optional link "basis"; 1.3: image runs (see report-1.json)
+SCHEMA_VERSION = "1.3"
 
 
 def load_schema() -> dict[str, Any]:
@@ -195,13 +197,23 @@ def build_report(
     flagged_idx += [f.index for f in risky if f.index not in flagged_idx]
     flagged: dict[str, Any] = {"indices": flagged_idx, "matrix": None}
     if flagged_idx:
-        block, _ = influence_block(
-            np.nan_to_num(losses), inclusion, np.array(flagged_idx), model_mask=analysis.valid
+        block = influence_rows(
+            res.estimator,
+            np.nan_to_num(losses),
+            inclusion,
+            np.array(flagged_idx),
+            model_mask=analysis.valid,
+            covariates=_covariates(saved),
         )
         flagged["matrix"] = block[:, flagged_idx]
     if is_image:
         flagged["image"] = image_side
     return report, flagged
+
+
+def _covariates(saved: dict[str, Any]) -> int:
+    """The run's --covariates (runs from before the adjusted estimator: the default)."""
+    return int(saved.get("config", {}).get("analysis", {}).get("covariates", 4))
 
 
 def _convergence(run: RunDir) -> dict[str, Any] | None:
@@ -233,7 +245,7 @@ def _cluster_dict(c) -> dict[str, Any]:
     d["risk_score"] = _num(c.risk_score)
     d["links"] = [
         {
-            k: (int(v) if k in ("target", "source") else _num(v))
+            k: (int(v) if k in ("target", "source") else v if k == "basis" else _num(v))
             for k, v in link.items()
             if not (k == "pixel_similarity" and v is None)  # text links: as before
         }
@@ -248,7 +260,13 @@ def _notes(
     n_ok = int(analysis.valid.sum())
     notes = [
         f"Near-duplicate links need z >= {link_z:.2f} (adjusted for the number of record "
-        "pairs tested) and a large share of the target's largest influence."
+        "pairs tested) and a large share of the target's largest influence"
+        + (
+            ", or (regression-adjusted estimator) two records with low margins that are each "
+            "other's top influencers."
+            if analysis.result.estimator == ADJUSTED_NAME
+            else "."
+        )
     ]
     if n_clusters == 0:
         notes.append(

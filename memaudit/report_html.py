@@ -695,6 +695,8 @@ def _table_section(report: dict[str, Any], has_bleu: bool) -> str:
         known = [
             ("pair_precision", "pair precision", _pct),
             ("pair_recall", "pair recall", _pct),
+            ("cluster_purity", "clusters pure", _pct),
+            ("share_found", "groups found", _pct),
             ("groups_recovered_exactly", "groups recovered exactly", _pct),
             ("groups", "planted groups", lambda v: _esc(v)),
         ]
@@ -919,7 +921,7 @@ def _lowest_margin_section(report: dict[str, Any], flagged: dict | None) -> str:
         "<section id='lowest-margin'><h2>Lowest-margin targets</h2><p class='lead'>Targets "
         "with the lowest Top-1 influence margin (self-influence / the largest influence of "
         "another image, that one measured with the target's own inclusion held fixed so that "
-        "chance overlap of inclusion patterns does not pass for influence; the plain margin "
+        "chance overlap of inclusion patterns does not pass for influence; the run's margin "
         "in brackets): their own inclusion no longer dominates, usually because a "
         "near-duplicate competes. Each is shown beside that most influential other image."
         + (" Images are not shown in a redacted report." if report.get("redacted") else "")
@@ -945,8 +947,8 @@ def _lowest_margin_section(report: dict[str, Any], flagged: dict | None) -> str:
             f"<figure>{_thumb(thumbs, o)}<figcaption>top influencer<br>"
             f"{_esc(top.get('label', '—'))}</figcaption></figure>"
             f"<div><strong>{_esc(e.get('id'))}</strong> ← {_esc(top.get('id', '—'))}<br>"
-            f"margin {_fmt(e.get('adjusted_margin'))} (plain {_fmt(e.get('margin'))}) · "
-            f"influence {_fmt_pm(top.get('adjusted_influence'), top.get('adjusted_se'))} · "
+            f"margin {_fmt(e.get('centred_margin'))} (run's margin {_fmt(e.get('margin'))}) · "
+            f"influence {_fmt_pm(top.get('centred_influence'), top.get('centred_se'))} · "
             "self-influence "
             f"{_fmt(e.get('self_influence'))} · pixel similarity "
             f"{_fmt(top.get('pixel_similarity'))}{planted}</div>"
@@ -1060,7 +1062,8 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | No
                     f"{_rec_label(recs.get(t), t)}</td>"
                     f"<td class='num'>{_fmt_pm(ln.get('influence'), ln.get('se'))}</td>"
                     f"<td class='num'>{_fmt(ln.get('z'))}</td>"
-                    f"<td class='num'>{_fmt(_link_similarity(ln))}</td></tr>"
+                    f"<td class='num'>{_fmt(_link_similarity(ln))}</td>"
+                    f"<td>{_esc(ln.get('basis') or 'evidence')}</td></tr>"
                 )
             more = (
                 f"<p class='muted'>{len(links) - MAX_LINKS_PER_CLUSTER} more links in "
@@ -1072,7 +1075,7 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | No
                 "<details class='links' open><summary>Influence links "
                 f"({len(links)})</summary><table class='data'><thead><tr>"
                 "<th>source → target</th><th>influence I[t, i]</th><th>z</th>"
-                f"<th>{'pixel' if image else 'lexical'} similarity</th></tr></thead>"
+                f"<th>{'pixel' if image else 'lexical'} similarity</th><th>rule</th></tr></thead>"
                 f"<tbody>{''.join(lrows)}</tbody></table>{more}</details>"
             )
         out.append("</article>")

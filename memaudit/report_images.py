@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from memaudit.analysis import Analysis
-from memaudit.findings import adjusted_margins, pixel_similarity
+from memaudit.findings import centred_margins, pixel_similarity
 from memaudit.influence import influence_block
 from memaudit.rundir import RunDir
 
@@ -93,11 +93,11 @@ def image_report(
     acc_in, acc_out, fz = accuracy_in_out(correct, inclusion, analysis.valid)
     columns = {"accuracy_in": acc_in, "accuracy_out": acc_out, "fz_memorization": fz}
 
-    # Ranked by the adjusted margin (findings.adjusted_margins): at the ensemble sizes a CPU
-    # affords, the plain margin of a unique image is as often near 1 as a duplicate's.
-    adj = adjusted_margins(res, np.nan_to_num(analysis.losses), inclusion, analysis.valid)
-    margin_adj, other = adj["adjusted_margin"], adj["other"]
-    columns["adjusted_margin"] = margin_adj
+    # Ranked by the centred margin (findings.centred_margins): at the ensemble sizes a CPU
+    # affords, the margin of a unique image is as often near 1 as a duplicate's.
+    adj = centred_margins(np.nan_to_num(analysis.losses), inclusion, analysis.valid)
+    margin_adj, other = adj["centred_margin"], adj["other"]
+    columns["centred_margin"] = margin_adj
     order = np.flatnonzero(np.isfinite(margin_adj))
     order = order[np.lexsort((order, margin_adj[order]))][:LOWEST_MARGIN_TARGETS]
     block = None
@@ -126,18 +126,18 @@ def image_report(
         if o >= 0:
             top = {
                 **who(o),
-                "influence": _num(row[o]),  # plain I[t, o]
-                "adjusted_influence": _num(adj["other_influence"][t]),
-                "adjusted_se": _num(adj["other_se"][t]),
+                "influence": _num(row[o]),  # I[t, o] by the run's estimator
+                "centred_influence": _num(adj["other_influence"][t]),
+                "centred_se": _num(adj["other_se"][t]),
                 "pixel_similarity": sim_of.get(t),
                 "same_group": records[t].group is not None and records[t].group == records[o].group,
             }
         lowest.append(
             {
                 **who(t),
-                "adjusted_margin": float(margin_adj[t]),
+                "centred_margin": float(margin_adj[t]),
                 "margin": _num(res.margin[t]) if res.margin_defined[t] else None,
-                "self_influence": _num(res.self_influence[t]),
+                "self_influence": _num(adj["self_influence"][t]),
                 "fz_memorization": _num(fz[t]),
                 "top_influencer": top,
                 "influence_quantiles": _q(np.delete(row, t)),

@@ -252,8 +252,10 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     if gt:
         out.print(
             f"planted ground truth: pair precision {_f(gt['pair_precision'])}, pair recall "
-            f"{_f(gt['pair_recall'])}; {gt['groups_exact']} of {gt['groups']} planted groups "
-            f"recovered exactly, {gt['groups_majority']} by majority"
+            f"{_f(gt['pair_recall'])}; of {gt['groups']} planted groups "
+            f"{gt.get('groups_found', '–')} found, {gt['groups_majority']} by majority, "
+            f"{gt['groups_exact']} exactly; {gt.get('clusters_pure', '–')} of {gt['clusters']} "
+            "clusters pure"
         )
         pt = gt["planted_table"]
         nd, un = pt["near_duplicated"], pt["unique"]
@@ -329,9 +331,9 @@ def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> Non
     """The paper's image view: targets by lowest Top-1 margin, beside their top influencer;
     with planted ground truth, whether the two are a planted pair."""
     out.print(
-        "\n[bold]Lowest-margin targets[/] and their most influential other image: margin "
-        "adjusted for chance overlap (plain margin), the other's influence with the target's "
-        "own inclusion held fixed, pixel similarity"
+        "\n[bold]Lowest-margin targets[/] and their most influential other image: centred "
+        "margin (the run's margin), the other's influence with the target's own inclusion "
+        "held fixed, pixel similarity"
     )
     table = Table(show_edge=False, box=None, pad_edge=False, padding=(0, 1))
     cols = [
@@ -355,8 +357,8 @@ def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> Non
             e["id"],
             str(top.get("id", "–")),
             labels,
-            f"{_f(e['adjusted_margin'])} ({_f(e['margin'])})",
-            _f(top.get("adjusted_influence")),
+            f"{_f(e['centred_margin'])} ({_f(e['margin'])})",
+            _f(top.get("centred_influence")),
             _f(top.get("pixel_similarity")),
         ]
         if planted:

@@ -142,38 +142,52 @@ def test_python_api_reads_the_run(reference_run):
     assert analysis.result.top_idx.shape == (40, 5)
     # influence.json agrees with the arrays.
     doc = json.loads((reference_run / "influence.json").read_text())
-    assert doc["estimator"] == "difference-of-means" and doc["n_models_used"] == 6
+    assert doc["estimator"] == "regression-adjusted" and doc["n_models_used"] == 6
     assert doc["records"][7]["self_influence"] == pytest.approx(analysis.result.self_influence[7])
     assert "text" not in json.dumps(doc["records"][0])  # no record text in the metrics file
+    # The plain estimator on request, named as such.
+    plain = audit.analyze(estimator="plain")
+    doc = json.loads((reference_run / "influence.json").read_text())
+    assert doc["estimator"] == plain.result.estimator == "difference-of-means"
 
 
 @pytest.mark.slow
 def test_demo_shows_the_papers_direction(tmp_path, cli):
-    """`memaudit run` on the bundled demo (300 records, 20 planted groups of 5) with few models:
-    near-duplicated records have lower self-influence and lower margins than unique ones."""
+    """`memaudit run` on the bundled demo exactly as the README runs it (300 records, 20 planted
+    groups of 5, 32 models): near-duplicated records have lower self-influence, lower margins
+    and higher extractability than unique ones, and the planted groups come back as clusters.
+
+    Thresholds, from the measured run (2 cores): pair precision 1.00 and 20 of 20 clusters pure,
+    17 of 20 groups found, margin AUC 1.00, BLEU 0.37 vs 0.18. Pair recall is low (0.27) by
+    design: a group of 5 comes back in fragments of 2-3 at this M, so the test asks for groups
+    found (a pure cluster holds two or more of the group), not pairs.
+    """
     out = tmp_path / "demo"
-    res = cli("run", DEMO_DATA, "--config", DEMO_CONFIG, "--models", "16", "--out", out)
+    res = cli("run", DEMO_DATA, "--config", DEMO_CONFIG, "--out", out)
     assert res.code == 0, res.err
     s = json.loads((out / "influence.json").read_text())["summary"]
     uni, dup = s["unique"], s["near_duplicated"]
     assert (uni["records"], dup["records"]) == (200, 100)
     assert dup["self_influence"]["mean"] < 0.5 * uni["self_influence"]["mean"]
-    assert dup["margin"]["median"] < uni["margin"]["median"]
-    assert dup["margin"]["mean"] < uni["margin"]["mean"]
-    assert s["auc_self_influence"] > 0.9
-    # The reports: near-duplicated records are more extractable (the paper: BLEU 0.36 vs 0.07),
-    # and at this M the link rule makes no false near-duplicate claim.
+    assert dup["margin"]["median"] < 0.33 * uni["margin"]["median"]
+    assert s["auc_self_influence"] > 0.95 and s["auc_margin"] > 0.95
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, load_schema())
+    assert report["ensemble"]["estimator"] == "regression-adjusted"
     planted = report["ground_truth"]["planted_table"]
-    assert planted["near_duplicated"]["bleu"]["mean"] > planted["unique"]["bleu"]["mean"] + 0.05
-    assert report["ground_truth"]["pair_precision"] in (None, 1.0)
+    # The paper: BLEU 0.36 vs 0.07 for near-duplicated vs unique records.
+    assert planted["near_duplicated"]["bleu"]["mean"] > planted["unique"]["bleu"]["mean"] + 0.1
+    gt = report["ground_truth"]
+    assert gt["pair_precision"] >= 0.95 and gt["cluster_purity"] >= 0.95
+    assert gt["share_found"] >= 0.7 and gt["clusters"] >= 14
     assert (out / "report.html").stat().st_size > 10_000
     assert "records in near-duplicate clusters vs unique records" in res.out
-    # A fixed, small M gets the same diagnostics and a warning that it was too small.
+    assert "Top near-duplicate clusters" in res.out
+    # A fixed M gets the same diagnostics, and a warning exactly when they say M was too small.
     conv = json.loads((out / "convergence.json").read_text())
-    assert conv["stopped_by"] == "fixed --models 16" and len(conv["rounds"]) == 1
-    assert "have not settled" in res.out
+    assert conv["stopped_by"] == "fixed --models 32" and len(conv["rounds"]) == 1
+    reliable = [c["met"] for c in conv["rounds"][0]["criteria"] if c["name"].startswith("rel")]
+    assert ("have not settled" in res.out) == (not all(reliable))
 
 
 def _plant_small(tmp_path, cli):

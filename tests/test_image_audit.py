@@ -5,13 +5,13 @@ data runs, the reports show the images (and a redacted one does not).
 
 Measured (180 images = 140 unique + 20 planted pairs, M = 48, resnet-tiny at 16 x 16, 40
 epochs, one thread; 140-161 s for the module's setup on this shared 2-core machine, 3.2 s of
-training per model; the same numbers in two runs): the 10 lowest-margin targets are all planted and all have their planted
-copy as top influencer (the 12th is a unique image whose top influencer has pixel similarity
-0.74); 16 of the 20 planted pairs appear among the 40 lowest margins with their copy as top
-influencer. On other subsets (220 images, seeds 0 and 1) the 12 lowest held 9-10 planted
-targets at M = 48. Chance levels: 0.22 (planted share) and ~0 (a random top influencer is the
-copy with probability 1/180). The test asks for 0.7, 0.6 and 0.5: far above chance, with room
-for the spread that another torch build or thread count can cause.
+training per model; the same numbers in two runs): the 10 lowest-margin targets are all
+planted and all have their planted copy as top influencer; 16 of the 20 planted pairs appear
+among the 40 lowest margins with their copy as top influencer. On other subsets (220 images,
+seeds 0 and 1) the 12 lowest held 9-10 planted targets at M = 48. Chance levels: 0.22
+(planted share) and ~0 (a random top influencer is the copy with probability 1/180). The test
+asks for 0.7, 0.6 and 0.5: far above chance, with room for the spread that another torch
+build or thread count can cause.
 """
 
 import json
@@ -92,15 +92,14 @@ def test_lowest_margins_are_planted_pairs(planted_run):
     # Recall of the planted pairs among the 2 * PAIRS lowest margins (from the run directory).
     from memaudit.analysis import analyze_run
     from memaudit.config import AnalysisConfig
-    from memaudit.findings import adjusted_margins
+    from memaudit.findings import centred_margins
 
     analysis = analyze_run(Audit.open(out).run_dir, AnalysisConfig())
-    adj = adjusted_margins(
-        analysis.result, np.nan_to_num(analysis.losses), Audit.open(out).inclusion(),
-        analysis.valid,
-    )  # fmt: skip
+    adj = centred_margins(
+        np.nan_to_num(analysis.losses), Audit.open(out).inclusion(), analysis.valid
+    )
     groups = np.array([r.group or "" for r in analysis.records])
-    margin = np.where(np.isfinite(adj["adjusted_margin"]), adj["adjusted_margin"], np.inf)
+    margin = np.where(np.isfinite(adj["centred_margin"]), adj["centred_margin"], np.inf)
     lowest_k = np.argsort(margin, kind="stable")[: 2 * PAIRS]
     found = {groups[t] for t in lowest_k if groups[t] and groups[adj["other"][t]] == groups[t]}
     recall = len(found) / PAIRS

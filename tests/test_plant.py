@@ -81,3 +81,33 @@ def test_bad_plant_options(tmp_path):
         plant(DEMO_SOURCE, RecordFormat(preset="nq"), groups=0, copies=3)
     with pytest.raises(MemauditError, match="--copies"):
         plant(DEMO_SOURCE, RecordFormat(preset="nq"), groups=2, copies=1)
+    with pytest.raises(MemauditError, match="--edits"):
+        plant(DEMO_SOURCE, RecordFormat(preset="nq"), groups=2, copies=3, edits=0)
+
+
+def test_ranges_of_group_sizes_and_edits(tmp_path, cli):
+    out = tmp_path / "ranged.jsonl"
+    res = cli(
+        "plant", DEMO_SOURCE, "--preset", "nq", "--groups", "30", "--copies", "2-5",
+        "--edits", "1-3", "--seed", "3", "--out", out,
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    objs = [json.loads(line) for line in out.read_text().splitlines()]
+    groups = _groups(objs)
+    sizes = [len(g) for g in groups.values()]
+    assert len(groups) == 30 and min(sizes) == 2 and max(sizes) == 5 and len(set(sizes)) == 4
+    changed = []
+    for members in groups.values():
+        a = members[0]["answer"][0].split()
+        for copy in members[1:]:
+            b = copy["answer"][0].split()
+            if len(a) == len(b):
+                changed.append(sum(x != y for x, y in zip(a, b, strict=True)))
+    # 1 to 3 words replaced (a word may be hit twice, so at most 3, at least 1).
+    assert min(changed) >= 1 and max(changed) == 3 and 2 in changed
+    # A fixed size and one edit draw nothing extra: the old plantings are unchanged.
+    fixed = plant(DEMO_SOURCE, RecordFormat(preset="nq"), groups=7, copies=(4, 4), seed=1)
+    assert fixed == plant(DEMO_SOURCE, RecordFormat(preset="nq"), groups=7, copies=4, seed=1)
+    bad = cli("plant", DEMO_SOURCE, "--preset", "nq", "--groups", "3", "--copies", "5-2",
+              "--out", out)  # fmt: skip
+    assert bad.code == 2 and "--copies" in bad.err and "\n" not in bad.err.strip()

@@ -1,0 +1,179 @@
+"""The regression-adjusted estimator: the same counterfactual influence with less noise.
+
+With the plain difference of means, I[t, i] for i != t is noisy mostly because the loss on t
+swings with t's own inclusion (its self-influence, several nats on a memorizing model), and
+P[i] overlaps P[t] by chance on about half the models plus or minus sqrt(M)/2. Every I[t, i]
+inherits a share of that swing; at small M the second-largest influence on a unique record is a
+noise maximum and the Top-1 margin cannot tell unique from near-duplicated records.
+
+Since inclusion is randomized independently of everything else, the swing can be removed
+without changing what is estimated (covariate adjustment of a randomized experiment): for each
+target t choose covariates S_t = {t} plus its strongest other influencers, fit
+
+    L[t, j] = a + sum_{s in S_t} b_s P[s, j] + r[t, j]      (least squares over the models)
+
+and estimate
+
+    I_adj[t, i] = DoM_i(r[t])            for i not in S_t
+    I_adj[t, s] = DoM_s(r[t]) - b_s      for s in S_t   (= DoM_s of L with the *other*
+                                                           covariates regressed out)
+
+where DoM_i(x) = mean over models without i minus mean over models with i. Under independent
+inclusion every covariate is independent of P[i] for i outside it, so the adjustment only
+removes variance: I_adj and the plain I have the same expectation, up to the small bias of
+covariates chosen from the same data. tests/test_adjusted.py checks this against the exact
+influence of synthetic ensembles whose effects saturate (where a joint regression coefficient
+would not equal the difference of means): over 300 replicates at M = 48 the bias was -0.03 nats
+on mate entries of 1.6 to 2.4 nats and +0.006 on null entries, while the spread of the null
+entries fell about 3x.
+
+The influencers are found iteratively: round 0 adjusts for t alone, each later round takes the
+c largest adjusted influences on t (other than t) as its covariates. Covariates whose inclusion
+column repeats or complements an earlier one (or is constant) are not identifiable and are
+skipped; the convergence diagnostics report such indistinguishable pairs. Standard errors are
+those of the difference of means of the residuals (the few degrees of freedom spent on the fit
+are ignored).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from memaudit.influence import InfluenceResult, _top_k, estimate, influence_block
+
+ESTIMATOR_NAME = "regression-adjusted"
+ESTIMATORS = {"adjusted": ESTIMATOR_NAME, "plain": "difference-of-means"}
+
+# Elements of one chunk's design array (k targets x M models x S covariates), about 64 MB.
+_CHUNK_ELEMENTS = 8_000_000
+
+
+def covariate_count(n_models: int, requested: int) -> int:
+    """Influencers to adjust for beyond t itself: at most M / 4 - 1, so the fit keeps at least
+    three quarters of its degrees of freedom for the residual."""
+    return int(max(0, min(requested, n_models // 4 - 1)))
+
+
+def fit_covariates(
+    losses: np.ndarray, inclusion: np.ndarray, sets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares of each L[t] on an intercept and the inclusion of sets[t] (-1: padding).
+
+    Returns the residualized losses R (N x M, the intercept kept so R stays on the loss scale)
+    and the coefficients (N x S, NaN where a covariate was padding or not identifiable).
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    inc = np.asarray(inclusion, dtype=np.float64)
+    n, m = losses.shape
+    s = sets.shape[1]
+    resid = np.empty_like(losses)
+    coef = np.full((n, s), np.nan)
+    step = max(1, _CHUNK_ELEMENTS // (m * (s + 1)))
+    for lo in range(0, n, step):
+        c = sets[lo : lo + step]
+        k = len(c)
+        x = np.empty((k, m, s + 1))
+        x[:, :, 0] = 1.0
+        x[:, :, 1:] = np.where(c[:, None, :] >= 0, inc[np.maximum(c, 0)].transpose(0, 2, 1), 0.0)
+        keep = c >= 0
+        for q in range(s):
+            col = x[:, :, q + 1 : q + 2]
+            earlier = x[:, :, : q + 1]
+            same = (earlier == col).all(axis=1) | (earlier == 1.0 - col).all(axis=1)
+            keep[:, q] &= ~same[:, 1:].any(axis=1) & ~(col == col[:, :1]).all(axis=1)[:, 0]
+        x[:, :, 1:] *= keep[:, None, :]
+        y = losses[lo : lo + step]
+        xtx = np.einsum("kmi,kmj->kij", x, x)
+        beta = np.einsum("kij,kmj,km->ki", np.linalg.pinv(xtx, hermitian=True), x, y)
+        beta[:, 1:] *= keep
+        resid[lo : lo + step] = y - np.einsum("kmi,ki->km", x[:, :, 1:], beta[:, 1:])
+        coef[lo : lo + step] = np.where(keep, beta[:, 1:], np.nan)
+    return resid, coef
+
+
+def _next_sets(top_idx: np.ndarray, rows: np.ndarray, c: int) -> np.ndarray:
+    """Each target plus its c largest adjusted influencers other than itself (-1 padded)."""
+    found = np.where((top_idx == rows[:, None]) | (top_idx < 0), -1, top_idx)
+    order = np.argsort(found < 0, axis=1, kind="stable")  # keep rank order, padding last
+    found = np.take_along_axis(found, order, axis=1)[:, :c]
+    if found.shape[1] < c:
+        found = np.pad(found, ((0, 0), (0, c - found.shape[1])), constant_values=-1)
+    return np.column_stack([rows, found])
+
+
+def estimate_adjusted(
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    top_k: int = 10,
+    model_mask: np.ndarray | None = None,
+    covariates: int = 4,
+    rounds: int = 2,
+    block_rows: int | None = None,
+    dense_path: str | os.PathLike[str] | None = None,
+) -> InfluenceResult:
+    """Regression-adjusted influence (module docstring), with the same outputs as
+    :func:`memaudit.influence.estimate`; ``covariates`` influencers beyond t are found in
+    ``rounds`` rounds (each one blockwise pass of the plain estimator over the residuals)."""
+    losses = np.asarray(losses, dtype=np.float64)
+    inc = np.asarray(inclusion).astype(bool)
+    if model_mask is not None:
+        used = np.asarray(model_mask, dtype=bool)
+        if used.shape != (losses.shape[1],):
+            raise ValueError(f"model_mask must have shape ({losses.shape[1]},), got {used.shape}")
+        losses, inc = losses[:, used], inc[:, used]
+    n, m = losses.shape
+    c = covariate_count(m, covariates)
+    sets = np.arange(n)[:, None]
+    for _ in range(rounds if c else 0):
+        resid, coef = fit_covariates(losses, inc, sets)
+        # With the corrections, held covariates compete at their adjusted value, so a strong
+        # influencer stays in the set instead of dropping out at its residual's zero.
+        found = estimate(
+            resid, inc, top_k=min(n, c + 1), block_rows=block_rows, corrections=(sets, -coef)
+        )
+        sets = _next_sets(found.top_idx, np.arange(n), c)
+    resid, coef = fit_covariates(losses, inc, sets)
+    return estimate(
+        resid,
+        inc,
+        top_k=top_k,
+        block_rows=block_rows,
+        dense_path=dense_path,
+        corrections=(sets, -coef),
+        estimator=ESTIMATOR_NAME,
+    )
+
+
+def adjusted_block(
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    rows: np.ndarray,
+    covariates: int = 4,
+    rounds: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Adjusted influence and SE of the targets ``rows`` against all N records: two
+    (len(rows), N) arrays, equal to the rows of :func:`estimate_adjusted`'s matrix. Each
+    target's fit depends only on its own row of L, so a few rows (the bootstrap of flagged
+    margins) cost a few rows."""
+    losses = np.asarray(losses, dtype=np.float64)
+    inc = np.asarray(inclusion).astype(bool)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    c = covariate_count(losses.shape[1], covariates)
+    sets = rows[:, None]
+    full = np.zeros_like(losses)
+
+    def corrected(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        resid, coef = fit_covariates(losses[rows], inc, sets)
+        full[rows] = resid
+        infl, se = influence_block(full, inc, rows)
+        ok = (sets >= 0) & np.isfinite(coef)
+        local = np.broadcast_to(np.arange(rows.size)[:, None], sets.shape)
+        infl[local[ok], sets[ok]] -= coef[ok]
+        return infl, se
+
+    for _ in range(rounds if c else 0):
+        infl, _se = corrected(sets)
+        sets = _next_sets(_top_k(infl, min(losses.shape[0], c + 1))[0], rows, c)
+    return corrected(sets)

@@ -43,6 +43,7 @@ class Prepared:
     dtype: Any
     inclusion: np.ndarray
     resumed: bool
+    task: Any = None  # the image path's memaudit.vision.ImageTask; None: text
 
 
 class Audit:
@@ -78,6 +79,8 @@ class Audit:
         from memaudit.tokens import tokenize_records
 
         cfg = self.config
+        if cfg.is_image:
+            return self._prepare_images()
         records = load_records(cfg.data, RecordFormat(cfg.preset, cfg.template))
         data_sha = file_sha256(cfg.data)
         device = pick_device(cfg.device)
@@ -99,6 +102,43 @@ class Audit:
         self.run_dir.save_inclusion(inclusion)
         return Prepared(
             records, tokenizer, tokens, MemberFactory(model), device, dtype, inclusion, resumed
+        )
+
+    def _prepare_images(self) -> Prepared:
+        """prepare() for an image run: images instead of JSON Lines, an ImageTask instead of a
+        tokenizer and a base model; the same checks-before-writing order."""
+        import torch
+
+        from memaudit.images import load_images
+        from memaudit.models import pick_device
+        from memaudit.partition import inclusion_matrix
+        from memaudit.vision import ImageTask, build_model
+
+        cfg = self.config
+        img = cfg.image
+        build_model(cfg.model.name, 2)  # an unknown image model fails before anything is read
+        data = load_images(cfg.data or None, img.dataset, img.data_root, img.resize)
+        records = data.records()
+        device = pick_device(cfg.device)
+        task = ImageTask(
+            data.images,
+            data.labels,
+            len(data.class_names),
+            cfg.model.name,
+            cfg.train,
+            img,
+            init_seed=cfg.ensemble.seed,
+            device=device,
+            eval_batch_size=cfg.eval_batch_size,
+        )
+        inclusion = inclusion_matrix(len(records), cfg.ensemble)
+        resumed = self.run_dir.check_or_create(cfg, records, data.sha256())
+        self.run_dir.check_idle()
+        if not self.run_dir.file("images.npz").exists():
+            self.run_dir.save_images(data)
+        self.run_dir.save_inclusion(inclusion)
+        return Prepared(
+            records, None, None, None, device, torch.float32, inclusion, resumed, task=task
         )
 
     def train(
@@ -128,6 +168,7 @@ class Audit:
                 executor=executor,
                 members=members,
                 retries=self._executor_cfg().retries,
+                task=prepared.task,
             )
 
     def _executor_cfg(self):
@@ -149,6 +190,7 @@ class Audit:
                     prepared.device,
                     prepared.dtype,
                     prepared.tokenizer,
+                    task=prepared.task,
                 ),
                 self.config,
                 prepared.records,
@@ -166,6 +208,11 @@ class Audit:
         shard on another machine has it: the dataset file is not needed."""
         from memaudit.ensemble import member_context
 
+        if self.config.is_image:
+            raise MemauditError(
+                "memaudit train --shard: image runs train with `memaudit run` for now "
+                "(shards and Ray are text-only in this release)"
+            )
         records = self.run_dir.records()
         ctx = member_context(self.config, records)
         return Prepared(

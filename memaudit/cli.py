@@ -222,8 +222,31 @@ def cli() -> None:
     """memaudit: measure what a model memorizes from its training data."""
 
 
+image_options = [
+    click.option(
+        "--dataset",
+        type=click.Choice(["cifar10", "cifar100"]),
+        default=None,
+        help="Images: torchvision's CIFAR-10/100 training set from --data-root (no DATA; "
+        "never downloads).",
+    ),
+    click.option(
+        "--data-root",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Images: the folder holding --dataset's files.",
+    ),
+    click.option(
+        "--resize",
+        type=int,
+        default=None,
+        help="Images: resize every image to S x S (needed when sizes differ).",
+    ),
+]
+
+
 @cli.command()
-@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
 @click.option(
     "--config",
     "config",
@@ -233,9 +256,26 @@ def cli() -> None:
     help="TOML file of option values (options given here win).",
 )
 @click.option(
-    "--model", required=True, help="Hub id, local directory, or alias (gpt-neo-1.3B, gpt-neo-125M)."
+    "--model",
+    required=True,
+    help="Hub id, local directory, or alias (gpt-neo-1.3B, gpt-neo-125M); for images "
+    "resnet-tiny, resnet20 or resnet18.",
 )
 @_apply(format_options)
+@_apply(image_options)
+@click.option(
+    "--crop-padding",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Images: random-crop augmentation from a zero-padded image (0: none).",
+)
+@click.option(
+    "--flip/--no-flip",
+    default=True,
+    show_default=True,
+    help="Images: random horizontal flip augmentation.",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -292,9 +332,9 @@ def cli() -> None:
     default=None,
     help="Comma-separated module names for LoRA [default: peft's for the model].",
 )
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--lr", type=float, default=2e-4, show_default=True)
-@click.option("--batch-size", type=int, default=50, show_default=True)
+@click.option("--epochs", type=int, default=None, help="[text: 3, images: 30]")
+@click.option("--lr", type=float, default=None, help="[text: 2e-4 (AdamW), images: 0.05 (SGD)]")
+@click.option("--batch-size", type=int, default=None, help="[text: 50, images: 64]")
 @click.option(
     "--micro-batch-size",
     type=int,
@@ -308,7 +348,7 @@ def cli() -> None:
     show_default=True,
     help="Tokens per record; longer records are truncated.",
 )
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--weight-decay", type=float, default=None, help="[text: 0, images: 5e-4]")
 @click.option("--warmup-steps", type=int, default=0, show_default=True)
 @click.option(
     "--loss-on",
@@ -381,6 +421,11 @@ def run(
     model: str,
     preset,
     template,
+    dataset,
+    data_root,
+    resize,
+    crop_padding,
+    flip,
     out,
     n_models,
     max_models,
@@ -424,26 +469,58 @@ def run(
     retries,
     prepare_only,
 ) -> None:
-    """Train an ensemble on random halves of DATA (JSON Lines) and estimate the influence matrix.
+    """Train an ensemble on random halves of DATA and estimate the influence matrix.
 
-    Rerunning the same command resumes: finished models are never retrained.
+    DATA is JSON Lines for a language model, or for an image model (--model resnet-tiny, ...)
+    an image folder (one subfolder per class) or an .npz with images and labels; or give
+    --dataset cifar10 --data-root PATH instead. Rerunning the same command resumes: finished
+    models are never retrained.
     """
     from memaudit import api
     from memaudit.config import (
         AnalysisConfig,
         ExtractConfig,
+        ImageConfig,
         ModelConfig,
         RunConfig,
         TrainConfig,
         resolve_model_name,
     )
+    from memaudit.images import is_image_source
+    from memaudit.vision import IMAGE_TRAIN_DEFAULTS, VISION_MODELS, is_vision_model
+
+    images = is_vision_model(model)
+    if images:
+        if data is not None and dataset is not None:
+            raise MemauditError("give DATA or --dataset, not both")
+        if data is None and dataset is None:
+            raise MemauditError(
+                f"--model {model}: give DATA (an image folder or .npz) or --dataset"
+            )
+        if data is not None and not is_image_source(data, None):
+            raise MemauditError(
+                f"--model {model} is an image model: DATA must be an image folder or an .npz, "
+                f"not {data}"
+            )
+        if dataset is not None and data_root is None:
+            raise MemauditError(f"--dataset {dataset}: give --data-root, the folder with its files")
+    else:
+        if data is None:
+            raise MemauditError("missing DATA (a JSON Lines file)")
+        if dataset is not None or is_image_source(data, None) and data.suffix == ".npz":
+            raise MemauditError(f"image data needs an image --model ({', '.join(VISION_MODELS)})")
+    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}
+    train_opts = {k: v for k, v in given.items() if v is not None}
+    if images:
+        train_opts = {**IMAGE_TRAIN_DEFAULTS, **train_opts}
+        finetune, extract_models = "full", 0  # trained from scratch; nothing to decode
 
     targets = (
         tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else None
     )
     _record_format(preset, template)
     cfg = RunConfig(
-        data=str(data),
+        data=str(data if data is not None else data_root),
         model=ModelConfig(
             name=resolve_model_name(model),
             finetune=finetune,
@@ -456,12 +533,9 @@ def run(
         preset=preset,
         template=template,
         train=TrainConfig(
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
+            **train_opts,
             micro_batch_size=micro_batch_size,
             max_length=max_length,
-            weight_decay=weight_decay,
             warmup_steps=warmup_steps,
             loss_on=loss_on,
             dtype=dtype,
@@ -480,8 +554,17 @@ def run(
         ),
         device=device,
         eval_batch_size=eval_batch_size,
+        image=ImageConfig(
+            dataset=dataset,
+            data_root=None if data_root is None else str(data_root),
+            resize=resize,
+            crop_padding=crop_padding,
+            flip=flip,
+        )
+        if images
+        else None,
     )
-    out = out or api.default_out(data, cfg.model.name)
+    out = out or api.default_out(data if data is not None else dataset, cfg.model.name)
     ecfg = _executor_config(executor, ray_address, cpus_per_model, gpus_per_model, threads, retries)
     audit = api.Audit(cfg, out, executor=ecfg)
     if prepare_only:
@@ -603,8 +686,9 @@ def report(
 
 
 @cli.command()
-@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
 @_apply(format_options)
+@_apply(image_options)
 @click.option("--groups", type=int, required=True, help="How many records get near-duplicates.")
 @click.option(
     "--copies",
@@ -626,12 +710,47 @@ def report(
     help="Replace a tokenizer token (as the paper did) instead of a whole word.",
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def plant(data: Path, preset, template, groups, copies, edits, seed, tokenizer, out) -> None:
+def plant(
+    data: Path,
+    preset,
+    template,
+    dataset,
+    data_root,
+    resize,
+    groups,
+    copies,
+    edits,
+    seed,
+    tokenizer,
+    out,
+) -> None:
     """Make near-duplicate groups in DATA: each copy replaces one random token of the completion.
 
     Writes OUT in DATA's format with an `id` on every record and a `group` on planted ones.
+    Image data (a folder, an .npz or --dataset) gets edited copies instead (crop and shift,
+    flip, brightness, contrast, JPEG re-encoding), written to OUT as an .npz.
     """
     from memaudit import plant as planting
+    from memaudit.images import is_image_source
+
+    if is_image_source(data, dataset):
+        from memaudit.images import load_images, npz_bytes
+        from memaudit.io import atomic_write_bytes
+        from memaudit.plant_images import plant_images
+
+        if out.suffix.lower() != ".npz":
+            raise MemauditError(f"--out: image data is planted into an .npz, not {out}")
+        lo, hi = _int_range(copies, "--copies")
+        if lo != hi:
+            raise MemauditError("--copies: image planting takes one group size, not a range")
+        if edits != "1":
+            raise MemauditError("--edits: counts replaced tokens; image copies get every edit")
+        planted = plant_images(load_images(data, dataset, data_root, resize), groups, lo, seed=seed)
+        atomic_write_bytes(out, npz_bytes(planted))
+        click.echo(f"wrote {out}: {len(planted)} images, {groups} groups of {copies}")
+        return
+    if data is None:
+        raise MemauditError("missing DATA (a JSON Lines file, an image folder or .npz)")
 
     fmt = _record_format(preset, template)
     tok = None

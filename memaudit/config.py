@@ -104,6 +104,24 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
+class ImageConfig:
+    """The image path (memaudit.images, memaudit.vision); a run has one exactly when its model is
+    an image model. Augmentation is part of the fingerprint: it changes what members learn."""
+
+    dataset: str | None = None  # cifar10 | cifar100 through torchvision (else DATA is the data)
+    data_root: str | None = None  # --data-root for --dataset; never downloaded
+    resize: int | None = None  # every image to S x S; None: all images must share one size
+    crop_padding: int = 4  # random crop from an image zero-padded by this many pixels (0: none)
+    flip: bool = True  # random horizontal flip
+
+    def __post_init__(self) -> None:
+        if self.resize is not None:
+            _positive("--resize", self.resize)
+        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+            raise MemauditError("--crop-padding: must be a non-negative integer")
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     top_k: int = 10
     dense_max: int = 5000  # also store the dense N x N matrix (float32) up to this many records
@@ -133,6 +151,11 @@ class RunConfig:
     convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
     device: str = "auto"
     eval_batch_size: int = 64
+    image: ImageConfig | None = None  # set for image runs (an image --model)
+
+    @property
+    def is_image(self) -> bool:
+        return self.image is not None
 
     def __post_init__(self) -> None:
         _choice("--device", self.device, DEVICES)
@@ -159,6 +182,7 @@ class RunConfig:
             convergence=ConvergenceConfig(**d.get("convergence", {})),
             device=d.get("device", "auto"),
             eval_batch_size=d.get("eval_batch_size", 64),
+            image=ImageConfig(**d["image"]) if d.get("image") else None,
         )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -171,6 +195,10 @@ class RunConfig:
             d.pop(key)
         for key in ("models", "auto", "max_models"):
             d["ensemble"].pop(key)
+        if d.get("image") is None:
+            d.pop("image", None)  # text runs: the same fingerprint as before images existed
+        else:
+            d["image"].pop("data_root")  # like data: identified by the pixels' sha256
         # How many members decode, and in what batches, may change; what they decode may not.
         d["extract"] = {"prefix_tokens": d["extract"]["prefix_tokens"]}
         return d

@@ -5,6 +5,10 @@ records. Computing a member (:func:`compute_member`) is a pure function of the c
 the records and j that returns its result; an executor (memaudit.executors: this process, or Ray
 tasks) runs it wherever, and the driver writes each result to the run directory as it arrives,
 so a killed run loses at most the members in progress, and workers need no shared file system.
+
+The same code serves text and images: a member asks a *member task* (:class:`MemberTask`) for a
+fresh model, to train it on a subset and to evaluate it on every record. :class:`TextTask`
+wraps the language-model path; memaudit.vision.ImageTask the image path.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,7 +29,37 @@ from memaudit.models import MemberFactory
 from memaudit.partition import model_seed
 from memaudit.rundir import RunDir
 from memaudit.tokens import TokenizedRecords
-from memaudit.train import TrainingDiverged, train_member
+from memaudit.train import TrainingDiverged, TrainStats, train_member
+
+
+class MemberTask(Protocol):
+    """What the ensemble loop needs from a modality."""
+
+    arrays: tuple[str, ...]  # names of the extra per-record arrays evaluate() returns
+
+    def fresh(self) -> Any: ...
+
+    def train(self, model: Any, subset: np.ndarray, seed: int, on_step=None) -> TrainStats: ...
+
+    def evaluate(self, model: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+
+class TextTask:
+    """The language-model path: shared starting weights, train.train_member, record_losses."""
+
+    arrays: tuple[str, ...] = ()
+
+    def __init__(self, tokens, factory, cfg: RunConfig, device: torch.device) -> None:
+        self.tokens, self.factory, self.cfg, self.device = tokens, factory, cfg, device
+
+    def fresh(self):
+        return self.factory.fresh()
+
+    def train(self, model, subset, seed, on_step=None) -> TrainStats:
+        return train_member(model, self.tokens, subset, self.cfg.train, seed, self.device, on_step)
+
+    def evaluate(self, model) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return record_losses(model, self.tokens, self.cfg.eval_batch_size, self.device), {}
 
 
 @dataclass
@@ -49,6 +83,12 @@ class MemberContext:
     dtype: torch.dtype
     tokenizer: Any = None  # None: no extraction
     targets: Any = None  # extraction targets, made on first use
+    task: Any = None  # a MemberTask; None: the text path (TextTask over tokens and factory)
+
+    def member_task(self) -> MemberTask:
+        if self.task is None:
+            self.task = TextTask(self.tokens, self.factory, self.cfg, self.device)
+        return self.task
 
     @property
     def n_extract(self) -> int:
@@ -63,6 +103,7 @@ class MemberResult:
     losses: np.ndarray | None
     meta: dict[str, Any]
     extraction: dict[str, Any] | None = None
+    arrays: dict[str, np.ndarray] | None = None  # the task's extra per-record arrays
 
 
 class MemberFailed(RuntimeError):
@@ -91,7 +132,8 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
         ctx.targets = extraction_targets(ctx.tokens, ctx.tokenizer, cfg.extract.prefix_tokens)
     seed = model_seed(cfg.ensemble.seed, j)
     subset = np.flatnonzero(column)
-    model = ctx.factory.fresh()
+    task = ctx.member_task()
+    model = task.fresh()
     meta = {
         "seed": seed,
         "n_train": int(len(subset)),
@@ -100,14 +142,14 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
         "threads": torch.get_num_threads(),  # CPU results are bit-identical per thread count
     }
     try:
-        stats = train_member(model, ctx.tokens, subset, cfg.train, seed, device, on_step)
+        stats = task.train(model, subset, seed, on_step)
     except TrainingDiverged as exc:
         # Excluded from the estimates and reported, never averaged in; deterministic, so
         # it is a result, not a failure to retry.
         meta.update(status="diverged", error=str(exc))
         return MemberResult(j, None, meta)
     t0 = time.perf_counter()
-    losses = record_losses(model, ctx.tokens, cfg.eval_batch_size, device)
+    losses, arrays = task.evaluate(model)
     meta.update(
         status="ok" if np.isfinite(losses).all() else "diverged",
         train_loss=stats.final_loss,
@@ -126,12 +168,18 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
             model, ctx.targets, ctx.tokenizer, cfg.extract.batch_size, device
         )
         meta["extract_seconds"] = round(time.perf_counter() - t0, 3)
-    return MemberResult(j, losses, meta, extraction)
+    return MemberResult(j, losses, meta, extraction, arrays)
 
 
-def pending_models(run: RunDir, n_models: int, n_extract: int = 0) -> list[int]:
+def pending_models(
+    run: RunDir, n_models: int, n_extract: int = 0, arrays: tuple[str, ...] = ()
+) -> list[int]:
     """Members without a valid result; the first n_extract also need their extraction."""
-    return [j for j in range(n_models) if run.model_meta(j, need_extraction=j < n_extract) is None]
+    return [
+        j
+        for j in range(n_models)
+        if run.model_meta(j, need_extraction=j < n_extract, need_arrays=arrays) is None
+    ]
 
 
 def describe_error(exc: BaseException) -> str:
@@ -154,6 +202,7 @@ def train_ensemble(
     executor=None,
     members: list[int] | None = None,
     retries: int = 2,
+    task: MemberTask | None = None,
 ) -> list[int]:
     """Compute every pending member (of ``members``, default all) with ``executor`` (default:
     in this process), write each result as it arrives, and return the indices written now.
@@ -162,18 +211,24 @@ def train_ensemble(
     its index and seed, so a retry is identical to a first try); one that still fails gets a
     ``models/NNNNN.failed.json`` and stays pending for the next run, while the rest finish.
     The first ``cfg.extract.models`` members also decode every record (extractability), since
-    members are not kept; a tokenizer is needed for that.
+    members are not kept; a tokenizer is needed for that. ``task`` defaults to the text path
+    (tokens and factory); an image run passes its memaudit.vision.ImageTask.
     """
     from memaudit.executors import LocalExecutor
 
     progress = progress or EnsembleProgress()
+    task = task or TextTask(tokens, factory, cfg, device)
     n_extract = cfg.extract.models if tokenizer is not None else 0
     candidates = range(inclusion.shape[1]) if members is None else members
-    todo = [j for j in candidates if run.model_meta(j, need_extraction=j < n_extract) is None]
+    todo = [
+        j
+        for j in candidates
+        if run.model_meta(j, need_extraction=j < n_extract, need_arrays=task.arrays) is None
+    ]
     if progress.on_start:
         progress.on_start(len(todo), len(candidates) - len(todo))
     if executor is None:
-        ctx = MemberContext(cfg, tokens, factory, device, dtype, tokenizer)
+        ctx = MemberContext(cfg, tokens, factory, device, dtype, tokenizer, task=task)
         executor = LocalExecutor(ctx)
     written: list[int] = []
     pending, attempts = list(todo), dict.fromkeys(todo, 0)
@@ -181,7 +236,9 @@ def train_ensemble(
         failed = []
         for j, outcome in executor.map(pending, inclusion, progress.on_step):
             if isinstance(outcome, MemberResult):
-                run.save_model(j, outcome.losses, outcome.meta, outcome.extraction)
+                run.save_model(
+                    j, outcome.losses, outcome.meta, outcome.extraction, outcome.arrays
+                )
                 written.append(j)
                 if progress.on_model:
                     progress.on_model(j, outcome.meta)

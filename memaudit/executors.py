@@ -285,5 +285,10 @@ def make_executor(ecfg: ExecutorConfig | None, ctx_factory, cfg: RunConfig, reco
     """The executor for ``ecfg``; ``ctx_factory()`` gives the local context when needed."""
     ecfg = ecfg or ExecutorConfig()
     if ecfg.kind == "ray":
+        if cfg.is_image:
+            raise MemauditError(
+                "--executor ray: image runs train with the local executor for now "
+                "(Ray and shards are text-only in this release)"
+            )
         return RayExecutor(ecfg, cfg, records)
     return LocalExecutor(ctx_factory(), ecfg.threads)

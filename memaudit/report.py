@@ -33,7 +33,8 @@ from memaudit.io import atomic_write_json, atomic_write_text
 from memaudit.rundir import RunDir, package_versions
 
 SCHEMA_NAME = "memaudit-report"
-SCHEMA_VERSION = "1.2"  # 1.1: optional "convergence"; 1.2: optional link "basis"
+# 1.1: optional "convergence"; 1.2: optional link "basis"; 1.3: image runs (see report-1.json)
+SCHEMA_VERSION = "1.3"
 
 
 def load_schema() -> dict[str, Any]:
@@ -75,6 +76,8 @@ def build_report(
     losses = analysis.losses
     extraction, n_extract = extraction_metrics(run, inclusion)
     bleu_gain = extraction.get("bleu_gain")
+    is_image = saved["config"].get("image") is not None
+    pixels = run.images() if is_image else None
     mia = membership_scores(np.nan_to_num(losses), inclusion, analysis.valid)
     clusters, cluster_of = find_clusters(
         res,
@@ -84,12 +87,20 @@ def build_report(
         losses=np.nan_to_num(losses),
         inclusion=inclusion,
         model_mask=analysis.valid,
+        images=None if pixels is None else pixels.images,
     )
     link_z, link_fraction = link_thresholds(cfg, n, int(analysis.valid.sum()), adjusted=True)
     risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"])
 
     def metric(name: str, t: int) -> float | None:
         return _num(extraction[name][t]) if extraction else None
+
+    image_columns: dict[str, np.ndarray] = {}
+    if is_image:
+        from memaudit.report_images import image_report
+
+        shown = [m for c in clusters[: cfg.top_clusters] for m in c.members]
+        image_columns, lowest, image_side = image_report(run, analysis, inclusion, redact, shown)
 
     rows = []
     for t, r in enumerate(records):
@@ -112,6 +123,7 @@ def build_report(
                 "n_extract_out": int(extraction["n_extract_out"][t]) if extraction else None,
                 "mia_auc": _num(mia["mia_auc"][t]),
                 "mia_dprime": _num(mia["mia_dprime"][t]),
+                **{key: _num(values[t]) for key, values in image_columns.items()},
             }
         )
 
@@ -119,6 +131,8 @@ def build_report(
     columns = {"self_influence": res.self_influence, "margin": margin, "mia_auc": mia["mia_auc"]}
     if extraction:
         columns |= {"bleu": extraction["bleu_in"], "bleu_gain": extraction["bleu_gain"]}
+    if "fz_memorization" in image_columns:
+        columns["fz_memorization"] = image_columns["fz_memorization"]
     table = _group_table({"in_clusters": cluster_of >= 0, "unique": cluster_of < 0}, columns)
     groups = [r.group for r in records]
     ground_truth = None
@@ -135,6 +149,7 @@ def build_report(
         "schema": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "modality": "image" if is_image else "text",
         "redacted": redact,
         "versions": package_versions(),
         "run_versions": saved.get("versions", {}),
@@ -167,9 +182,15 @@ def build_report(
                 for f in risky
             ],
         },
-        "notes": _notes(analysis, n_extract, link_z, len(clusters)),
+        "notes": _notes(analysis, n_extract, link_z, len(clusters), is_image),
         "convergence": _convergence(run),
     }
+    if is_image:
+        report["lowest_margin"] = lowest
+        if not lowest:
+            from memaudit.report_images import NO_MARGIN_NOTE
+
+            report["notes"].append(NO_MARGIN_NOTE)
     if redact:
         report["config"] = {**report["config"], "data": "(redacted)"}
     flagged_idx = [m for c in clusters[: cfg.top_clusters] for m in c.members]
@@ -185,6 +206,8 @@ def build_report(
             covariates=_covariates(saved),
         )
         flagged["matrix"] = block[:, flagged_idx]
+    if is_image:
+        flagged["image"] = image_side
     return report, flagged
 
 
@@ -224,13 +247,16 @@ def _cluster_dict(c) -> dict[str, Any]:
         {
             k: (int(v) if k in ("target", "source") else v if k == "basis" else _num(v))
             for k, v in link.items()
+            if not (k == "pixel_similarity" and v is None)  # text links: as before
         }
         for link in d["links"]
     ]
     return d
 
 
-def _notes(analysis: Analysis, n_extract: int, link_z: float, n_clusters: int) -> list[str]:
+def _notes(
+    analysis: Analysis, n_extract: int, link_z: float, n_clusters: int, is_image: bool = False
+) -> list[str]:
     n_ok = int(analysis.valid.sum())
     notes = [
         f"Near-duplicate links need z >= {link_z:.2f} (adjusted for the number of record "
@@ -260,7 +286,11 @@ def _notes(analysis: Analysis, n_extract: int, link_z: float, n_clusters: int) -
             "with the same number of models, and weak near-duplicate links may be "
             "missed."
         )
-    if n_extract == 0:
+    if is_image:
+        from memaudit.report_images import EXTRACTABILITY_NOTE
+
+        notes.append(EXTRACTABILITY_NOTE)
+    elif n_extract == 0:
         notes.append("Extractability was not computed (no member decoded; see --extract-models).")
     undefined = int((~analysis.result.margin_defined).sum())
     if undefined:

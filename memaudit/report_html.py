@@ -836,7 +836,7 @@ def _rec_label(rec: dict[str, Any] | None, index: Any) -> str:
 
 def _kind_badge(kind: Any) -> str:
     k = str(kind or "unknown")
-    cls = k if k in ("textual", "influence", "mixed") else "unknown"
+    cls = k if k in ("textual", "visual", "influence", "mixed") else "unknown"
     return f"<span class='badge {cls}'>{_esc(k)}</span>"
 
 
@@ -872,8 +872,96 @@ def _metric_heads(has_bleu: bool) -> str:
     return heads
 
 
-def _clusters_section(report: dict[str, Any], has_bleu: bool) -> str:
+def _link_similarity(link: dict[str, Any]) -> Any:
+    pixel = link.get("pixel_similarity")
+    return pixel if pixel is not None else link.get("lexical_similarity")
+
+
+def _thumb(thumbs: dict, idx: Any, cls: str = "") -> str:
+    uri = thumbs.get(idx)
+    if not isinstance(uri, str) or not uri.startswith("data:image/png;base64,"):
+        return ""
+    return f"<img class='{cls}' alt='image {_esc(idx)}' src='{_esc(uri)}'>"
+
+
+def _influence_row_svg(row: np.ndarray, t: int, top: Any, salt: str) -> str:
+    """A target's influence from every training record (histogram, log counts), with its own
+    (self-influence) and its top influencer's marked: near-duplicates stand apart from the
+    bulk."""
+    import matplotlib
+
+    vals = np.asarray(row, dtype=float)
+    finite = vals[np.isfinite(vals)]
+    if finite.size == 0:
+        return ""
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(3.4, 1.2)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.hist(finite, bins=40, color="#999999", log=True)
+        if 0 <= t < len(vals) and np.isfinite(vals[t]):
+            ax.axvline(vals[t], color=COLOR_UNIQUE, lw=1.5, label="self")
+        if isinstance(top, int) and 0 <= top < len(vals) and np.isfinite(vals[top]):
+            ax.axvline(vals[top], color=COLOR_CLUSTERED, lw=1.5, ls="--", label="top other")
+        ax.set_xlabel("influence I[t, i] on this target (nats)")
+        ax.set_yticks([])
+        ax.legend(loc="upper right")
+        return _svg(fig, salt)
+
+
+def _lowest_margin_section(report: dict[str, Any], flagged: dict | None) -> str:
+    """Image runs: the lowest-margin targets beside their top influencer (the paper's figure),
+    each with the distribution of the influences on it."""
+    lowest = report.get("lowest_margin") or []
+    if not lowest:
+        return ""
+    side = (flagged or {}).get("image") or {}
+    thumbs = side.get("thumbnails") or {}
+    rows = side.get("lowest_rows") or []
+    out = [
+        "<section id='lowest-margin'><h2>Lowest-margin targets</h2><p class='lead'>Targets "
+        "with the lowest Top-1 influence margin (self-influence / the largest influence of "
+        "another image, that one measured with the target's own inclusion held fixed so that "
+        "chance overlap of inclusion patterns does not pass for influence; the run's margin "
+        "in brackets): their own inclusion no longer dominates, usually because a "
+        "near-duplicate competes. Each is shown beside that most influential other image."
+        + (" Images are not shown in a redacted report." if report.get("redacted") else "")
+        + "</p>"
+    ]
+    for k, e in enumerate(lowest):
+        top = e.get("top_influencer") or {}
+        t, o = e.get("index"), top.get("index")
+        planted = ""
+        if e.get("group") is not None:
+            planted = (
+                " · <strong>planted pair</strong>" if top.get("same_group") else " · not its group"
+            )
+        svg = (
+            _influence_row_svg(rows[k], t, o, f"lm{k}")
+            if k < len(rows) and rows[k] is not None
+            else ""
+        )
+        out.append(
+            "<div class='lm'>"
+            f"<figure>{_thumb(thumbs, t)}<figcaption>target<br>{_esc(e.get('label'))}"
+            "</figcaption></figure>"
+            f"<figure>{_thumb(thumbs, o)}<figcaption>top influencer<br>"
+            f"{_esc(top.get('label', '—'))}</figcaption></figure>"
+            f"<div><strong>{_esc(e.get('id'))}</strong> ← {_esc(top.get('id', '—'))}<br>"
+            f"margin {_fmt(e.get('centred_margin'))} (run's margin {_fmt(e.get('margin'))}) · "
+            f"influence {_fmt_pm(top.get('centred_influence'), top.get('centred_se'))} · "
+            "self-influence "
+            f"{_fmt(e.get('self_influence'))} · pixel similarity "
+            f"{_fmt(top.get('pixel_similarity'))}{planted}</div>"
+            f"<div>{svg}</div></div>"
+        )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | None = None) -> str:
     recs = _record_map(report)
+    image = report.get("modality") == "image"
+    thumbs = ((flagged or {}).get("image") or {}).get("thumbnails") or {}
     redacted = bool(report.get("redacted"))
     ordered = _cluster_order(report)
     out = ["<section id='clusters'><h2>Flagged clusters</h2>"]
@@ -882,7 +970,8 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool) -> str:
         return "".join(out)
     shown = ordered[:MAX_CLUSTER_PANELS]
     out.append(
-        "<p class='lead'>Riskiest first. <em>textual</em>: the members are near-duplicate texts; "
+        "<p class='lead'>Riskiest first. <em>textual</em> (<em>visual</em>, for images): the "
+        "members are near-duplicate texts (images); "
         "<em>influence</em>: the members influence each other without similar text; "
         "<em>mixed</em>: both. Differences are highlighted against the cluster's first member"
         + ("." if not redacted else " (not in a redacted report).")
@@ -941,6 +1030,8 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool) -> str:
                 continue
             if not _has_text(rec, redacted):
                 text = _redacted_text(rec)
+            elif image:
+                text = _thumb(thumbs, idx, "member-thumb") + _esc(rec["text"])
             elif k == 0 or base_text is None:
                 text = _render_text(rec["text"])
             else:
@@ -971,7 +1062,7 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool) -> str:
                     f"{_rec_label(recs.get(t), t)}</td>"
                     f"<td class='num'>{_fmt_pm(ln.get('influence'), ln.get('se'))}</td>"
                     f"<td class='num'>{_fmt(ln.get('z'))}</td>"
-                    f"<td class='num'>{_fmt(ln.get('lexical_similarity'))}</td>"
+                    f"<td class='num'>{_fmt(_link_similarity(ln))}</td>"
                     f"<td>{_esc(ln.get('basis') or 'evidence')}</td></tr>"
                 )
             more = (
@@ -984,7 +1075,7 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool) -> str:
                 "<details class='links' open><summary>Influence links "
                 f"({len(links)})</summary><table class='data'><thead><tr>"
                 "<th>source → target</th><th>influence I[t, i]</th><th>z</th>"
-                "<th>lexical similarity</th><th>rule</th></tr></thead>"
+                f"<th>{'pixel' if image else 'lexical'} similarity</th><th>rule</th></tr></thead>"
                 f"<tbody>{''.join(lrows)}</tbody></table>{more}</details>"
             )
         out.append("</article>")
@@ -1164,7 +1255,13 @@ margin:18px 0;background:#fff}
 padding:2px 10px;font-size:13px}
 .badge{display:inline-block;font-size:11.5px;font-weight:600;border-radius:10px;padding:1px 9px;
 text-transform:uppercase;letter-spacing:.04em}
-.badge.textual{background:#fde7da;color:#8a3b00}
+.badge.textual,.badge.visual{background:#fde7da;color:#8a3b00}
+.lm{display:grid;grid-template-columns:auto auto 1fr minmax(220px,320px);gap:6px 14px;
+align-items:center;border-top:1px solid var(--soft);padding:8px 0}
+.lm figure{margin:0;text-align:center;font-size:11.5px}
+.lm img{width:64px;height:64px;image-rendering:pixelated;border:1px solid #ccc}
+.member-thumb{width:32px;height:32px;image-rendering:pixelated;vertical-align:middle;
+margin-right:6px;border:1px solid #ccc}
 .badge.influence{background:#dcebf8;color:#0b4f8a}
 .badge.mixed{background:#ece2f7;color:#5b2a8c}
 .badge.unknown{background:var(--soft);color:var(--muted)}
@@ -1204,7 +1301,8 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
     name = str(ds.get("path") or "dataset").replace("\\", "/").rsplit("/", 1)[-1]
     toc = (
         "<nav class='toc'><a href='#summary'>Summary</a><a href='#plots'>Plots</a>"
-        "<a href='#clusters'>Clusters</a><a href='#unique'>Unique records</a>"
+        + ("<a href='#lowest-margin'>Lowest margins</a>" if report.get("lowest_margin") else "")
+        + "<a href='#clusters'>Clusters</a><a href='#unique'>Unique records</a>"
         "<a href='#config'>Configuration</a></nav>"
     )
     schema = f"{report.get('schema', 'memaudit-report')} {report.get('schema_version', '')}"
@@ -1214,7 +1312,8 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
         _table_section(report, has_bleu),
         _convergence_section(report),
         _plots_section(report, flagged, bleu_key),
-        _clusters_section(report, has_bleu),
+        _lowest_margin_section(report, flagged),
+        _clusters_section(report, has_bleu, flagged),
         _unique_section(report, has_bleu),
         _config_section(report),
         f"<footer>Generated by memaudit from {_esc(schema.strip())}. Influence I[t, i] is the "

@@ -6,6 +6,9 @@
     RUN/models/NNNNN.npy     model j's loss on every record, float64 (N,)
     RUN/models/NNNNN.extract.json  model j's extraction (first --extract-models members):
                              bleu, exact and the generated text per record
+    RUN/models/NNNNN.correct.npy   image runs: whether model j classifies each record
+                             correctly, bool (N,)
+    RUN/images.npz           image runs: the pixels (after --resize), labels, class names, ids
     RUN/models/NNNNN.json    model j's metadata; written last, so it marks the model complete,
                              and it holds the sha256 of the files before it: a damaged file is
                              retrained, never read
@@ -247,8 +250,10 @@ class RunDir:
         losses: np.ndarray | None,
         meta: dict[str, Any],
         extraction: dict[str, Any] | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Write model j's losses (and extraction), then its metadata: the metadata is the
+        """Write model j's losses (and extraction, and per-record ``arrays`` such as image
+        correctness, as models/NNNNN.<name>.npy), then its metadata: the metadata is the
         completion mark, and it holds the checksums of the files written before it."""
         npy, js = self._model_paths(j)
         meta = {"index": j, **meta}
@@ -260,6 +265,10 @@ class RunDir:
             data = json.dumps(_jsonable(extraction)).encode("utf-8")
             atomic_write_bytes(self._extract_path(j), data)
             meta["extract_sha256"] = sha256_bytes(data)
+        for name, array in (arrays or {}).items():
+            data = _npy_bytes(np.asarray(array))
+            atomic_write_bytes(self._array_path(j, name), data)
+            meta[f"{name}_sha256"] = sha256_bytes(data)
         atomic_write_json(js, meta)
         with contextlib.suppress(FileNotFoundError):
             self._failure_path(j).unlink()
@@ -305,7 +314,12 @@ class RunDir:
                 out["missing"].append(j)
         return out
 
-    def model_meta(self, j: int, need_extraction: bool = False) -> dict[str, Any] | None:
+    def _array_path(self, j: int, name: str) -> Path:
+        return self.models_dir / f"{j:05d}.{name}.npy"
+
+    def model_meta(
+        self, j: int, need_extraction: bool = False, need_arrays: tuple[str, ...] = ()
+    ) -> dict[str, Any] | None:
         """Metadata of a completed model, or None when model j must be (re)trained."""
         npy, js = self._model_paths(j)
         try:
@@ -318,6 +332,9 @@ class RunDir:
             return None
         if need_extraction and not _matches(self._extract_path(j), meta.get("extract_sha256")):
             return None
+        for name in need_arrays:
+            if not _matches(self._array_path(j, name), meta.get(f"{name}_sha256")):
+                return None
         return meta
 
     def extraction(self, n_models: int) -> tuple[list[int], list[dict[str, Any]]]:
@@ -345,6 +362,30 @@ class RunDir:
                 valid[j] = True
         atomic_save_npy(self.file("losses.npy"), losses)
         return losses, valid
+
+    def collect_array(self, name: str, n_records: int, n_models: int) -> np.ndarray | None:
+        """A per-model array (e.g. "correct") as an N x M float matrix, NaN in the columns of
+        models without a valid copy; None when no model has one."""
+        out = np.full((n_records, n_models), np.nan)
+        found = False
+        for j in range(n_models):
+            meta = self.model_meta(j, need_arrays=(name,))
+            if meta is not None and meta.get("status") == "ok":
+                out[:, j] = np.load(self._array_path(j, name), allow_pickle=False)
+                found = True
+        return out if found else None
+
+    def save_images(self, data) -> None:
+        data.save(self.file("images.npz"))
+
+    def images(self):
+        """The image run's pixels and labels (memaudit.images.ImageData), or None."""
+        path = self.file("images.npz")
+        if not path.exists():
+            return None
+        from memaudit.images import _load_npz
+
+        return _load_npz(path, None)
 
     def model_metas(self, n_models: int) -> list[dict[str, Any] | None]:
         return [self.model_meta(j) for j in range(n_models)]

@@ -37,14 +37,21 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
         yield EnsembleProgress()
         return
     n = len(prepared.records)
-    factory = prepared.factory
-    console.print(
-        f"[bold]memaudit[/] {n} records, {prepared.inclusion.shape[1]} models, "
-        f"{config.model.name} ({config.model.finetune}, {factory.n_trainable:,} of "
-        f"{factory.n_params:,} parameters trained), {prepared.device}/"
-        f"{str(prepared.dtype).removeprefix('torch.')}"
-    )
-    if prepared.tokens.truncated:
+    if prepared.task is not None:  # an image run: trained from scratch, no tokens
+        console.print(
+            f"[bold]memaudit[/] {n} images, {prepared.inclusion.shape[1]} models, "
+            f"{config.model.name} ({prepared.task.n_params:,} parameters, from scratch), "
+            f"{prepared.device}/float32"
+        )
+    else:
+        factory = prepared.factory
+        console.print(
+            f"[bold]memaudit[/] {n} records, {prepared.inclusion.shape[1]} models, "
+            f"{config.model.name} ({config.model.finetune}, {factory.n_trainable:,} of "
+            f"{factory.n_params:,} parameters trained), {prepared.device}/"
+            f"{str(prepared.dtype).removeprefix('torch.')}"
+        )
+    if prepared.tokens is not None and prepared.tokens.truncated:
         console.print(
             f"[yellow]note:[/] {prepared.tokens.truncated} records truncated to "
             f"--max-length {config.train.max_length} tokens"
@@ -237,11 +244,16 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     ens, cfg = report["ensemble"], report["config"]
     records = report["records"]
     extraction = ens["extract_models"]
+    image = report.get("modality") == "image"
     head = (
         f"[bold]memaudit report[/]  {ens['n_records']} records · {ens['n_models_used']}/"
         f"{ens['n_models']} models · {ens['estimator']} · {cfg['model']['name']} "
-        f"({cfg['model']['finetune']}) · "
-        + (f"extraction by {extraction} models" if extraction else "no extraction")
+        + (
+            "(from scratch) · extractability does not apply to images"
+            if image
+            else f"({cfg['model']['finetune']}) · "
+            + (f"extraction by {extraction} models" if extraction else "no extraction")
+        )
     )
     if report["redacted"]:
         head += " · [reverse] REDACTED [/]"
@@ -260,6 +272,8 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     if extraction:
         rows += [("BLEU, trained on", "bleu"), ("BLEU gain vs held out", "bleu_gain")]
     rows.append(("membership AUC", "mia_auc"))
+    if "fz_memorization" in t["unique"]:
+        rows.append(("accuracy in - out (F&Z)", "fz_memorization"))
     for name, key in rows:
         table.add_row(name, _ms(t["in_clusters"].get(key)), _ms(t["unique"].get(key)))
     out.print(table)
@@ -321,6 +335,9 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
             members.add_row("…", f"{len(c['members']) - 8} more", "", "", "")
         out.print(members)
 
+    if report.get("lowest_margin"):
+        _print_lowest_margin(report["lowest_margin"], out, report["ground_truth"] is not None)
+
     risky = report["findings"]["records"]
     if risky:
         out.print("\n[bold]Top-risk unique records[/]")
@@ -337,6 +354,46 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     print_convergence(report.get("convergence"), out)
     for note in report["notes"]:
         out.print(f"[dim]note: {note}[/]")
+
+
+def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> None:
+    """The paper's image view: targets by lowest Top-1 margin, beside their top influencer;
+    with planted ground truth, whether the two are a planted pair."""
+    out.print(
+        "\n[bold]Lowest-margin targets[/] and their most influential other image: centred "
+        "margin (the run's margin), the other's influence with the target's own inclusion "
+        "held fixed, pixel similarity"
+    )
+    table = Table(show_edge=False, box=None, pad_edge=False, padding=(0, 1))
+    cols = [
+        ("target", "left", 26),
+        ("top influencer", "left", 26),
+        ("labels", "left", 15),
+        ("margin", "right", None),
+        ("infl.", "right", None),
+        ("pixel", "right", None),
+    ]
+    if planted:
+        cols.append(("planted", "right", None))
+    for name, just, width in cols:
+        table.add_column(name, justify=just, no_wrap=True, max_width=width, overflow="ellipsis")
+    for e in lowest:
+        top = e["top_influencer"] or {}
+        labels = e["label"]
+        if top.get("label") not in (None, e["label"]):
+            labels += f"/{top['label']}"  # a top influencer of another class
+        cells = [
+            e["id"],
+            str(top.get("id", "–")),
+            labels,
+            f"{_f(e['centred_margin'])} ({_f(e['margin'])})",
+            _f(top.get("centred_influence")),
+            _f(top.get("pixel_similarity")),
+        ]
+        if planted:
+            cells.append("yes" if top.get("same_group") else "no")
+        table.add_row(*cells)
+    out.print(table)
 
 
 # -- convergence -------------------------------------------------------------------------------

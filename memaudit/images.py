@@ -1,0 +1,256 @@
+"""Image datasets in, validated image records out.
+
+Three sources, all read into one :class:`ImageData` (uint8 N x H x W x 3 pixels, integer labels,
+class names, ids, optional planted groups):
+
+* a folder in ImageFolder layout (``DATA/<class>/<image>``; classes in sorted order, as
+  torchvision's ImageFolder numbers them; files with other extensions are ignored);
+* an ``.npz`` with ``images`` (N, H, W, C uint8, C = 1 or 3, or N x H x W) and ``labels`` (N,
+  integers), optionally ``class_names``, ``ids`` and ``groups`` (what ``memaudit plant`` writes;
+  an empty group means none); read with ``allow_pickle=False``;
+* torchvision's CIFAR-10/100 training set from a local root (``--dataset cifar10 --data-root``),
+  never downloaded.
+
+``--resize S`` resizes every image to S x S (bilinear); without it, images of different sizes are
+an error. Every problem is a :class:`MemauditError` naming the file, raised before anything is
+written. The records of an image run carry the class name as their text (shown in reports); the
+pixels go to ``RUN/images.npz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from memaudit.errors import MemauditError
+from memaudit.records import Record
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+DATASETS = ("cifar10", "cifar100")
+
+
+@dataclass
+class ImageData:
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray  # int64 (N,)
+    class_names: list[str]
+    ids: list[str]
+    groups: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def records(self) -> list[Record]:
+        return [
+            Record(i, self.ids[i], self.class_names[int(lab)], None, self.groups[i], i)
+            for i, lab in enumerate(self.labels)
+        ]
+
+    def sha256(self) -> str:
+        """The dataset's identity for resuming: what training sees (pixels after --resize,
+        labels, ids, groups), independent of the file format it came from."""
+        h = hashlib.sha256()
+        h.update(str(self.images.shape).encode())
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(self.labels.astype("<i8").tobytes())
+        h.update("\0".join(self.ids).encode())
+        h.update("\0".join(g or "" for g in self.groups).encode())
+        return h.hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        from memaudit.io import atomic_write_bytes
+
+        atomic_write_bytes(path, npz_bytes(self))
+
+
+def npz_bytes(data: ImageData) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        images=data.images,
+        labels=data.labels.astype(np.int64),
+        class_names=np.array(data.class_names, dtype=str),
+        ids=np.array(data.ids, dtype=str),
+        groups=np.array([g or "" for g in data.groups], dtype=str),
+    )
+    return buf.getvalue()
+
+
+def is_image_source(data: str | Path | None, dataset: str | None) -> bool:
+    """Whether DATA (or --dataset) names image data rather than JSON Lines."""
+    if dataset is not None:
+        return True
+    if data is None:
+        return False
+    path = Path(data)
+    return path.is_dir() or path.suffix.lower() == ".npz"
+
+
+def load_images(
+    data: str | Path | None,
+    dataset: str | None = None,
+    data_root: str | Path | None = None,
+    resize: int | None = None,
+) -> ImageData:
+    if resize is not None and (isinstance(resize, bool) or resize < 1):
+        raise MemauditError(f"--resize: must be a positive integer, got {resize!r}")
+    if dataset is not None:
+        loaded = _load_torchvision(dataset, data_root)
+        if resize is not None:
+            loaded.images = np.stack([_resize(img, resize) for img in loaded.images])
+    else:
+        if data is None:
+            raise MemauditError("no data: give DATA (an image folder or .npz) or --dataset")
+        path = Path(data)
+        if not path.exists():
+            raise MemauditError(f"{path}: no such file or folder")
+        loaded = _load_folder(path, resize) if path.is_dir() else _load_npz(path, resize)
+    if len(loaded) < 2:
+        raise MemauditError(f"{data or dataset}: {len(loaded)} images; an audit needs at least 2")
+    return loaded
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def _load_folder(root: Path, resize: int | None) -> ImageData:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise MemauditError(
+            f"{root}: no class folders; expected ImageFolder layout {root}/<class>/<image>"
+        )
+    images, labels, ids = [], [], []
+    first: tuple[tuple[int, int], Path] | None = None
+    for label, name in enumerate(classes):
+        files = sorted(
+            p
+            for p in (root / name).iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            raise MemauditError(
+                f"{root / name}: empty class folder (no {', '.join(IMAGE_EXTENSIONS)} files)"
+            )
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im.load()
+                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise MemauditError(f"{f}: unreadable image ({reason})") from None
+            if resize is not None:
+                arr = _resize(arr, resize)
+            elif first is None:
+                first = (arr.shape[:2], f)
+            elif arr.shape[:2] != first[0]:
+                raise MemauditError(
+                    f"{f}: {arr.shape[1]}x{arr.shape[0]} pixels, but {first[1]} is "
+                    f"{first[0][1]}x{first[0][0]}; use --resize S to bring all images to S x S"
+                )
+            images.append(arr)
+            labels.append(label)
+            ids.append(f.relative_to(root).as_posix())
+    return ImageData(
+        np.stack(images), np.array(labels, dtype=np.int64), classes, ids, [None] * len(ids)
+    )
+
+
+def _load_npz(path: Path, resize: int | None) -> ImageData:
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MemauditError(f"{path}: not a readable .npz ({reason})") from None
+    for key in ("images", "labels"):
+        if key not in arrays:
+            raise MemauditError(f"{path}: no '{key}' array (has: {', '.join(arrays) or 'none'})")
+    images, labels = arrays["images"], arrays["labels"]
+    if images.dtype != np.uint8:
+        raise MemauditError(f"{path}: 'images' must be uint8, not {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise MemauditError(
+            f"{path}: 'images' must be N x H x W x C with C = 1 or 3, got shape {images.shape}"
+        )
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    n = len(images)
+    if labels.shape != (n,):
+        raise MemauditError(f"{path}: 'labels' must have shape ({n},), got {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise MemauditError(f"{path}: 'labels' must be integers, not {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if "class_names" in arrays:
+        class_names = [str(c) for c in arrays["class_names"].tolist()]
+    else:
+        class_names = [str(c) for c in range(int(labels.max(initial=0)) + 1)]
+    bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+    if len(bad):
+        raise MemauditError(
+            f"{path}: label {labels[bad[0]]} of image {bad[0]} is out of range "
+            f"0..{len(class_names) - 1} ({len(bad)} such labels)"
+        )
+    ids = _strings(arrays, "ids", n, path) or [f"img{i:05d}" for i in range(n)]
+    if len(set(ids)) != n:
+        raise MemauditError(f"{path}: 'ids' are not unique")
+    groups = _strings(arrays, "groups", n, path) or [""] * n
+    if resize is not None:
+        images = np.stack([_resize(img, resize) for img in images])
+    return ImageData(
+        np.ascontiguousarray(images), labels, class_names, ids, [g or None for g in groups]
+    )
+
+
+def _strings(arrays: dict, key: str, n: int, path: Path) -> list[str] | None:
+    if key not in arrays:
+        return None
+    values = arrays[key]
+    if values.shape != (n,) or values.dtype.kind not in "US":
+        raise MemauditError(
+            f"{path}: '{key}' must be {n} strings, got {values.dtype} {values.shape}"
+        )
+    return [str(v) for v in values.tolist()]
+
+
+def _load_torchvision(dataset: str, root: str | Path | None) -> ImageData:
+    if dataset not in DATASETS:
+        raise MemauditError(f"--dataset: '{dataset}' is not one of {', '.join(DATASETS)}")
+    if root is None:
+        raise MemauditError(f"--dataset {dataset}: give --data-root, the folder with its files")
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
+    try:
+        ds = cls(str(root), train=True, download=False)
+    except RuntimeError:
+        # torchvision says "use download=True"; tests and audits never download on their own.
+        folder = cls.base_folder
+        raise MemauditError(
+            f"--dataset {dataset}: no {dataset.upper()} files in {root} (expected {root}/"
+            f'{folder}); fetch them once with: python -c "from torchvision import datasets; '
+            f"datasets.{cls.__name__}('{root}', download=True)\""
+        ) from None
+    labels = np.asarray(ds.targets, dtype=np.int64)
+    n = len(labels)
+    return ImageData(
+        np.ascontiguousarray(ds.data),
+        labels,
+        list(ds.classes),
+        [f"{dataset}-train-{i:05d}" for i in range(n)],
+        [None] * n,
+    )

@@ -1,0 +1,199 @@
+"""Image loading (memaudit.images) and its bad inputs through the CLI: one line, exit 2, nothing
+written."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from memaudit.errors import MemauditError
+from memaudit.images import load_images
+from tests.conftest import tree, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "fixtures" / "images" / "cifar10_demo.npz"
+
+
+def _png(path: Path, size=(8, 8), value=0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full((size[1], size[0], 3), value, dtype=np.uint8)
+    arr[0, 0] = (value + 77) % 256  # not a flat image
+    Image.fromarray(arr).save(path)
+
+
+def _folder(root: Path) -> Path:
+    for k, cls in enumerate(("cat", "airplane")):
+        for i in range(3):
+            _png(root / cls / f"{i}.png", value=40 * k + i)
+    (root / "cat" / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def test_fixture_npz():
+    data = load_images(FIXTURE)
+    assert data.images.shape == (300, 32, 32, 3) and data.images.dtype == np.uint8
+    assert np.bincount(data.labels).tolist() == [30] * 10
+    assert data.class_names[3] == "cat"
+    assert len(set(data.ids)) == 300 and all(g is None for g in data.groups)
+    recs = data.records()
+    assert recs[0].text == data.class_names[data.labels[0]] and recs[5].index == 5
+    assert FIXTURE.stat().st_size < 2_000_000
+
+
+def test_image_folder(tmp_path):
+    data = load_images(_folder(tmp_path / "imgs"))
+    # Classes in sorted order, as torchvision's ImageFolder numbers them.
+    assert data.class_names == ["airplane", "cat"]
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.ids[0] == "airplane/0.png"
+    assert data.images.shape == (6, 8, 8, 3)
+    assert data.images[3, 0, 0, 0] == 77  # cat/0.png: value 0, corner 77
+
+
+def test_resize_and_sha(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    _png(root / "cat" / "big.png", size=(12, 10))
+    with pytest.raises(MemauditError, match="use --resize"):
+        load_images(root)
+    data = load_images(root, resize=16)
+    assert data.images.shape == (7, 16, 16, 3)
+    assert data.sha256() == load_images(root, resize=16).sha256()
+    assert data.sha256() != load_images(root, resize=8).sha256()
+
+
+def test_npz_optional_arrays(tmp_path):
+    images = np.zeros((4, 5, 5), dtype=np.uint8)  # grayscale N x H x W
+    np.savez(
+        tmp_path / "g.npz",
+        images=images,
+        labels=np.array([0, 1, 1, 0]),
+        ids=np.array(["a", "b", "c", "d"]),
+        groups=np.array(["", "g0", "g0", ""]),
+    )
+    data = load_images(tmp_path / "g.npz")
+    assert data.images.shape == (4, 5, 5, 3)
+    assert data.class_names == ["0", "1"]
+    assert data.groups == [None, "g0", "g0", None]
+
+
+def _bad_inputs(tmp: Path) -> None:
+    _folder(tmp / "unreadable")
+    (tmp / "unreadable" / "cat" / "broken.png").write_bytes(b"\x89PNG not really")
+    _folder(tmp / "mixed")
+    _png(tmp / "mixed" / "cat" / "wide.png", size=(16, 8))
+    _folder(tmp / "emptyclass")
+    (tmp / "emptyclass" / "dog").mkdir()
+    (tmp / "emptyclass" / "dog" / "readme.txt").write_text("no images here")
+    imgs = np.zeros((3, 4, 4, 3), dtype=np.uint8)
+    np.savez(tmp / "range.npz", images=imgs, labels=np.array([0, 1, 5]), class_names=["a", "b"])
+    np.savez(tmp / "negative.npz", images=imgs, labels=np.array([0, -1, 1]))
+    np.savez(tmp / "nolabels.npz", images=imgs)
+    np.savez(tmp / "float.npz", images=imgs.astype(np.float32), labels=np.array([0, 1, 1]))
+    (tmp / "garbage.npz").write_bytes(b"not a zip")
+    (tmp / "cifar").mkdir()
+    write_jsonl(tmp / "text.jsonl", [{"text": "a b c"}])
+
+
+BAD = [
+    (["unreadable"], "broken.png: unreadable image"),
+    (["mixed"], "use --resize S"),
+    (["emptyclass"], "dog: empty class folder"),
+    (["range.npz"], "label 5 of image 2 is out of range 0..1"),
+    (["negative.npz"], "label -1 of image 1 is out of range"),
+    (["nolabels.npz"], "no 'labels' array"),
+    (["float.npz"], "'images' must be uint8"),
+    (["garbage.npz"], "not a readable .npz"),
+    (["missing.npz"], "missing.npz: no such file"),
+    (["--dataset", "cifar10", "--data-root", "cifar"], "no CIFAR10 files in cifar"),
+    (["--dataset", "cifar10"], "give --data-root"),
+    (["text.jsonl"], "DATA must be an image folder or an .npz"),
+    ([], "give DATA (an image folder or .npz) or --dataset"),
+    (["range.npz", "--resize", "0"], "--resize: must be a positive integer"),
+    (["mixed", "--crop-padding", "-1"], "--crop-padding"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[b[1][:40] for b in BAD])
+def test_bad_image_input(tmp_path, monkeypatch, cli, args, message):
+    _bad_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    res = cli("run", *args, "--model", "resnet-tiny", "--models", "2", "--out", "run")
+    assert res.code == 2, res.err
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1, res.err
+    assert lines[0].startswith("memaudit: error: ")
+    assert message in lines[0], lines[0]
+    assert tree(tmp_path) == before  # nothing written
+
+
+def test_cifar_missing_says_what_to_do(tmp_path, cli):
+    res = cli(
+        "run",
+        "--dataset",
+        "cifar100",
+        "--data-root",
+        tmp_path,
+        "--model",
+        "resnet-tiny",
+        "--out",
+        tmp_path / "run",
+    )
+    assert res.code == 2
+    assert "download=True" in res.err and "CIFAR100" in res.err  # the one command to run
+    assert not (tmp_path / "run").exists()
+
+
+def test_text_model_refuses_image_data(tmp_path, cli):
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.array([0, 1]))
+    res = cli("run", tmp_path / "d.npz", "--model", "gpt-neo-125M", "--out", tmp_path / "run")
+    assert res.code == 2 and "image data needs an image --model" in res.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_demo_config_runs(tmp_path, cli):
+    """The README's image demo settings parse and run (a tiny version: 2 models, 1 epoch)."""
+    import json
+
+    root = _folder(tmp_path / "imgs")
+    demo = ROOT / "fixtures" / "images" / "demo.toml"
+    out = tmp_path / "run"
+    res = cli("run", root, "--config", demo, "--models", "2", "--epochs", "1", "--out", out)
+    assert res.code == 0, res.err
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["model"]["name"] == "resnet-tiny"
+    assert cfg["image"] == {
+        "dataset": None, "data_root": None, "resize": 16, "crop_padding": 0, "flip": True
+    }  # fmt: skip
+    assert cfg["train"]["batch_size"] == 32 and cfg["extract"]["models"] == 0
+    assert load_images(root, resize=16).images.shape[1:] == (16, 16, 3)
+    assert np.load(out / "images.npz")["images"].shape == (6, 16, 16, 3)
+
+
+def test_torchvision_cifar10_from_local_files(tmp_path, monkeypatch):
+    """--dataset cifar10 reads torchvision's local files (here a tiny stand-in in the official
+    layout; torchvision's md5 check is bypassed because the stand-in is not the real data)."""
+    import pickle
+
+    from torchvision.datasets import cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(1, 6):
+        data = rng.integers(0, 256, (2, 3 * 32 * 32), dtype=np.uint8)
+        with open(folder / f"data_batch_{k}", "wb") as f:
+            pickle.dump({"data": data, "labels": [k % 10, (k + 1) % 10]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
+    data = load_images(None, dataset="cifar10", data_root=tmp_path)
+    assert data.images.shape == (10, 32, 32, 3)
+    assert data.labels.tolist()[:4] == [1, 2, 2, 3]
+    assert data.class_names[0] == "c0" and data.ids[0] == "cifar10-train-00000"
+    with open(folder / "data_batch_1", "rb") as f:
+        first = pickle.load(f)["data"][0]
+    assert np.array_equal(data.images[0], first.reshape(3, 32, 32).transpose(1, 2, 0))
+    assert load_images(None, "cifar10", tmp_path, resize=8).images.shape == (10, 8, 8, 3)

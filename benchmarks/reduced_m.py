@@ -8,8 +8,9 @@ tokenizer tokens per copy (183 records), trained as the bundled demo is (fixture
 The ensemble is cached in benchmarks/cache/ and resumes like any memaudit run, so the command can
 be stopped and rerun; --use-available evaluates whatever models are finished.
 
-Models 0..63 are the candidate pool; every M in {8, 16, 32, 64} uses its first M models, and the
-reference is every later model, so candidate and reference never share a model. For each M and
+Models 0..127 are the candidate pool (--pool); every M in {8, 16, 32, 64, 128} uses its first M
+models, and the reference is every later model (128 of the 256), so candidate and reference never
+share a model. For each M and
 each estimator (plain difference of means, regression-adjusted) it reports: Spearman correlation
 of self-influence and of the margin with the reference (same estimator), ROC AUC of the margin
 and of self-influence for separating planted near-duplicates from unique records, cluster pair
@@ -51,8 +52,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = HERE / "cache"
 RESULTS = HERE / "results"
-POOL = 64
-M_GRID = (8, 16, 32, 64)
+POOL = 128
+M_GRID = (8, 16, 32, 64, 128)
 ESTIMATORS = ("plain", "adjusted")
 PAPER = {"self_influence": 2.8, "bleu": 5.2, "margin": 7.0}  # unique/dup, dup/unique, unique/dup
 
@@ -199,6 +200,33 @@ def paper_table(ctx: dict, ref: dict) -> dict:
     return {"table": table, "ratios": ratio, "paper_ratios": PAPER}
 
 
+def estimators_agree(ctx: dict, cols: np.ndarray) -> dict:
+    """Validation of the adjusted estimator on the reference models: the same quantity as the
+    plain difference of means (entries compared over the full N x N matrices)."""
+    from memaudit.estimators import influence_rows
+
+    losses, inclusion = ctx["losses"][:, cols], ctx["inclusion"][:, cols]
+    rows = np.arange(losses.shape[0])
+    plain = influence_rows("plain", losses, inclusion, rows)
+    adj = influence_rows("adjusted", losses, inclusion, rows)
+    groups = np.array([g or "" for g in ctx["groups"]])
+    mates = (
+        (groups[:, None] == groups[None, :])
+        & (groups[:, None] != "")
+        & ~np.eye(len(rows), dtype=bool)
+    )
+    null = (groups[:, None] != groups[None, :]) | (groups[:, None] == "")
+    null &= ~np.eye(len(rows), dtype=bool)
+    return {
+        "self_mean": [float(np.diag(plain).mean()), float(np.diag(adj).mean())],
+        "self_pearson": float(np.corrcoef(np.diag(plain), np.diag(adj))[0, 1]),
+        "mate_mean": [float(plain[mates].mean()), float(adj[mates].mean())],
+        "mate_pearson": float(np.corrcoef(plain[mates], adj[mates])[0, 1]),
+        "null_mean": [float(plain[null].mean()), float(adj[null].mean())],
+        "null_std": [float(plain[null].std()), float(adj[null].std())],
+    }
+
+
 def machine() -> dict:
     import torch
 
@@ -281,6 +309,7 @@ def main() -> None:
         "grid": rows,
         "auto": auto,
         "paper_table": {e: paper_table(ctx, refs[e]) for e in ESTIMATORS},
+        "estimators_agree": estimators_agree(ctx, ref_cols),
         "analysis_seconds": round(time.perf_counter() - t0, 1),
         "machine": machine(),
     }
@@ -340,6 +369,17 @@ def markdown(doc: dict) -> str:
                 f"{_f(d.get('mean'))} ± {_f(d.get('std'))} | {_f(pt['ratios'][name], 1)}x | "
                 f"{pt['paper_ratios'][name]:.1f}x |"
             )
+    agree = doc["estimators_agree"]
+    lines += [
+        "",
+        "Same quantity? Plain vs adjusted on the reference models (full N x N matrices): "
+        f"self-influence mean {agree['self_mean'][0]:.3f} vs {agree['self_mean'][1]:.3f} "
+        f"(Pearson {agree['self_pearson']:.3f}); planted-mate entries mean "
+        f"{agree['mate_mean'][0]:.3f} vs {agree['mate_mean'][1]:.3f} (Pearson "
+        f"{agree['mate_pearson']:.3f}); all other off-diagonal entries mean "
+        f"{agree['null_mean'][0]:.4f} vs {agree['null_mean'][1]:.4f}, spread (std) "
+        f"{agree['null_std'][0]:.3f} vs {agree['null_std'][1]:.3f}.",
+    ]
     for est, a in doc["auto"].items():
         lines.append("")
         lines.append(f"`--models auto` ({est}): stopped at {a['stopped_at']} ({a['stopped_by']}).")

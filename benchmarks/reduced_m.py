@@ -19,8 +19,8 @@ clusters, agreement (Jaccard) of the flagged records with the reference, and the
 It replays `--models auto` (rounds of 16, 32, 64 with the stopping rule of memaudit.convergence)
 on the pool, and reproduces the paper's table on the reference ensemble.
 
-Partition designs: only the Bernoulli design is measured here (a second ensemble of the same
-size in the complementary design did not fit this machine's budget); see the issue's lead.
+Partition designs: a second, 64-model ensemble in the complementary-pairs design
+(--complementary-models) gives the same grid up to 64, against the same Bernoulli reference.
 """
 
 from __future__ import annotations
@@ -78,17 +78,41 @@ def prepare() -> Path:
     return data
 
 
-def train(data: Path, n_models: int) -> Path:
+def train(data: Path, n_models: int, design: str = "bernoulli") -> Path:
     """The cached ensemble, resumed to n_models (a CLI subprocess, exactly as a user runs it)."""
     import subprocess
     import sys
 
-    out = CACHE / "reference-M256"
+    out = CACHE / ("reference-M256" if design == "bernoulli" else f"reference-{design}")
     config = str(ROOT / "fixtures/demo/demo.toml")
     cmd = [sys.executable, "-m", "memaudit", "run", str(data), "--config", config,
-           "--models", str(n_models), "--out", str(out)]  # fmt: skip
+           "--models", str(n_models), "--out", str(out), "--design", design]  # fmt: skip
+    if design != "bernoulli":
+        cmd += ["--extract-models", "0"]  # extractability comes from the Bernoulli ensemble
     subprocess.run(cmd, check=True)
     return out
+
+
+def complementary_rows(ctx: dict, refs: dict, out: Path, per_model: float) -> list[dict]:
+    """The grid for the complementary-pairs design (its own ensemble, same task), compared with
+    the same Bernoulli reference."""
+    run = RunDir(out)
+    records = run.records()
+    inclusion = run.inclusion()
+    losses, valid = run.collect_losses(len(records), inclusion.shape[1])
+    n_done = int(np.argmin(valid)) if not valid.all() else valid.size  # complete prefix
+    ctx_c = dict(ctx, losses=losses[:, :n_done], inclusion=inclusion[:, :n_done])
+    rows = []
+    for est in ESTIMATORS:
+        for m in [m for m in M_GRID if m <= n_done]:
+            one = evaluate_one(ctx_c, np.arange(m), est)
+            rows.append(
+                {"estimator": est, "design": "complementary", "models": m,
+                 "train_seconds": round(m * per_model, 1)}  # fmt: skip
+                | one["metrics"]
+                | compare(one, refs[est])
+            )
+    return rows
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -244,6 +268,12 @@ def main() -> None:
     ap.add_argument("--ref-models", type=int, default=256)
     ap.add_argument("--use-available", action="store_true", help="do not train; use what exists")
     ap.add_argument("--pool", type=int, default=POOL, help="candidate models (M grid up to it)")
+    ap.add_argument(
+        "--complementary-models",
+        type=int,
+        default=64,
+        help="size of the complementary-design ensemble (0: skip the design comparison)",
+    )
     args = ap.parse_args()
     pool = args.pool
     data = prepare()
@@ -277,10 +307,16 @@ def main() -> None:
         for m in [m for m in M_GRID if m <= pool]:
             one = evaluate_one(ctx, np.arange(m), est)
             rows.append(
-                {"estimator": est, "models": m, "train_seconds": round(m * per_model, 1)}
+                {"estimator": est, "design": "bernoulli", "models": m,
+                 "train_seconds": round(m * per_model, 1)}  # fmt: skip
                 | one["metrics"]
                 | compare(one, refs[est])
             )
+    comp_dir = CACHE / "reference-complementary"
+    if args.complementary_models and not args.use_available:
+        comp_dir = train(data, args.complementary_models, "complementary")
+    if args.complementary_models and (comp_dir / "inclusion.npy").exists():
+        rows += complementary_rows(ctx, refs, comp_dir, per_model)
     auto = {}
     for est in ESTIMATORS:
         a = replay_auto(ctx, est, ConvergenceConfig(), pool)
@@ -342,17 +378,17 @@ def markdown(doc: dict) -> str:
         f"{doc['seconds_per_model_median']} s per model (median) on {doc['machine']['cpus']} "
         "CPUs.",
         "",
-        "| estimator | M | Spearman self | Spearman margin | margin AUC | self AUC | "
+        "| estimator | design | M | Spearman self | Spearman margin | margin AUC | self AUC | "
         "pairs P/R (planted) | groups found | pairs P/R (vs ref) | flagged Jaccard | "
         "train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    entries = [(r["estimator"], str(r["models"]), r) for r in doc["grid"]]
-    entries += [(e, f"auto→{a['stopped_at']}", a) for e, a in doc["auto"].items()]
-    for est, m, r in entries:
+    entries = [(r["estimator"], r["design"], str(r["models"]), r) for r in doc["grid"]]
+    entries += [(e, "bernoulli", f"auto→{a['stopped_at']}", a) for e, a in doc["auto"].items()]
+    for est, design, m, r in entries:
         p = r["planted"]
         lines.append(
-            f"| {est} | {m} | {_f(r['spearman_self'])} | {_f(r['spearman_margin'])} | "
+            f"| {est} | {design} | {m} | {_f(r['spearman_self'])} | {_f(r['spearman_margin'])} | "
             f"{_f(r['auc_margin'])} | {_f(r['auc_self_influence'])} | "
             f"{_f(p['pair_precision'])}/{_f(p['pair_recall'])} | {_f(p['share_found'])} | "
             f"{_f(r['cluster_precision_vs_ref'])}/{_f(r['cluster_recall_vs_ref'])} | "
@@ -397,9 +433,13 @@ def plot(doc: dict, path: Path) -> None:
             ("auc_margin", "margin ROC AUC (planted)"),
             ("spearman_margin", "Spearman margin vs ref")]  # fmt: skip
     for ax, (key, title) in zip(axes, keys, strict=True):
-        for est, style in (("plain", "o--"), ("adjusted", "s-")):
-            rows = [r for r in doc["grid"] if r["estimator"] == est]
-            ax.plot([r["models"] for r in rows], [r[key] for r in rows], style, label=est)
+        for est, design, style in (("plain", "bernoulli", "o--"), ("adjusted", "bernoulli", "s-"),
+                                   ("plain", "complementary", "o:"),
+                                   ("adjusted", "complementary", "s:")):  # fmt: skip
+            rows = [r for r in doc["grid"] if r["estimator"] == est and r["design"] == design]
+            if rows:
+                label = est if design == "bernoulli" else f"{est}, complementary"
+                ax.plot([r["models"] for r in rows], [r[key] for r in rows], style, label=label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("models M")
         ax.set_title(title, fontsize=10)

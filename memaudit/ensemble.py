@@ -172,12 +172,13 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
 
 
 def pending_models(
-    run: RunDir, n_models: int, n_extract: int = 0, arrays: tuple[str, ...] = ()
+    run: RunDir, candidates, n_extract: int = 0, arrays: tuple[str, ...] = ()
 ) -> list[int]:
-    """Members without a valid result; the first n_extract also need their extraction."""
+    """The members of ``candidates`` without a valid result; the first n_extract also need
+    their extraction, and every member the task's extra ``arrays``."""
     return [
         j
-        for j in range(n_models)
+        for j in candidates
         if run.model_meta(j, need_extraction=j < n_extract, need_arrays=arrays) is None
     ]
 
@@ -220,11 +221,7 @@ def train_ensemble(
     task = task or TextTask(tokens, factory, cfg, device)
     n_extract = cfg.extract.models if tokenizer is not None else 0
     candidates = range(inclusion.shape[1]) if members is None else members
-    todo = [
-        j
-        for j in candidates
-        if run.model_meta(j, need_extraction=j < n_extract, need_arrays=task.arrays) is None
-    ]
+    todo = pending_models(run, candidates, n_extract, task.arrays)
     if progress.on_start:
         progress.on_start(len(todo), len(candidates) - len(todo))
     if executor is None:

@@ -15,6 +15,11 @@ TINY_MODEL = ROOT / "fixtures" / "tiny-gpt-neo"
 DEMO_DATA = ROOT / "fixtures" / "demo" / "nq_demo.jsonl"
 DEMO_SOURCE = ROOT / "fixtures" / "demo" / "nq_source.jsonl"
 DEMO_CONFIG = ROOT / "fixtures" / "demo" / "demo.toml"
+# A quick text run of the tiny model (full fine-tuning, 2 epochs) for end-to-end tests.
+SMALL_RUN = [
+    "--model", str(TINY_MODEL), "--preset", "nq", "--finetune", "full", "--epochs", "2",
+    "--lr", "3e-3", "--batch-size", "8", "--max-length", "64",
+]  # fmt: skip
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 

@@ -16,23 +16,7 @@ from memaudit import Audit
 from memaudit.influence import InfluenceResult
 from memaudit.report import load_schema
 from tests.conftest import DEMO_CONFIG, DEMO_DATA, DEMO_SOURCE, ROOT, TINY_MODEL, write_jsonl
-
-SMALL = [
-    "--model",
-    str(TINY_MODEL),
-    "--preset",
-    "nq",
-    "--finetune",
-    "full",
-    "--epochs",
-    "2",
-    "--lr",
-    "3e-3",
-    "--batch-size",
-    "8",
-    "--max-length",
-    "64",
-]
+from tests.conftest import SMALL_RUN as SMALL
 
 
 @pytest.fixture(scope="module")

@@ -21,24 +21,11 @@ from memaudit import Audit
 from memaudit.config import EnsembleConfig, ExtractConfig, ModelConfig, RunConfig, TrainConfig
 from memaudit.executors import ExecutorConfig
 from memaudit.rundir import RunDir
-from tests.conftest import DEMO_SOURCE, ROOT, TINY_MODEL
+from tests.conftest import DEMO_SOURCE, ROOT, SMALL_RUN, TINY_MODEL
 
 N_MODELS = 6
 SMALL = [
-    "--model",
-    str(TINY_MODEL),
-    "--preset",
-    "nq",
-    "--finetune",
-    "full",
-    "--epochs",
-    "2",
-    "--lr",
-    "3e-3",
-    "--batch-size",
-    "8",
-    "--max-length",
-    "64",
+    *SMALL_RUN,
     "--models",
     str(N_MODELS),
     "--extract-models",

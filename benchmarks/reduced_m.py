@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from common import machine
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
@@ -107,8 +106,12 @@ def complementary_rows(ctx: dict, refs: dict, out: Path, per_model: float) -> li
         for m in [m for m in M_GRID if m <= n_done]:
             one = evaluate_one(ctx_c, np.arange(m), est)
             rows.append(
-                {"estimator": est, "design": "complementary", "models": m,
-                 "train_seconds": round(m * per_model, 1)}  # fmt: skip
+                {
+                    "estimator": est,
+                    "design": "complementary",
+                    "models": m,
+                    "train_seconds": round(m * per_model, 1),
+                }
                 | one["metrics"]
                 | compare(one, refs[est])
             )
@@ -251,18 +254,6 @@ def estimators_agree(ctx: dict, cols: np.ndarray) -> dict:
     }
 
 
-def machine() -> dict:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref-models", type=int, default=256)
@@ -307,8 +298,12 @@ def main() -> None:
         for m in [m for m in M_GRID if m <= pool]:
             one = evaluate_one(ctx, np.arange(m), est)
             rows.append(
-                {"estimator": est, "design": "bernoulli", "models": m,
-                 "train_seconds": round(m * per_model, 1)}  # fmt: skip
+                {
+                    "estimator": est,
+                    "design": "bernoulli",
+                    "models": m,
+                    "train_seconds": round(m * per_model, 1),
+                }
                 | one["metrics"]
                 | compare(one, refs[est])
             )

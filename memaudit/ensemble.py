@@ -233,9 +233,7 @@ def train_ensemble(
         failed = []
         for j, outcome in executor.map(pending, inclusion, progress.on_step):
             if isinstance(outcome, MemberResult):
-                run.save_model(
-                    j, outcome.losses, outcome.meta, outcome.extraction, outcome.arrays
-                )
+                run.save_model(j, outcome.losses, outcome.meta, outcome.extraction, outcome.arrays)
                 written.append(j)
                 if progress.on_model:
                     progress.on_model(j, outcome.meta)

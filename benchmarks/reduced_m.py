@@ -35,7 +35,8 @@ from common import machine
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from memaudit.convergence import ConvergenceConfig, diagnose
+from memaudit.adaptive import round_sizes
+from memaudit.convergence import ConvergenceConfig, diagnose, split_half_reliability
 from memaudit.estimators import run_estimator
 from memaudit.findings import (
     FindingsConfig,
@@ -170,21 +171,33 @@ def compare(run: dict, ref: dict) -> dict:
     mb = np.where(b.margin_defined, b.margin, np.nan)
     pa, pb = _pairs(run["cluster_of"]), _pairs(ref["cluster_of"])
     fa, fb = run["flagged"], ref["flagged"]
+    rel_self, rel_margin = ref.get("reliability", (None, None))
+    s_self, s_margin = _spearman(a.self_influence, b.self_influence), _spearman(ma, mb)
     return {
-        "spearman_self": _spearman(a.self_influence, b.self_influence),
-        "spearman_margin": _spearman(ma, mb),
+        "spearman_self": s_self,
+        "spearman_margin": s_margin,
+        # Spearman's correction for attenuation by the reference's own noise (its split-half
+        # reliability): an estimate of the correlation with an error-free (M -> inf) reference.
+        "spearman_self_vs_true": _disattenuate(s_self, rel_self),
+        "spearman_margin_vs_true": _disattenuate(s_margin, rel_margin),
         "cluster_precision_vs_ref": len(pa & pb) / len(pa) if pa else None,
         "cluster_recall_vs_ref": len(pa & pb) / len(pb) if pb else None,
         "flagged_jaccard": len(fa & fb) / len(fa | fb) if fa | fb else None,
     }
 
 
+def _disattenuate(r: float | None, reliability: float | None) -> float | None:
+    if r is None or not np.isfinite(r) or not reliability or reliability <= 0:
+        return None
+    return min(1.0, r / np.sqrt(reliability))
+
+
 def replay_auto(ctx: dict, estimator: str, cfg: ConvergenceConfig, pool: int) -> dict:
-    """--models auto on the pool: rounds 16, 32, 64, ...; the first round never stops (stability
-    needs two rounds); the cap is the pool."""
+    """--models auto on the pool: memaudit's rounds (16, 32, 48, 64, 80, ...); the first round
+    never stops (stability needs two rounds); the cap is the pool."""
     previous = None
     rounds = []
-    for m in [m for m in (16, 32, 64, 128, 256) if m <= pool]:
+    for m in round_sizes(16, pool):
         cols = np.arange(m)
         one = evaluate_one(ctx, cols, estimator)
         diag = diagnose(
@@ -293,6 +306,10 @@ def main() -> None:
     ref_cols = np.arange(pool, done.size)
     t0 = time.perf_counter()
     refs = {e: evaluate_one(ctx, ref_cols, e) for e in ESTIMATORS}
+    for e in ESTIMATORS:
+        refs[e]["reliability"] = split_half_reliability(
+            ctx["losses"][:, ref_cols], ctx["inclusion"][:, ref_cols], estimator=e
+        )
     rows = []
     for est in ESTIMATORS:
         for m in [m for m in M_GRID if m <= pool]:
@@ -336,7 +353,10 @@ def main() -> None:
         "reference_models": int(ref_cols.size),
         "pool_models": pool,
         "seconds_per_model_median": round(per_model, 2),
-        "reference": {e: refs[e]["metrics"] for e in ESTIMATORS},
+        "reference": {
+            e: refs[e]["metrics"] | {"reliability_self_margin": refs[e]["reliability"]}
+            for e in ESTIMATORS
+        },
         "grid": rows,
         "auto": auto,
         "paper_table": {e: paper_table(ctx, refs[e]) for e in ESTIMATORS},
@@ -411,9 +431,34 @@ def markdown(doc: dict) -> str:
         f"{agree['null_mean'][0]:.4f} vs {agree['null_mean'][1]:.4f}, spread (std) "
         f"{agree['null_std'][0]:.3f} vs {agree['null_std'][1]:.3f}.",
     ]
+    lines += [
+        "",
+        "The reference is noisy too, which caps every correlation with it: its split-half "
+        "reliability (self-influence, margin) is "
+        + "; ".join(
+            f"{e} {_f(r['reliability_self_margin'][0])}, {_f(r['reliability_self_margin'][1])}"
+            for e, r in doc["reference"].items()
+        )
+        + ". Corrected for it (Spearman's correction, r / sqrt(reliability of the reference), an "
+        "estimate of the correlation with an M -> infinity reference), Spearman self / margin:",
+        "",
+        "| estimator | design | M | self vs ref | self, corrected | margin vs ref | "
+        "margin, corrected |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for est, design, m, r in entries:
+        lines.append(
+            f"| {est} | {design} | {m} | {_f(r['spearman_self'])} | "
+            f"{_f(r['spearman_self_vs_true'])} | {_f(r['spearman_margin'])} | "
+            f"{_f(r['spearman_margin_vs_true'])} |"
+        )
     for est, a in doc["auto"].items():
+        moved = ", ".join(f"{r['models']}: {_f(r.get('flag_change'))}" for r in a["rounds"][1:])
         lines.append("")
-        lines.append(f"`--models auto` ({est}): stopped at {a['stopped_at']} ({a['stopped_by']}).")
+        lines.append(
+            f"`--models auto` ({est}): stopped at {a['stopped_at']} ({a['stopped_by']}); "
+            f"flagged set moved per round: {moved}."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -94,6 +94,13 @@ findings_options = [
         help="... and at least this fraction of the target's largest influence [0.5].",
     ),
     click.option(
+        "--mutual-fraction",
+        type=float,
+        default=None,
+        help="Mutual low-margin link: the larger share of either record's largest influence "
+        "at least this [0 for text, 0.6 for images].",
+    ),
+    click.option(
         "--lexical-threshold",
         type=float,
         default=None,
@@ -314,7 +321,7 @@ image_options = [
     "--max-flag-change",
     type=float,
     default=None,
-    help="Convergence: most change (1 - Jaccard) of the flagged set per round [0.1].",
+    help="Convergence: most change (1 - Jaccard) of the flagged set per round [0.15].",
 )
 @click.option(
     "--design",
@@ -457,6 +464,7 @@ def run(
     prefix_tokens,
     link_z,
     link_fraction,
+    mutual_fraction,
     lexical_threshold,
     bleu_gain,
     mia_auc,
@@ -548,6 +556,7 @@ def run(
             None,
             link_z=link_z,
             link_fraction=link_fraction,
+            mutual_fraction=mutual_fraction,
             lexical_threshold=lexical_threshold,
             bleu_gain=bleu_gain,
             mia_auc=mia_auc,
@@ -659,7 +668,15 @@ def analyze(run_dir: Path, top_k: int | None, estimator: str | None) -> None:
 )
 @_apply(findings_options)
 def report(
-    run_dir: Path, formats, redact, link_z, link_fraction, lexical_threshold, bleu_gain, mia_auc
+    run_dir: Path,
+    formats,
+    redact,
+    link_z,
+    link_fraction,
+    mutual_fraction,
+    lexical_threshold,
+    bleu_gain,
+    mia_auc,
 ) -> None:
     """Re-render the reports of RUN_DIR from what it holds, without training."""
     from memaudit import api
@@ -670,6 +687,7 @@ def report(
         audit.config.findings,
         link_z=link_z,
         link_fraction=link_fraction,
+        mutual_fraction=mutual_fraction,
         lexical_threshold=lexical_threshold,
         bleu_gain=bleu_gain,
         mia_auc=mia_auc,

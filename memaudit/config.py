@@ -75,7 +75,7 @@ class EnsembleConfig:
     models: int = 1000  # the paper's full mode; with auto, the first round's size
     design: str = "bernoulli"
     seed: int = 0
-    auto: bool = False  # train in rounds (doubling) until the convergence diagnostics agree
+    auto: bool = False  # train in growing rounds until the convergence diagnostics agree
     max_models: int = 1000  # auto: never more than this
 
     def __post_init__(self) -> None:

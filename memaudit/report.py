@@ -26,6 +26,7 @@ from memaudit.findings import (
     find_clusters,
     link_thresholds,
     membership_scores,
+    mutual_fraction,
     risky_unique_records,
     score_against_groups,
 )
@@ -182,7 +183,7 @@ def build_report(
                 for f in risky
             ],
         },
-        "notes": _notes(analysis, n_extract, link_z, len(clusters), is_image),
+        "notes": _notes(analysis, n_extract, link_z, len(clusters), is_image, cfg),
         "convergence": _convergence(run),
     }
     if is_image:
@@ -255,15 +256,27 @@ def _cluster_dict(c) -> dict[str, Any]:
 
 
 def _notes(
-    analysis: Analysis, n_extract: int, link_z: float, n_clusters: int, is_image: bool = False
+    analysis: Analysis,
+    n_extract: int,
+    link_z: float,
+    n_clusters: int,
+    is_image: bool = False,
+    cfg: FindingsConfig | None = None,
 ) -> list[str]:
     n_ok = int(analysis.valid.sum())
+    fraction = mutual_fraction(cfg or FindingsConfig(), is_image)
     notes = [
         f"Near-duplicate links need z >= {link_z:.2f} (adjusted for the number of record "
         "pairs tested) and a large share of the target's largest influence"
         + (
             ", or (regression-adjusted estimator) two records with low margins that are each "
-            "other's top influencers."
+            "other's top influencers"
+            + (
+                f" and one of which carries at least {fraction:g} of the other's largest "
+                "influence."
+                if fraction
+                else "."
+            )
             if analysis.result.estimator == ADJUSTED_NAME
             else "."
         )

@@ -241,7 +241,7 @@ def test_first_round_never_converges():
     assert last == {
         "name": "flag_change",
         "value": None,
-        "threshold": 0.1,
+        "threshold": 0.15,
         "met": False,
         "change": None,
     }
@@ -269,7 +269,7 @@ def test_converges_at_large_m_with_stable_flags_and_reports_changes():
         assert c["met"] is True
         assert c["value"] == getattr(large, c["name"])
         assert c["change"] == pytest.approx(c["value"] - before["value"])
-    assert [c["threshold"] for c in large.criteria] == [0.9, 0.9, 0.1]
+    assert [c["threshold"] for c in large.criteria] == [0.9, 0.9, 0.15]
     # The margin's reliability climbs from noise at 16 models to above 0.9 at 512.
     assert mid.criteria[1]["change"] > 0.4
     assert large.self_se_median < small.self_se_median / 4  # ~ 1 / sqrt(M)
@@ -284,7 +284,7 @@ def test_not_converged_when_the_flagged_set_changes():
     assert diag.flag_change == 1.0 and not diag.converged
     met = {c["name"]: c["met"] for c in diag.criteria}
     assert met == {"reliability_self": True, "reliability_margin": True, "flag_change": False}
-    # One record of six swapped: 1 - 5/7 = 0.29 > 0.1.
+    # One record of six swapped: 1 - 5/7 = 0.29 > 0.15.
     swapped = set(list(flagged)[1:]) | {next(iter(others))}
     assert not diagnose(losses, p, flagged, previous_flagged=swapped, cfg=CFG).converged
 

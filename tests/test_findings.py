@@ -400,3 +400,46 @@ def test_mutual_links_find_saturating_groups_with_the_adjusted_estimator_only():
             assert (score_against_groups(of, groups)["share_found"] or 0) <= 1 / 6
     # Measured: mean pair precision 0.94 (worst seed 0.61), 79% of groups found.
     assert np.mean(precision) >= 0.9 and np.mean(found) >= 0.7
+
+
+def _look_alikes(seed, m=128, classes=6, per_class=10, pairs=8):
+    """Image-like: every record lowers its classmates' losses by 0.35 of its own effect (so
+    margins are low everywhere and classmates fill each other's top lists), and each planted
+    pair's copies substitute for each other (0.8)."""
+    rng = np.random.default_rng(seed)
+    n = classes * per_class + 2 * pairs
+    label = np.concatenate([np.repeat(np.arange(classes), per_class), np.arange(2 * pairs) % 6])
+    groups = [None] * (classes * per_class) + [f"p{k // 2}" for k in range(2 * pairs)]
+    inclusion = rng.random((n, m)) < 0.5
+    losses = 5.0 + rng.normal(0.0, 0.2, size=(n, m)) - 2.0 * inclusion
+    same = (label[:, None] == label[None, :]) & ~np.eye(n, dtype=bool)
+    losses -= 0.35 * 2.0 * (same.astype(float) @ inclusion)
+    for k in range(pairs):
+        a, b = classes * per_class + 2 * k, classes * per_class + 2 * k + 1
+        losses[a] -= 3.0 * inclusion[b] * (1 - 0.3 * inclusion[a])
+        losses[b] -= 3.0 * inclusion[a] * (1 - 0.3 * inclusion[b])
+    texts = [f"record {k} {WORDS[k % len(WORDS)]}" for k in range(n)]
+    return losses, inclusion, texts, groups
+
+
+def test_mutual_fraction_drops_look_alikes_and_keeps_substitutes():
+    from memaudit.adjusted import estimate_adjusted
+
+    losses, inclusion, texts, groups = _look_alikes(seed=3)
+    result = estimate_adjusted(losses, inclusion, top_k=10)
+    kw = {"losses": losses, "inclusion": inclusion}
+    _, loose = find_clusters(result, texts, FindingsConfig(mutual_fraction=0.0), **kw)
+    _, strict = find_clusters(result, texts, FindingsConfig(mutual_fraction=0.6), **kw)
+    loose_score = score_against_groups(loose, groups)
+    strict_score = score_against_groups(strict, groups)
+    assert loose_score["pair_precision"] < 0.8  # classmates linked as "duplicates"
+    assert strict_score["pair_precision"] == 1.0
+    assert strict_score["pair_recall"] == 1.0 and strict_score["share_exact"] == 1.0
+    # None resolves by modality: 0 for text (as loose), 0.6 with images (as strict).
+    _, by_default = find_clusters(result, texts, FindingsConfig(), **kw)
+    assert (by_default == loose).all()
+    images = np.zeros((len(texts), 4, 4, 3), dtype=np.uint8)
+    _, for_images = find_clusters(result, texts, FindingsConfig(), images=images, **kw)
+    assert ((for_images >= 0) == (strict >= 0)).all()
+    with pytest.raises(ValueError, match="mutual_fraction"):
+        FindingsConfig(mutual_fraction=1.5)

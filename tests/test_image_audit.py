@@ -126,10 +126,12 @@ def test_report_contents(planted_run, cli):
     for c in report["clusters"]:
         assert c["kind"] in ("visual", "influence", "mixed")
         assert all(ln["lexical_similarity"] is None for ln in c["links"])
-    # The clusters (mutual low-margin links) against the planted pairs: measured 15 of 20 pairs
-    # recovered exactly, 18 of 25 clusters visual; a chance cluster is a planted pair with
-    # probability ~1/180.
-    assert report["ground_truth"]["groups_exact"] >= 10
+    # The clusters against the planted pairs. Measured: 14 of 20 pairs recovered exactly, pair
+    # precision 0.78 (18 linked pairs); without the image mutual_fraction rule (0.6) it was
+    # 0.53 (30 pairs), as look-alikes of one class were linked. A chance cluster is a planted
+    # pair with probability ~1/180.
+    truth = report["ground_truth"]
+    assert truth["groups_exact"] >= 10 and truth["pair_precision"] >= 0.65, truth
     visual = [c for c in report["clusters"] if c["kind"] == "visual"]
     assert visual and all(ln["pixel_similarity"] >= 0.7 for c in visual for ln in c["links"])
     html = (out / "report.html").read_text()

@@ -121,6 +121,28 @@ findings_options = [
 ]
 
 
+FINDINGS_KEYS = (
+    "link_z",
+    "link_fraction",
+    "mutual_fraction",
+    "lexical_threshold",
+    "bleu_gain",
+    "mia_auc",
+)
+
+
+def _with_findings_options(f):
+    """Add the findings options to a command; they reach it as one dict, ``findings_given``."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        given = {k: kwargs.pop(k) for k in FINDINGS_KEYS}
+        return f(*args, findings_given=given, **kwargs)
+
+    return _apply(findings_options)(wrapper)
+
+
 def _findings_config(base, **given):
     """Thresholds from the options given, the rest from ``base`` (saved with the run)."""
     from dataclasses import replace
@@ -409,7 +431,7 @@ image_options = [
     show_default=True,
     help="Plain-text records: prompt with this many tokens, score the rest.",
 )
-@_apply(findings_options)
+@_with_findings_options
 @click.option(
     "--trust-remote-code",
     is_flag=True,
@@ -462,12 +484,7 @@ def run(
     eval_batch_size,
     extract_models,
     prefix_tokens,
-    link_z,
-    link_fraction,
-    mutual_fraction,
-    lexical_threshold,
-    bleu_gain,
-    mia_auc,
+    findings_given,
     trust_remote_code,
     executor,
     ray_address,
@@ -552,15 +569,7 @@ def run(
         convergence=_convergence_config(min_reliability, max_flag_change),
         analysis=AnalysisConfig(top_k=top_k, estimator=estimator, covariates=covariates),
         extract=ExtractConfig(models=extract_models, prefix_tokens=prefix_tokens),
-        findings=_findings_config(
-            None,
-            link_z=link_z,
-            link_fraction=link_fraction,
-            mutual_fraction=mutual_fraction,
-            lexical_threshold=lexical_threshold,
-            bleu_gain=bleu_gain,
-            mia_auc=mia_auc,
-        ),
+        findings=_findings_config(None, **findings_given),
         device=device,
         eval_batch_size=eval_batch_size,
         image=ImageConfig(
@@ -666,32 +675,14 @@ def analyze(run_dir: Path, top_k: int | None, estimator: str | None) -> None:
     help="Replace record texts by ids and sha256 hashes in every output "
     "(written as report.redacted.*).",
 )
-@_apply(findings_options)
-def report(
-    run_dir: Path,
-    formats,
-    redact,
-    link_z,
-    link_fraction,
-    mutual_fraction,
-    lexical_threshold,
-    bleu_gain,
-    mia_auc,
-) -> None:
+@_with_findings_options
+def report(run_dir: Path, formats, redact, findings_given) -> None:
     """Re-render the reports of RUN_DIR from what it holds, without training."""
     from memaudit import api
 
     audit = api.Audit.open(run_dir)
     chosen = {"terminal", "json", "html"} if "all" in formats else set(formats)
-    findings = _findings_config(
-        audit.config.findings,
-        link_z=link_z,
-        link_fraction=link_fraction,
-        mutual_fraction=mutual_fraction,
-        lexical_threshold=lexical_threshold,
-        bleu_gain=bleu_gain,
-        mia_auc=mia_auc,
-    )
+    findings = _findings_config(audit.config.findings, **findings_given)
     audit.report(
         formats=tuple(chosen - {"terminal"}),
         redact=redact,

@@ -1,0 +1,344 @@
+"""Packed training: K ensemble members trained at once, in lock step, each exactly as
+:func:`memaudit.train.train_member` would train it alone.
+
+Each member keeps its own subset, seeded data order (the same ``randperm`` per epoch), token-mean
+loss per batch, AdamW state and learning-rate schedule; only the arithmetic is shared:
+
+- full fine-tuning: the K members' weights are stacked (``torch.func.stack_module_state``) and
+  one ``vmap`` of ``functional_call`` runs all K forward and backward passes as batched kernels;
+- LoRA: the frozen base runs once over the K members' batches side by side, and every peft LoRA
+  layer is swapped for a :class:`memaudit.lora_batched.BatchedLoraLinear` holding K stacked
+  adapters, each example routed to its member's adapter.
+
+Members with fewer steps (Bernoulli subsets differ in size) stop early: from their last step
+on they are masked out of the loss and of the optimizer update. Every member batch is padded
+on the right to a common shape; padding positions and filler rows carry no loss, and causal
+attention means the real tokens never see right padding, so no attention mask is needed.
+Results equal one-at-a-time training up to floating-point rounding (``tests/test_packed.py``).
+
+Dropout would need K independent random streams equal to the unpacked ones; a model with any
+active dropout is never packed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from memaudit.config import RunConfig, TrainConfig
+from memaudit.errors import MemauditError
+from memaudit.lora_batched import BatchedLora, find_lora_layers
+from memaudit.tokens import TokenizedRecords
+from memaudit.train import TrainStats
+
+MAX_AUTO_PACK = 64  # beyond this the GPU is saturated anyway and a retry loses too much
+
+
+def parse_pack(value) -> int | None:
+    """``"auto"`` -> None, ``"off"`` -> 1, an integer (or its string) -> that integer."""
+    if value is None or value == "auto":
+        return None
+    if value in ("off", "no", "false"):
+        return 1
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = 0
+    if k < 1:
+        raise MemauditError(f"--pack: expected auto, off or a positive integer, got {value!r}")
+    return k
+
+
+def has_active_dropout(model) -> bool:
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def packable(model) -> str | None:
+    """Why ``model`` cannot be packed, or None."""
+    if has_active_dropout(model):
+        return "the model has dropout (packed members would draw different random masks)"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    lora = find_lora_layers(model)
+    if lora is not None:
+        names = {n for layer in lora for n in layer.param_names}
+        if names != trainable:
+            return "trainable parameters besides plain LoRA adapters (modules_to_save, DoRA)"
+    elif any(hasattr(m, "lora_A") for m in model.modules()):
+        return "an unsupported LoRA variant"
+    return None
+
+
+# -- choosing K ------------------------------------------------------------------------------
+def _member_bytes(model, cfg: TrainConfig) -> tuple[int, int]:
+    """(bytes of one member's trained state: weights, gradient, two AdamW moments;
+    bytes of one member's activations for a full micro-batch), both estimates."""
+    elt = next(model.parameters()).element_size()
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    conf = getattr(model, "config", None)
+    get = lambda *keys, default=0: next(  # noqa: E731
+        (getattr(conf, k) for k in keys if isinstance(getattr(conf, k, None), int)), default
+    )
+    h = get("hidden_size", "n_embd", "d_model", default=1024)
+    layers = get("num_layers", "num_hidden_layers", "n_layer", default=24)
+    heads = get("num_heads", "num_attention_heads", "n_head", default=16)
+    vocab = get("vocab_size", default=50257)
+    b, s = cfg.micro_batch_size or cfg.batch_size, cfg.max_length
+    # Korthikanti et al. (2022): 34 s b h + 5 a s^2 b bytes per layer in 16-bit; logits in
+    # the model dtype plus a float32 copy and its gradient.
+    act = layers * (34 * s * b * h + 5 * heads * s * s * b) * elt // 2 + b * s * vocab * (elt + 8)
+    return 4 * n_trainable * elt, act
+
+
+def choose_pack(cfg: RunConfig, model, device: torch.device, n_members: int) -> tuple[int, str]:
+    """(K, why): how many members to train at once.
+
+    ``auto``: on CUDA as many as fit in 60% of the free memory (an estimate from the model's
+    shape and the batch), at most 64; on CPU 1, since measured on CPU packing is slower per
+    member than one at a time (``benchmarks/results/packed.md``). An explicit K is used as is.
+    """
+    requested = parse_pack(getattr(cfg, "pack", "auto"))
+    if requested == 1 or n_members <= 1:
+        return 1, "off" if requested == 1 else "one member"
+    why_not = packable(model)
+    if why_not:
+        return 1, f"not packed: {why_not}"
+    if requested is not None:
+        return min(requested, n_members), f"--pack {requested}"
+    if device.type != "cuda":
+        return 1, "auto: not packed on CPU (measured slower per member than one at a time)"
+    state, act = _member_bytes(model, cfg.train)
+    free, _ = torch.cuda.mem_get_info(device)
+    k = max(1, min(MAX_AUTO_PACK, n_members, int(0.6 * free) // max(1, state + act)))
+    return k, (
+        f"auto: {k} members at once ({free / 2**30:.1f} GiB free, about "
+        f"{(state + act) / 2**20:.0f} MiB per member)"
+    )
+
+
+# -- the lock-step trainer -------------------------------------------------------------------
+@dataclass
+class _Member:
+    seed: int
+    subset: np.ndarray
+    batches: list[np.ndarray] = field(default_factory=list)  # every step's records, in order
+    steps_per_epoch: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    loss_sum: float = 0.0
+    tok_sum: int = 0
+    diverged: str | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self.batches)
+
+
+def _plan(subset: np.ndarray, seed: int, cfg: TrainConfig) -> _Member:
+    """Member's batches over all epochs, drawn exactly as train_member draws them."""
+    m = _Member(seed, subset)
+    order_rng = torch.Generator().manual_seed(seed)
+    m.steps_per_epoch = math.ceil(len(subset) / cfg.batch_size)
+    for _ in range(cfg.epochs):
+        perm = subset[torch.randperm(len(subset), generator=order_rng).numpy()]
+        m.batches += [perm[s : s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size)]
+    return m
+
+
+def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """train_member's schedule: linear warmup, then linear decay to zero at ``total``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    return max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
+
+
+class StackedAdamW:
+    """torch.optim.AdamW's single-tensor update on (K, ...) stacked parameters with a learning
+    rate per member and a mask of the members that step (the others are left untouched)."""
+
+    def __init__(self, params: dict[str, torch.Tensor], weight_decay: float) -> None:
+        self.params, self.wd = params, weight_decay
+        self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8  # torch's defaults, as train_member
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.step_count = 0  # members step together while active, so one count serves all
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor, active: torch.Tensor) -> None:
+        """``lr``, ``active``: (K,) float64 and bool on the parameters' device."""
+        self.step_count += 1
+        b1, b2 = self.beta1, self.beta2
+        bc1 = 1 - b1**self.step_count
+        bc2_sqrt = (1 - b2**self.step_count) ** 0.5
+        every = bool(active.all())
+        for n, p in self.params.items():
+            g = p.grad
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            lr_k = lr.view(shape).to(p.dtype)
+            m, v = self.exp_avg[n], self.exp_avg_sq[n]
+            new_p = p * (1 - lr_k * self.wd) if self.wd else p.clone()
+            new_m = m.lerp(g, 1 - b1)
+            new_v = v * b2 + (1 - b2) * g * g
+            denom = (new_v.sqrt() / bc2_sqrt).add_(self.eps)
+            new_p -= (lr_k / bc1) * new_m / denom
+            if every:
+                p.copy_(new_p), m.copy_(new_m), v.copy_(new_v)
+            else:
+                mask = active.view(shape)
+                p.copy_(torch.where(mask, new_p, p))
+                m.copy_(torch.where(mask, new_m, m))
+                v.copy_(torch.where(mask, new_v, v))
+
+
+class _FullPack:
+    """K stacked copies of every trainable weight, run through one vmap'ed functional_call."""
+
+    def __init__(self, model, k: int) -> None:
+        from torch.func import functional_call, stack_module_state, vmap
+
+        self.model, self.k = model, k
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        stacked, _ = stack_module_state([model] * k)  # (K, ...) copies of every parameter
+        self.params = {n: stacked[n] for n in trainable}
+        self.fixed = {
+            **{n: p for n, p in model.named_parameters() if not p.requires_grad},
+            **dict(model.named_buffers()),
+        }
+
+        def one(p, ids):
+            out = functional_call(model, ({**p, **self.fixed},), (ids,), {"use_cache": False})
+            return out.logits
+
+        self.forward_fn = vmap(one)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_fn(self.params, ids)
+
+    @torch.no_grad()
+    def load(self, i: int) -> None:
+        for n, p in self.model.named_parameters():
+            if n in self.params:
+                p.copy_(self.params[n][i])
+
+    def close(self) -> None:
+        pass
+
+
+class _LoraPack:
+    """The shared frozen base with every peft LoRA layer replaced by K stacked adapters."""
+
+    def __init__(self, model, k: int) -> None:
+        self.model, self.k = model, k
+        self.lora = BatchedLora(model, find_lora_layers(model), k)
+        self.params = self.lora.params
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        k, b, t = ids.shape
+        with self.lora.active():
+            logits = self.model(input_ids=ids.reshape(k * b, t), use_cache=False).logits
+        return logits.view(k, b, t, -1)
+
+    def load(self, i: int) -> None:
+        self.lora.load(i)
+
+    def close(self) -> None:
+        pass
+
+
+def _pack_for(model, k: int):
+    return _LoraPack(model, k) if find_lora_layers(model) is not None else _FullPack(model, k)
+
+
+def train_packed(
+    model,
+    tokens: TokenizedRecords,
+    subsets: list[np.ndarray],
+    cfg: TrainConfig,
+    seeds: list[int],
+    device: torch.device,
+    on_step=None,
+):
+    """Train len(subsets) members at once, starting from ``model``'s current weights.
+
+    Returns (pack, stats): ``pack.load(i)`` puts member i's trained weights into ``model`` (for
+    evaluation through the usual per-member path); ``stats[i]`` is its TrainStats, or the
+    message of its divergence (a str). ``on_step(step, total, mean loss)`` is called per step.
+    """
+    start = time.perf_counter()
+    k = len(subsets)
+    members = [_plan(s, seed, cfg) for s, seed in zip(subsets, seeds, strict=True)]
+    was_training = model.training
+    model.eval()  # no dropout (checked by packable), and vmap refuses random ops
+    pack = _pack_for(model, k)
+    opt = StackedAdamW(pack.params, cfg.weight_decay)
+    micro = cfg.micro_batch_size or cfg.batch_size
+    n_steps = max(m.total for m in members)
+    for step in range(n_steps):
+        active = [m.diverged is None and step < m.total for m in members]
+        batches = [m.batches[step] if a else m.batches[0][:0] for m, a in zip(members, active)]
+        n_tok = [int(sum(len(tokens.ids[i]) - 1 for i in b)) for b in batches]
+        for p in pack.params.values():
+            p.grad = None
+        batch_loss = torch.zeros(k, dtype=torch.float64, device=device)
+        for s in range(0, max(len(b) for b in batches), micro):
+            chunks = [b[s : s + micro] for b in batches]
+            ids, scored = _pad(tokens, chunks, device)
+            logits = pack.forward(ids)
+            # The layout train.token_nll uses, so that equal logits give equal float32 losses.
+            nll = F.cross_entropy(
+                logits.flatten(0, 1)[:, :-1].float().transpose(1, 2),
+                ids.flatten(0, 1)[:, 1:],
+                reduction="none",
+            ).view(ids.shape[0], ids.shape[1], -1)
+            denom = torch.tensor([max(n, 1) for n in n_tok], dtype=torch.float32, device=device)
+            loss = (nll * scored[:, :, 1:]).sum((1, 2)) / denom
+            mask = torch.tensor([bool(c.size) for c in chunks], device=device)
+            # where, not a product: a diverged or idle member's NaN must not reach the others.
+            torch.where(mask, loss, torch.zeros_like(loss)).sum().backward()
+            batch_loss += torch.where(mask, loss.detach(), torch.zeros_like(loss)).double()
+        losses = batch_loss.cpu().tolist()
+        for m, a, bl, nt in zip(members, active, losses, n_tok, strict=True):
+            if a and not math.isfinite(bl):
+                m.diverged = f"non-finite training loss at step {step}"
+        stepping = [a and m.diverged is None for m, a in zip(members, active, strict=True)]
+        lr = [cfg.lr * _lr_factor(step, m.total, cfg) for m in members]
+        opt.step(
+            torch.tensor(lr, dtype=torch.float64, device=device),
+            torch.tensor(stepping, device=device),
+        )
+        for m, st, bl, nt in zip(members, stepping, losses, n_tok, strict=True):
+            if not st:
+                continue
+            m.loss_sum += bl * nt
+            m.tok_sum += nt
+            if (step + 1) % m.steps_per_epoch == 0:
+                m.epoch_losses.append(m.loss_sum / m.tok_sum)
+                m.loss_sum, m.tok_sum = 0.0, 0
+        if on_step is not None:
+            done = [bl for bl, st in zip(losses, stepping, strict=True) if st]
+            on_step(step + 1, n_steps, sum(done) / max(1, len(done)))
+    model.train(was_training)
+    seconds = time.perf_counter() - start
+    stats: list[TrainStats | str] = [
+        m.diverged or TrainStats(m.total, seconds / k, m.epoch_losses[-1], list(m.epoch_losses))
+        for m in members
+    ]
+    return pack, stats
+
+
+def _pad(tokens: TokenizedRecords, chunks: list[np.ndarray], device: torch.device):
+    """(K, B, T) right-padded ids and the (K, B, T) mask of trained positions; rows beyond a
+    member's chunk are filler (pad tokens, never scored)."""
+    rows = max(1, max(len(c) for c in chunks))
+    width = max(2, max((len(tokens.ids[i]) for c in chunks for i in c), default=2))
+    ids = np.full((len(chunks), rows, width), tokens.pad_id, dtype=np.int64)
+    scored = np.zeros((len(chunks), rows, width), dtype=bool)
+    for k, c in enumerate(chunks):
+        for b, i in enumerate(c):
+            row = tokens.ids[i]
+            ids[k, b, : len(row)] = row
+            scored[k, b, : len(row)] = True  # train_member trains on every real token
+    return torch.from_numpy(ids).to(device), torch.from_numpy(scored).to(device)

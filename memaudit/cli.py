@@ -418,6 +418,13 @@ image_options = [
 )
 @click.option("--eval-batch-size", type=int, default=64, show_default=True)
 @click.option(
+    "--pack",
+    default="auto",
+    show_default=True,
+    help="Ensemble members trained at once (text models): auto (CUDA: as many as fit in "
+    "memory; CPU: one, measured faster there), off, or a number.",
+)
+@click.option(
     "--extract-models",
     type=int,
     default=16,
@@ -482,6 +489,7 @@ def run(
     estimator,
     covariates,
     eval_batch_size,
+    pack,
     extract_models,
     prefix_tokens,
     findings_given,
@@ -572,6 +580,7 @@ def run(
         findings=_findings_config(None, **findings_given),
         device=device,
         eval_batch_size=eval_batch_size,
+        pack=pack,
         image=ImageConfig(
             dataset=dataset,
             data_root=None if data_root is None else str(data_root),

@@ -152,6 +152,9 @@ class RunConfig:
     device: str = "auto"
     eval_batch_size: int = 64
     image: ImageConfig | None = None  # set for image runs (an image --model)
+    # Members trained at once (memaudit.packed): "auto" (CUDA: as many as fit; CPU: 1), "off",
+    # or a number. Changes results only by floating-point rounding, so not in the fingerprint.
+    pack: str = "auto"
 
     @property
     def is_image(self) -> bool:
@@ -160,6 +163,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         _choice("--device", self.device, DEVICES)
         _positive("--eval-batch-size", self.eval_batch_size)
+        pack = str(self.pack)
+        if pack not in ("auto", "off") and not (pack.isdigit() and int(pack) > 0):
+            raise MemauditError(f"--pack: expected auto, off or a positive integer, got {pack!r}")
+        object.__setattr__(self, "pack", pack)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,6 +190,7 @@ class RunConfig:
             device=d.get("device", "auto"),
             eval_batch_size=d.get("eval_batch_size", 64),
             image=ImageConfig(**d["image"]) if d.get("image") else None,
+            pack=d.get("pack", "auto"),
         )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -191,6 +199,7 @@ class RunConfig:
         the number of extraction models, analysis and findings options may change."""
         d = self.to_dict()
         d.pop("data")  # the dataset is identified by its sha256, not its path
+        d.pop("pack")
         for key in ("device", "eval_batch_size", "analysis", "findings", "convergence"):
             d.pop(key)
         for key in ("models", "auto", "max_models"):

@@ -140,6 +140,7 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
         "device": str(device),
         "dtype": str(ctx.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),  # CPU results are bit-identical per thread count
+        "pack": 1,  # trained alone (memaudit.packed trains K at once)
     }
     try:
         stats = task.train(model, subset, seed, on_step)

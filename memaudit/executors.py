@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from memaudit import ensemble
+from memaudit import ensemble, packed
 from memaudit.config import RunConfig
 from memaudit.errors import MemauditError
 
@@ -88,6 +88,12 @@ class LocalExecutor:
         self.ctx, self.threads = ctx, threads
 
     def map(self, members: list[int], inclusion: np.ndarray, on_step=None) -> Iterator[Outcome]:
+        if (pack := packed.pack_size(self.ctx, len(members)))[
+            0
+        ] > 1:  # K members at once: memaudit.packed
+            with torch_threads(self.threads):
+                yield from packed.map_packed(self.ctx, members, inclusion, *pack, on_step)
+            return
         for j in members:
             with torch_threads(self.threads):
                 try:

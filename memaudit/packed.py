@@ -278,7 +278,9 @@ def train_packed(
     n_steps = max(m.total for m in members)
     for step in range(n_steps):
         active = [m.diverged is None and step < m.total for m in members]
-        batches = [m.batches[step] if a else m.batches[0][:0] for m, a in zip(members, active)]
+        batches = [
+            m.batches[step] if a else m.batches[0][:0] for m, a in zip(members, active, strict=True)
+        ]
         n_tok = [int(sum(len(tokens.ids[i]) - 1 for i in b)) for b in batches]
         for p in pack.params.values():
             p.grad = None
@@ -300,7 +302,7 @@ def train_packed(
             torch.where(mask, loss, torch.zeros_like(loss)).sum().backward()
             batch_loss += torch.where(mask, loss.detach(), torch.zeros_like(loss)).double()
         losses = batch_loss.cpu().tolist()
-        for m, a, bl, nt in zip(members, active, losses, n_tok, strict=True):
+        for m, a, bl in zip(members, active, losses, strict=True):
             if a and not math.isfinite(bl):
                 m.diverged = f"non-finite training loss at step {step}"
         stepping = [a and m.diverged is None for m, a in zip(members, active, strict=True)]
@@ -342,3 +344,104 @@ def _pad(tokens: TokenizedRecords, chunks: list[np.ndarray], device: torch.devic
             ids[k, b, : len(row)] = row
             scored[k, b, : len(row)] = True  # train_member trains on every real token
     return torch.from_numpy(ids).to(device), torch.from_numpy(scored).to(device)
+
+
+# -- the ensemble loop's side ----------------------------------------------------------------
+def pack_size(ctx, n_members: int) -> tuple[int, str]:
+    """(K, why) for ``n_members`` pending members; only text members pack (not images)."""
+    from memaudit.ensemble import TextTask
+
+    if ctx.task is not None and not isinstance(ctx.task, TextTask):
+        return 1, "image models are not packed"
+    return choose_pack(ctx.cfg, ctx.factory.model, ctx.device, n_members)
+
+
+def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> list:
+    """Members ``js`` (columns of P given as ``columns``, N x len(js)) trained at once, then each
+    evaluated (and, for the first ``extract.models``, decoded) one at a time by the usual code:
+    the same MemberResults as :func:`memaudit.ensemble.compute_member` gives one by one, up to
+    floating-point rounding. Writes nothing."""
+    from memaudit.ensemble import MemberResult
+    from memaudit.extract import extract_member, extraction_targets
+    from memaudit.partition import model_seed
+
+    cfg, device = ctx.cfg, ctx.device
+    if min(js) < ctx.n_extract and ctx.targets is None:
+        ctx.targets = extraction_targets(ctx.tokens, ctx.tokenizer, cfg.extract.prefix_tokens)
+    seeds = [model_seed(cfg.ensemble.seed, j) for j in js]
+    subsets = [np.flatnonzero(columns[:, i]) for i in range(len(js))]
+    task = ctx.member_task()
+    model = task.fresh()
+    pack, stats = train_packed(model, ctx.tokens, subsets, cfg.train, seeds, device, on_step)
+    results = []
+    for i, j in enumerate(js):
+        meta = {
+            "seed": seeds[i],
+            "n_train": int(len(subsets[i])),
+            "device": str(device),
+            "dtype": str(ctx.dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+            "pack": len(js),  # trained together with pack - 1 others (memaudit.packed)
+        }
+        if isinstance(stats[i], str):
+            meta.update(status="diverged", error=stats[i])
+            results.append(MemberResult(j, None, meta))
+            continue
+        task.fresh()  # buffers and anything untrained back to the start, then member i's weights
+        pack.load(i)
+        t0 = time.perf_counter()
+        losses, arrays = task.evaluate(model)
+        meta.update(
+            status="ok" if np.isfinite(losses).all() else "diverged",
+            train_loss=stats[i].final_loss,
+            epoch_losses=stats[i].epoch_losses,
+            steps=stats[i].steps,
+            train_seconds=round(stats[i].seconds, 3),  # the pack's time / pack
+            eval_seconds=round(time.perf_counter() - t0, 3),
+        )
+        if meta["status"] != "ok":
+            meta["error"] = "non-finite evaluation loss"
+            results.append(MemberResult(j, None, meta))
+            continue
+        extraction = None
+        if j < ctx.n_extract:
+            t0 = time.perf_counter()
+            extraction = extract_member(
+                model, ctx.targets, ctx.tokenizer, cfg.extract.batch_size, device
+            )
+            meta["extract_seconds"] = round(time.perf_counter() - t0, 3)
+        results.append(MemberResult(j, losses, meta, extraction, arrays))
+    task.fresh()
+    return results
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def map_packed(ctx, members: list[int], inclusion: np.ndarray, k: int, why: str, on_step=None):
+    """LocalExecutor.map for K > 1: members in packs of K, yielded (j, outcome) as each pack
+    finishes. A pack that fails (out of memory, say) is computed one member at a time."""
+    import sys
+
+    from memaudit.ensemble import compute_member
+
+    if why not in _ANNOUNCED:  # once per process and decision
+        _ANNOUNCED.add(why)
+        print(f"memaudit: packed training, {why}", file=sys.stderr)
+    for s in range(0, len(members), k):
+        js = members[s : s + k]
+        try:
+            outcomes = compute_members(ctx, js, inclusion[:, js], on_step)
+        except Exception as exc:  # noqa: BLE001 - fall back, the driver retries what fails
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
+            outcomes = []
+            for j in js:
+                try:
+                    result = compute_member(ctx, j, inclusion[:, j], on_step)
+                    result.meta["pack_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    outcomes.append(result)
+                except Exception as inner:  # retried by the driver
+                    outcomes.append(inner)
+        for j, outcome in zip(js, outcomes, strict=True):
+            yield j, outcome

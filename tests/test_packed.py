@@ -1,0 +1,162 @@
+"""Packed training (memaudit.packed) equals training the members one at a time.
+
+In float64 the two agree to rounding (1e-10): the same data order, loss, AdamW and schedule per
+member, ragged step counts and micro-batches included. In float32 they agree to float32
+rounding amplified by AdamW over a few steps (its update is about lr * sign(g) wherever g is
+at rounding level), checked on the losses.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from memaudit.config import ModelConfig, RunConfig, TrainConfig
+from memaudit.errors import MemauditError
+from memaudit.evaluate import record_losses
+from memaudit.models import MemberFactory, load_base_model
+from memaudit.packed import choose_pack, train_packed
+from memaudit.train import train_member
+from tests.conftest import TINY_MODEL, tiny_setup
+
+CPU = torch.device("cpu")
+# Ragged: 2 epochs of batch 8 in micro-batches of 5, subsets of 16, 23 and 9 records (2, 3
+# and 2 steps per epoch), one warmup step.
+CFG = TrainConfig(
+    epochs=2, lr=3e-3, batch_size=8, micro_batch_size=5, max_length=64, warmup_steps=1
+)
+SEEDS = [11, 12, 13]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    records, tok, tokens, _ = tiny_setup(40)
+    rng = np.random.default_rng(0)
+    subsets = [np.flatnonzero(rng.random(40) < 0.5) for _ in SEEDS]
+    subsets[2] = subsets[2][:9]
+    assert [len(s) for s in subsets] == [16, 23, 9]
+    return tokens, subsets
+
+
+def _factory(finetune: str, dtype: torch.dtype) -> MemberFactory:
+    torch.manual_seed(0)  # the LoRA initialisation
+    cfg = ModelConfig(str(TINY_MODEL), finetune=finetune, lora_targets=("q_proj", "v_proj", "c_fc"))
+    return MemberFactory(load_base_model(cfg, CPU, dtype))
+
+
+def _trained(factory: MemberFactory):
+    return {n: p.detach().clone() for n, p in factory.model.named_parameters() if p.requires_grad}
+
+
+def _compare(factory, tokens, subsets, cfg, param_atol, loss_atol):
+    alone = []
+    for subset, seed in zip(subsets, SEEDS, strict=True):
+        stats = train_member(factory.fresh(), tokens, subset, cfg, seed, CPU)
+        alone.append((stats, _trained(factory), record_losses(factory.model, tokens, 16, CPU)))
+    factory.fresh()
+    pack, packed_stats = train_packed(factory.model, tokens, subsets, cfg, SEEDS, CPU)
+    for i, (stats, params, losses) in enumerate(alone):
+        factory.fresh()
+        pack.load(i)
+        assert packed_stats[i].steps == stats.steps
+        np.testing.assert_allclose(packed_stats[i].epoch_losses, stats.epoch_losses, rtol=1e-5)
+        for name, value in _trained(factory).items():
+            torch.testing.assert_close(value, params[name], atol=param_atol, rtol=0)
+        got = record_losses(factory.model, tokens, 16, CPU)
+        np.testing.assert_allclose(got, losses, atol=loss_atol, rtol=0)
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_packed_equals_one_at_a_time_float64(setup, finetune):
+    """The logic: equal to rounding in float64 (the loss itself is float32, as in train_member)."""
+    tokens, subsets = setup
+    factory = _factory(finetune, torch.float64)
+    _compare(factory, tokens, subsets, CFG, param_atol=1e-10, loss_atol=1e-10)
+
+
+@pytest.mark.parametrize("finetune,loss_atol", [("full", 1e-4), ("lora", 1e-5)])
+def test_packed_equals_one_at_a_time_float32(setup, finetune, loss_atol):
+    tokens, subsets = setup
+    factory = _factory(finetune, torch.float32)
+    cfg = dataclasses.replace(CFG, lr=1e-3)
+    # Parameters: AdamW turns rounding-level gradients into steps of up to lr each.
+    _compare(factory, tokens, subsets, cfg, param_atol=2 * cfg.lr, loss_atol=loss_atol)
+
+
+def test_lora_packing_matches_peft_before_training(setup):
+    """The batched layer computes peft's base(x) + B(A(x)) * alpha / r for each member."""
+    from memaudit.lora_batched import BatchedLora, find_lora_layers
+
+    tokens, _ = setup
+    factory = _factory("lora", torch.float64)
+    model = factory.fresh().eval()
+    sites = find_lora_layers(model)
+    assert len(sites) == 6  # q_proj, v_proj, c_fc in 2 layers
+    torch.manual_seed(1)
+    for site in sites:  # non-zero B, so that the adapters matter
+        torch.nn.init.normal_(site.layer.lora_B["default"].weight, std=0.1)
+    lora = BatchedLora(model, sites, 2)
+    with torch.no_grad():
+        for name, p in lora.params.items():
+            if "lora_B" in name:
+                p[1].mul_(-1)  # member 1 gets different adapters
+    ids = tokens.batch([0, 1], CPU)["input_ids"][:, :8]
+    with torch.no_grad(), lora.active():
+        both = model(input_ids=torch.cat([ids, ids])).logits
+    for i in range(2):
+        lora.load(i)
+        with torch.no_grad():
+            alone = model(input_ids=ids).logits
+        torch.testing.assert_close(both[2 * i : 2 * i + 2], alone, atol=1e-10, rtol=0)
+    assert not torch.allclose(both[:2], both[2:])
+
+
+def test_choose_pack():
+    factory = _factory("full", torch.float32)
+    run = lambda pack: RunConfig(data="x", model=ModelConfig("m"), pack=pack)  # noqa: E731
+    assert choose_pack(run("auto"), factory.model, CPU, 10)[0] == 1  # CPU: measured slower
+    assert choose_pack(run("off"), factory.model, CPU, 10)[0] == 1
+    assert choose_pack(run("4"), factory.model, CPU, 10)[0] == 4
+    assert choose_pack(run("16"), factory.model, CPU, 3)[0] == 3
+    assert choose_pack(run(8), factory.model, CPU, 10)[0] == 8
+    factory.model.transformer.drop.p = 0.1  # dropout: never packed
+    k, why = choose_pack(run("4"), factory.model, CPU, 10)
+    assert k == 1 and "dropout" in why
+    factory.model.transformer.drop.p = 0.0
+    with pytest.raises(MemauditError, match="--pack"):
+        run("many")
+    assert "pack" not in run("4").fingerprint()  # rounding only: a run may resume with another
+
+
+def test_end_to_end_packed_equals_unpacked(tmp_path):
+    """Through the Python API: the same loss matrix, extractions and metadata as one by one."""
+    from memaudit import Audit
+    from memaudit.config import EnsembleConfig, ExtractConfig
+    from tests.conftest import DEMO_SOURCE
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(DEMO_SOURCE.read_text().splitlines(True)[:30]))
+    runs = {}
+    for pack in ("off", "3"):
+        cfg = RunConfig(
+            data=str(data),
+            model=ModelConfig(str(TINY_MODEL), finetune="full"),
+            preset="nq",
+            train=TrainConfig(epochs=2, lr=1e-3, batch_size=8, max_length=64),
+            ensemble=EnsembleConfig(models=5),
+            extract=ExtractConfig(models=2),
+            device="cpu",
+            pack=pack,
+        )
+        audit = Audit(cfg, tmp_path / pack)
+        assert audit.train() == [0, 1, 2, 3, 4]
+        runs[pack] = audit
+    off, on = runs["off"], runs["3"]
+    np.testing.assert_allclose(on.losses(), off.losses(), atol=1e-4, rtol=0)
+    metas = [on.run_dir.model_meta(j) for j in range(5)]
+    assert [m["pack"] for m in metas] == [3, 3, 3, 2, 2]
+    assert [m["steps"] for m in metas] == [m["steps"] for m in off.run_dir.model_metas(5)]
+    ids_on, ext_on = on.run_dir.extraction(5)
+    ids_off, ext_off = off.run_dir.extraction(5)
+    assert ids_on == ids_off == [0, 1] and len(ext_on) == len(ext_off) == 2

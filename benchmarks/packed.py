@@ -70,7 +70,7 @@ def build(case: str, device: torch.device, dtype: torch.dtype, layers: int | Non
     from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM
 
     if case == "full":
-        model = AutoModelForCausalLM.from_pretrained(TINY, dtype=dtype, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(str(TINY), dtype=dtype, use_safetensors=True)
         return model.to(device)
     small = dict(hidden_size=128, num_heads=4, vocab_size=1024) if quick else {}
     # GPT-Neo's tokenizer ids (50256), inside the smaller quick vocabulary too.

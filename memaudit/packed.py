@@ -177,7 +177,8 @@ class StackedAdamW:
         for n, p in self.params.items():
             g = p.grad
             shape = (-1,) + (1,) * (p.dim() - 1)
-            lr_k = lr.view(shape).to(p.dtype)
+            # At least float32, as torch's python-float lr: bf16 would round it by 0.4%.
+            lr_k = lr.view(shape).to(torch.promote_types(p.dtype, torch.float32))
             m, v = self.exp_avg[n], self.exp_avg_sq[n]
             new_p = p * (1 - lr_k * self.wd) if self.wd else p.clone()
             new_m = m.lerp(g, 1 - b1)

@@ -237,14 +237,19 @@ def main() -> None:
             args.micro_batch or micro,
             args.lora_layers or layers,
         )
-        row = run_case(case, sizes, device, dtype, args.quick)
+        try:
+            row = run_case(case, sizes, device, dtype, args.quick)
+        except Exception as exc:  # noqa: BLE001 - keep the other case's numbers
+            row = {"case": case, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {"machine": machine(), "device": str(device), "preset": preset, "cases": rows}
     if device.type == "cuda":
         peak = matmul_peak(device)
         result["bf16_matmul_peak_tflops"] = round(peak, 1)
-        for row in rows:
+        for row in (r for r in rows if "error" not in r):
             row["loop_fraction_of_peak"] = round(row["loop_tflops"] / peak, 4)
             row["packed_fraction_of_peak"] = round(row["packed_tflops"] / peak, 4)
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -274,6 +279,9 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["cases"]:
+        if "error" in r:
+            lines.append(f"| {r['case']} | failed: {r['error']} |")
+            continue
         frac = ""
         if "packed_fraction_of_peak" in r:
             frac = (

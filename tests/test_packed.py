@@ -160,3 +160,15 @@ def test_end_to_end_packed_equals_unpacked(tmp_path):
     ids_on, ext_on = on.run_dir.extraction(5)
     ids_off, ext_off = off.run_dir.extraction(5)
     assert ids_on == ids_off == [0, 1] and len(ext_on) == len(ext_off) == 2
+
+
+def test_cli_pack_option_is_checked(tmp_path, monkeypatch, cli):
+    from tests.conftest import DEMO_SOURCE, tree
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text(DEMO_SOURCE.read_text().splitlines(True)[0])
+    before = tree(tmp_path)
+    args = ["--model", TINY_MODEL, "--preset", "nq", "--finetune", "full", "--models", "2"]
+    res = cli("run", "d.jsonl", *args, "--pack", "0", "--out", "run")
+    assert res.code == 2 and "--pack: expected auto, off or a positive integer" in res.err
+    assert tree(tmp_path) == before

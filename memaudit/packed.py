@@ -89,8 +89,8 @@ def _member_bytes(model, cfg: TrainConfig) -> tuple[int, int]:
     vocab = get("vocab_size", default=50257)
     b, s = cfg.micro_batch_size or cfg.batch_size, cfg.max_length
     # Korthikanti et al. (2022): 34 s b h + 5 a s^2 b bytes per layer in 16-bit; logits in
-    # the model dtype plus a float32 copy and its gradient.
-    act = layers * (34 * s * b * h + 5 * heads * s * s * b) * elt // 2 + b * s * vocab * (elt + 8)
+    # the model dtype plus float32 copies: the logits, their log-softmax and its gradient.
+    act = layers * (34 * s * b * h + 5 * heads * s * s * b) * elt // 2 + b * s * vocab * (elt + 12)
     return 4 * n_trainable * elt, act
 
 
@@ -421,7 +421,8 @@ _ANNOUNCED: set[str] = set()
 
 def map_packed(ctx, members: list[int], inclusion: np.ndarray, k: int, why: str, on_step=None):
     """LocalExecutor.map for K > 1: members in packs of K, yielded (j, outcome) as each pack
-    finishes. A pack that fails (out of memory, say) is computed one member at a time."""
+    finishes. A pack that runs out of GPU memory is split in halves (and K halved for the
+    rest); one that fails otherwise is computed one member at a time."""
     import sys
 
     from memaudit.ensemble import compute_member
@@ -429,20 +430,31 @@ def map_packed(ctx, members: list[int], inclusion: np.ndarray, k: int, why: str,
     if why not in _ANNOUNCED:  # once per process and decision
         _ANNOUNCED.add(why)
         print(f"memaudit: packed training, {why}", file=sys.stderr)
-    for s in range(0, len(members), k):
-        js = members[s : s + k]
+    queue = [members[s : s + k] for s in range(0, len(members), k)]
+    while queue:
+        js = queue.pop(0)
         try:
             outcomes = compute_members(ctx, js, inclusion[:, js], on_step)
-        except Exception as exc:  # noqa: BLE001 - fall back, the driver retries what fails
-            if ctx.device.type == "cuda":
-                torch.cuda.empty_cache()
-            outcomes = []
-            for j in js:
-                try:
-                    result = compute_member(ctx, j, inclusion[:, j], on_step)
-                    result.meta["pack_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-                    outcomes.append(result)
-                except Exception as inner:  # retried by the driver
-                    outcomes.append(inner)
-        for j, outcome in zip(js, outcomes, strict=True):
-            yield j, outcome
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(js) > 1:
+                k = max(1, len(js) // 2)
+                rest = [j for pack in queue for j in pack]
+                queue = [js[:k], js[k:]] + [rest[s : s + k] for s in range(0, len(rest), k)]
+                print(f"memaudit: out of GPU memory, packing {k} members", file=sys.stderr)
+                continue
+            outcomes = [_alone(compute_member, ctx, js[0], inclusion, on_step, "out of memory")]
+        except Exception as exc:  # noqa: BLE001 - fall back; the driver retries what fails
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            outcomes = [_alone(compute_member, ctx, j, inclusion, on_step, error) for j in js]
+        yield from zip(js, outcomes, strict=True)
+
+
+def _alone(compute_member, ctx, j, inclusion, on_step, error: str):
+    """Member j trained alone after its pack failed with ``error``; an exception is returned."""
+    try:
+        result = compute_member(ctx, j, inclusion[:, j], on_step)
+    except Exception as exc:  # noqa: BLE001 - retried by the driver
+        return exc
+    result.meta["pack_error"] = error
+    return result

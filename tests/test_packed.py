@@ -172,3 +172,33 @@ def test_cli_pack_option_is_checked(tmp_path, monkeypatch, cli):
     res = cli("run", "d.jsonl", *args, "--pack", "0", "--out", "run")
     assert res.code == 2 and "--pack: expected auto, off or a positive integer" in res.err
     assert tree(tmp_path) == before
+
+
+def test_failed_packs_fall_back(monkeypatch):
+    """Out of GPU memory: the pack is halved (and K for the rest); any other error: the pack's
+    members are trained alone, each saying why."""
+    from types import SimpleNamespace
+
+    from memaudit import ensemble, packed
+
+    packs = []
+
+    def members(ctx, js, columns, on_step=None):
+        packs.append(list(js))
+        if len(js) > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        if js[0] == 6:
+            raise RuntimeError("simulated failure")
+        return [SimpleNamespace(meta={"pack": len(js)}) for _ in js]
+
+    def alone(ctx, j, column, on_step=None):
+        return SimpleNamespace(meta={"pack": 1})
+
+    monkeypatch.setattr(packed, "compute_members", members)
+    monkeypatch.setattr(ensemble, "compute_member", alone)
+    ctx = SimpleNamespace(device=CPU)
+    out = list(packed.map_packed(ctx, list(range(9)), np.ones((4, 9), bool), 4, "test"))
+    assert [j for j, _ in out] == list(range(9))
+    assert packs == [[0, 1, 2, 3], [0, 1], [2, 3], [4, 5], [6, 7], [8]]
+    assert [o.meta["pack"] for _, o in out] == [2, 2, 2, 2, 2, 2, 1, 1, 1]
+    assert out[6][1].meta["pack_error"] == "RuntimeError: simulated failure"

@@ -12,11 +12,12 @@ seeds, the same TrainConfig (AdamW, linear decay):
   50257), the frozen base shared by the K packed adapters.
 
 One-at-a-time is ``train.train_member`` per member (the unpacked path of every run); packed is
-``packed.train_packed`` on all K at once. Training only: evaluation and decoding run per member
-either way. On CUDA the script also times a bf16 matrix product (8192^3) as the machine's peak
-and reports the training FLOP/s each way as a fraction of it (FLOPs: 6 per weight per trained
-token for full fine-tuning, 4 for LoRA, whose frozen base needs no weight gradients, plus the
-causal attention products; padding not counted). Writes results/packed.json and packed.md.
+``packed.train_packed`` on all K at once. Timed: training; evaluation (every record's loss)
+runs per member either way and is timed once for the end-to-end ratio. On CUDA the script
+also times a bf16 matrix product (8192^3) as the machine's peak and reports the training FLOP/s
+each way as a fraction of it (FLOPs: 6 per weight per trained token for full fine-tuning, 4 for
+LoRA, whose frozen base needs no weight gradients, plus the causal attention products; padding
+not counted). Writes results/packed.json and packed.md.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # memaudit from this checkout, installed or not
 
 from memaudit.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from memaudit.evaluate import record_losses  # noqa: E402
 from memaudit.models import MemberFactory, _wrap_lora  # noqa: E402
 from memaudit.packed import choose_pack, train_packed  # noqa: E402
 from memaudit.partition import model_seed  # noqa: E402
@@ -152,6 +154,13 @@ def run_case(case: str, sizes: tuple, device: torch.device, dtype: torch.dtype, 
     factory.fresh()
     pack.load(0)
     diff = max((p - first[name]).abs().max().item() for name, p in trainable(factory.model).items())
+    # Evaluation on every record stays per member: what a member costs end to end either way.
+    record_losses(factory.model, toks, 64, device)
+    sync(device)
+    t0 = time.perf_counter()
+    record_losses(factory.model, toks, 64, device)
+    sync(device)
+    eval_s = time.perf_counter() - t0
 
     tokens = sum(epochs * (toks.lengths[s] - 1).sum() for s in subsets)
     mean_len = float(toks.lengths.mean())
@@ -173,6 +182,8 @@ def run_case(case: str, sizes: tuple, device: torch.device, dtype: torch.dtype, 
         "loop_models_per_s": round(k / loop_s, 3),
         "packed_models_per_s": round(k / packed_s, 3),
         "speedup": round(loop_s / packed_s, 2),
+        "eval_seconds_per_member": round(eval_s, 3),
+        "end_to_end_speedup": round((loop_s / k + eval_s) / (packed_s / k + eval_s), 2),
         "member0_max_param_diff": diff,
         "auto_pack": auto_k,
         "auto_pack_reason": auto_why,
@@ -275,8 +286,9 @@ def markdown(result: dict) -> str:
         ),
         "",
         "| case | K | records | seq | batch | dtype | one at a time (models/s) | packed "
-        "(models/s) | speedup | TFLOP/s loop / packed | member 0 max param diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "(models/s) | speedup | with evaluation | TFLOP/s loop / packed "
+        "| member 0 max param diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["cases"]:
         if "error" in r:
@@ -291,15 +303,17 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {r['case']} | {r['members']} | {r['records']} | {r['seq']} | {r['batch_size']} | "
             f"{r['dtype']} | {r['loop_models_per_s']} | {r['packed_models_per_s']} | "
-            f"{r['speedup']}x | {r['loop_tflops']} / {r['packed_tflops']}{frac} | "
+            f"{r['speedup']}x | {r['end_to_end_speedup']}x | "
+            f"{r['loop_tflops']} / {r['packed_tflops']}{frac} | "
             f"{r['member0_max_param_diff']:.2g} |"
         )
     lines += [
         "",
         "full: the bundled tiny GPT-Neo, fully fine-tuned (vmap over stacked weights); lora: "
         "r 8 adapters on q_proj, v_proj of a GPT-Neo-125M-shaped model with random weights "
-        "(one frozen base, K stacked adapters). Training only; the same members, data order "
-        "and seeds both ways.",
+        "(one frozen base, K stacked adapters). The same members, data order and seeds both "
+        "ways. Speedup: training only; with evaluation: per member, training plus its loss on "
+        "every record (evaluated one member at a time either way).",
         "",
     ]
     return "\n".join(lines)

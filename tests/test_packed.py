@@ -16,7 +16,7 @@ from memaudit.config import ModelConfig, RunConfig, TrainConfig
 from memaudit.errors import MemauditError
 from memaudit.evaluate import record_losses
 from memaudit.models import MemberFactory, load_base_model
-from memaudit.packed import choose_pack, train_packed
+from memaudit.packed import choose_pack, packed_losses, train_packed
 from memaudit.train import train_member
 from tests.conftest import TINY_MODEL, tiny_setup
 
@@ -56,6 +56,7 @@ def _compare(factory, tokens, subsets, cfg, param_atol, loss_atol):
         alone.append((stats, _trained(factory), record_losses(factory.model, tokens, 16, CPU)))
     factory.fresh()
     pack, packed_stats = train_packed(factory.model, tokens, subsets, cfg, SEEDS, CPU)
+    packed_eval = packed_losses(pack, tokens, 7, CPU)
     for i, (stats, params, losses) in enumerate(alone):
         factory.fresh()
         pack.load(i)
@@ -65,6 +66,8 @@ def _compare(factory, tokens, subsets, cfg, param_atol, loss_atol):
             torch.testing.assert_close(value, params[name], atol=param_atol, rtol=0)
         got = record_losses(factory.model, tokens, 16, CPU)
         np.testing.assert_allclose(got, losses, atol=loss_atol, rtol=0)
+        # Packed evaluation: the same losses as the member's own, to rounding.
+        np.testing.assert_allclose(packed_eval[i], got, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])

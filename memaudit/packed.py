@@ -10,6 +10,8 @@ loss per batch, AdamW state and learning-rate schedule; only the arithmetic is s
   layer is swapped for a :class:`memaudit.lora_batched.BatchedLoraLinear` holding K stacked
   adapters, each example routed to its member's adapter.
 
+Evaluation is packed the same way (:func:`packed_losses`: each record through all K members).
+
 Members with fewer steps (Bernoulli subsets differ in size) stop early: from their last step
 on they are masked out of the loss and of the optimizer update. Every member batch is padded
 on the right to a common shape; padding positions and filler rows carry no loss, and causal
@@ -224,9 +226,6 @@ class _FullPack:
             if n in self.params:
                 p.copy_(self.params[n][i])
 
-    def close(self) -> None:
-        pass
-
 
 class _LoraPack:
     """The shared frozen base with every peft LoRA layer replaced by K stacked adapters."""
@@ -245,9 +244,6 @@ class _LoraPack:
     def load(self, i: int) -> None:
         self.lora.load(i)
 
-    def close(self) -> None:
-        pass
-
 
 def _pack_for(model, k: int):
     return _LoraPack(model, k) if find_lora_layers(model) is not None else _FullPack(model, k)
@@ -264,8 +260,8 @@ def train_packed(
 ):
     """Train len(subsets) members at once, starting from ``model``'s current weights.
 
-    Returns (pack, stats): ``pack.load(i)`` puts member i's trained weights into ``model`` (for
-    evaluation through the usual per-member path); ``stats[i]`` is its TrainStats, or the
+    Returns (pack, stats): ``pack.load(i)`` puts member i's trained weights into ``model`` (to
+    decode or evaluate it by the usual per-member code); ``stats[i]`` is its TrainStats, or the
     message of its divergence (a str). ``on_step(step, total, mean loss)`` is called per step.
     """
     start = time.perf_counter()
@@ -381,9 +377,9 @@ def pack_size(ctx, n_members: int) -> tuple[int, str]:
 
 
 def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> list:
-    """Members ``js`` (columns of P given as ``columns``, N x len(js)) trained at once, then each
-    evaluated (and, for the first ``extract.models``, decoded) one at a time by the usual code:
-    the same MemberResults as :func:`memaudit.ensemble.compute_member` gives one by one, up to
+    """Members ``js`` (columns of P given as ``columns``, N x len(js)) trained and evaluated at
+    once, then the first ``extract.models`` decoded one at a time by the usual code: the same
+    MemberResults as :func:`memaudit.ensemble.compute_member` gives one by one, up to
     floating-point rounding. Writes nothing."""
     from memaudit.ensemble import MemberResult
     from memaudit.extract import extract_member, extraction_targets

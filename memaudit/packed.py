@@ -373,7 +373,18 @@ def pack_size(ctx, n_members: int) -> tuple[int, str]:
 
     if ctx.task is not None and not isinstance(ctx.task, TextTask):
         return 1, "image models are not packed"
-    return choose_pack(ctx.cfg, ctx.factory.model, ctx.device, n_members)
+    k, why = choose_pack(ctx.cfg, ctx.factory.model, ctx.device, n_members)
+    if k == 1 and why.startswith("not packed"):
+        _announce(why)  # a model that cannot be packed: say why, once
+    return k, why
+
+
+def _announce(why: str) -> None:
+    import sys
+
+    if why not in _ANNOUNCED:  # once per process and decision
+        _ANNOUNCED.add(why)
+        print(f"memaudit: packed training: {why}", file=sys.stderr)
 
 
 def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> list:
@@ -452,9 +463,7 @@ def map_packed(ctx, members: list[int], inclusion: np.ndarray, k: int, why: str,
 
     from memaudit.ensemble import compute_member
 
-    if why not in _ANNOUNCED:  # once per process and decision
-        _ANNOUNCED.add(why)
-        print(f"memaudit: packed training, {why}", file=sys.stderr)
+    _announce(why)
     queue = [members[s : s + k] for s in range(0, len(members), k)]
     while queue:
         js = queue.pop(0)

@@ -275,6 +275,8 @@ def train_packed(
     n_steps = max(m.total for m in members)
     for step in range(n_steps):
         active = [m.diverged is None and step < m.total for m in members]
+        if not any(active):  # the longest members diverged: nothing left to train
+            break
         batches = [
             m.batches[step] if a else m.batches[0][:0] for m, a in zip(members, active, strict=True)
         ]

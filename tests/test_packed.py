@@ -205,3 +205,44 @@ def test_failed_packs_fall_back(monkeypatch):
     assert packs == [[0, 1, 2, 3], [0, 1], [2, 3], [4, 5], [6, 7], [8]]
     assert [o.meta["pack"] for _, o in out] == [2, 2, 2, 2, 2, 2, 1, 1, 1]
     assert out[6][1].meta["pack_error"] == "RuntimeError: simulated failure"
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_a_diverged_member_leaves_the_others_exact(setup, monkeypatch, finetune):
+    """Member 1's loss turns NaN at its second step: it is reported diverged (as train_member
+    would raise), and members 0 and 2 still equal their one-at-a-time selves."""
+    from memaudit import packed
+
+    tokens, subsets = setup
+    factory = _factory(finetune, torch.float64)
+    alone = {}
+    for i in (0, 2):
+        train_member(factory.fresh(), tokens, subsets[i], CFG, SEEDS[i], CPU)
+        alone[i] = _trained(factory)
+    make = packed._pack_for
+    calls = []
+
+    def poisoned(model, k):
+        pack = make(model, k)
+        forward = pack.forward
+
+        def forward_nan(ids):
+            logits = forward(ids)
+            calls.append(1)
+            if len(calls) == 3:  # step 2's first micro-batch (2 per step)
+                logits = logits.clone()
+                logits[1] = float("nan")
+            return logits
+
+        pack.forward = forward_nan
+        return pack
+
+    monkeypatch.setattr(packed, "_pack_for", poisoned)
+    factory.fresh()
+    pack, stats = train_packed(factory.model, tokens, subsets, CFG, SEEDS, CPU)
+    assert stats[1] == "non-finite training loss at step 1"
+    for i in (0, 2):
+        factory.fresh()
+        pack.load(i)
+        for name, value in _trained(factory).items():
+            torch.testing.assert_close(value, alone[i][name], atol=1e-10, rtol=0)

@@ -422,7 +422,7 @@ image_options = [
     default="auto",
     show_default=True,
     help="Ensemble members trained at once (text models): auto (CUDA: as many as fit in "
-    "memory; CPU: one, measured faster there), off, or a number.",
+    "memory; CPU: one at a time, measured faster there), off, or a number.",
 )
 @click.option(
     "--extract-models",

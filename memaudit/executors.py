@@ -88,11 +88,10 @@ class LocalExecutor:
         self.ctx, self.threads = ctx, threads
 
     def map(self, members: list[int], inclusion: np.ndarray, on_step=None) -> Iterator[Outcome]:
-        if (pack := packed.pack_size(self.ctx, len(members)))[
-            0
-        ] > 1:  # K members at once: memaudit.packed
+        k, why = packed.pack_size(self.ctx, len(members))
+        if k > 1:  # K members at once: memaudit.packed
             with torch_threads(self.threads):
-                yield from packed.map_packed(self.ctx, members, inclusion, *pack, on_step)
+                yield from packed.map_packed(self.ctx, members, inclusion, k, why, on_step)
             return
         for j in members:
             with torch_threads(self.threads):

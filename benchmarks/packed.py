@@ -17,7 +17,8 @@ One-at-a-time is ``train.train_member`` per member (the unpacked path of every r
 also times a bf16 matrix product (8192^3) as the machine's peak and reports the training FLOP/s
 each way as a fraction of it (FLOPs: 6 per weight per trained token for full fine-tuning, 4 for
 LoRA, whose frozen base needs no weight gradients, plus the causal attention products; padding
-not counted). Writes results/packed.json and packed.md.
+not counted). Writes results/packed.json and packed.md (CUDA), packed_cpu.* (CPU) or
+packed_quick.* (--quick).
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ def main() -> None:
     ap.add_argument("--lora-layers", type=int, help="layers of the 125M-shaped model")
     ap.add_argument("--repeat", type=int, default=2, help="timings per way; the best is kept")
     ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
-    ap.add_argument("--out", default=str(RESULTS / "packed"), help="path stem of .json and .md")
+    ap.add_argument("--out", help="path stem of .json and .md [results/packed, _cpu, _quick]")
     args = ap.parse_args()
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -276,7 +277,8 @@ def main() -> None:
             row["loop_fraction_of_peak"] = round(row["loop_tflops"] / peak, 4)
             row["packed_fraction_of_peak"] = round(row["packed_tflops"] / peak, 4)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    stem = Path(args.out)
+    suffix = "_quick" if args.quick else "" if device.type == "cuda" else "_cpu"
+    stem = Path(args.out or RESULTS / f"packed{suffix}")
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))

@@ -101,7 +101,7 @@ def choose_pack(cfg: RunConfig, model, device: torch.device, n_members: int) -> 
 
     ``auto``: on CUDA as many as fit in 60% of the free memory (an estimate from the model's
     shape and the batch), at most 64; on CPU 1, since measured on CPU packing is slower per
-    member than one at a time (``benchmarks/results/packed.md``). An explicit K is used as is.
+    member than one at a time (``benchmarks/results/packed_cpu.md``). An explicit K is used as is.
     """
     requested = parse_pack(getattr(cfg, "pack", "auto"))
     if requested == 1 or n_members <= 1:

@@ -106,13 +106,13 @@ def choose_pack(cfg: RunConfig, model, device: torch.device, n_members: int) -> 
     requested = parse_pack(getattr(cfg, "pack", "auto"))
     if requested == 1 or n_members <= 1:
         return 1, "off" if requested == 1 else "one member"
+    if requested is None and device.type != "cuda":
+        return 1, "auto: not packed on CPU (measured slower per member than one at a time)"
     why_not = packable(model)
     if why_not:
         return 1, f"not packed: {why_not}"
     if requested is not None:
         return min(requested, n_members), f"--pack {requested}"
-    if device.type != "cuda":
-        return 1, "auto: not packed on CPU (measured slower per member than one at a time)"
     state, act = _member_bytes(model, cfg.train)
     free, _ = torch.cuda.mem_get_info(device)
     k = max(1, min(MAX_AUTO_PACK, n_members, int(0.6 * free) // max(1, state + act)))

@@ -246,3 +246,16 @@ def test_a_diverged_member_leaves_the_others_exact(setup, monkeypatch, finetune)
         pack.load(i)
         for name, value in _trained(factory).items():
             torch.testing.assert_close(value, alone[i][name], atol=1e-10, rtol=0)
+
+
+def test_auto_pack_on_cuda_follows_free_memory(monkeypatch):
+    """auto on CUDA: K from the free memory and the estimate per member, capped at 64."""
+    factory = _factory("lora", torch.float32)
+    cfg = RunConfig(data="x", model=ModelConfig("m"), train=CFG, pack="auto")
+    cuda = torch.device("cuda")
+    for free_gib, expect in [(0.001, 1), (1.0, None), (1000.0, 64)]:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d, f=free_gib: (f * 2**30, 2**40))
+        k, why = choose_pack(cfg, factory.model, cuda, 1000)
+        assert why.startswith("auto: ") and "GiB free" in why
+        assert k == expect if expect else 1 < k < 64
+    assert choose_pack(cfg, factory.model, cuda, 5)[0] == 5  # never more than pending

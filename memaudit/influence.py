@@ -168,24 +168,33 @@ def _prepare(losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray |
     )
 
 
-def _block_stats(prep: _Prepared, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Influence and SE of targets ``rows`` against all training records."""
+def _block_stats(
+    prep: _Prepared, rows: np.ndarray, with_se: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Influence and SE of targets ``rows`` against all training records.
+
+    ``with_se=False`` skips the second moments (half the matrix product) and returns SE None:
+    passes that only rank influencers need the influence alone."""
     b = rows.size
     lb = prep.losses[rows]
     # Centering per row keeps the second moments small, so Q - S^2/n does not cancel
     # catastrophically when losses carry a large common offset.
     lb = lb - lb.mean(axis=1, keepdims=True)
-    moments = np.concatenate([lb, lb * lb])  # (2B, M): one GEMM for both moments
+    moments = np.concatenate([lb, lb * lb]) if with_se else lb  # (2B, M): one GEMM for both
     sum_all = moments.sum(axis=1, keepdims=True)
     prod = moments @ prep.inc_t  # (2B, N): sums over the models that trained on i
-    s_in, q_in = prod[:b], prod[b:]
+    s_in = prod[:b]
     s_out = sum_all[:b] - s_in
-    q_out = sum_all[b:] - q_in
 
     # In-place arithmetic keeps the number of live (B, N) arrays small (see _WORK_ARRAYS);
     # the NaN factors make undefined entries NaN without any masking.
     infl = s_out * prep.inv_out  # mean_out for now
     mean_in = s_in * prep.inv_in
+    if not with_se:
+        infl -= mean_in
+        return infl, None
+    q_in = prod[b:]
+    q_out = sum_all[b:] - q_in
     # var / n = (Q - S * mean) / (n (n - 1)); clip the tiny negative rounding residue.
     s_in *= mean_in
     q_in -= s_in
@@ -241,10 +250,12 @@ def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         thr = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
         # argpartition alone would pick arbitrary members of a tie at the k-th value;
         # instead keep everything strictly better and the lowest-index ties.
-        better = keys < thr
-        tied = keys == thr
-        need = k - better.sum(axis=1, keepdims=True)
-        chosen = better | (tied & (np.cumsum(tied, axis=1) <= need))
+        chosen = keys <= thr
+        if not (chosen.sum(axis=1) == k).all():  # a tie straddles the k-th place somewhere
+            better = keys < thr
+            tied = keys == thr
+            need = k - better.sum(axis=1, keepdims=True)
+            chosen = better | (tied & (np.cumsum(tied, axis=1) <= need))
         # Exactly k chosen per row; nonzero lists them row by row in ascending index.
         idx = np.nonzero(chosen)[1].reshape(b, k)
     else:
@@ -301,6 +312,7 @@ def estimate(
     dense_path: str | os.PathLike[str] | None = None,
     corrections: tuple[np.ndarray, np.ndarray] | None = None,
     estimator: str = ESTIMATOR_NAME,
+    with_se: bool = True,
 ) -> InfluenceResult:
     """Blockwise over targets so N = 20,000 never holds a dense N x N float64: per block
     compute I and SE, take per-row top-k, the self entries and margins.
@@ -314,6 +326,10 @@ def estimate(
     256 MB (the transposed inclusion matrix, N x M float64, is a fixed extra cost). If
     dense_path is given, the full influence matrix is also streamed as float32 into a .npy
     at exactly that path (written to a temp file in the same directory, then os.replace).
+
+    with_se=False computes the influence alone (half the matrix product): self_se and top_se
+    are NaN. For passes that only rank influencers (the adjusted estimator's covariate rounds,
+    the findings' link candidates); the influence, top-k and margins are unchanged.
     """
     prep = _prepare(losses, inclusion, model_mask)
     n = prep.n_records
@@ -343,13 +359,14 @@ def estimate(
             dense = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, n))
         for start in range(0, n, block_rows):
             rows = np.arange(start, min(start + block_rows, n))
-            infl, se = _block_stats(prep, rows)
+            infl, se = _block_stats(prep, rows, with_se)
             if corrections is not None:
                 _apply_corrections(infl, rows, *corrections)
             if dense is not None:
                 dense[rows[0] : rows[-1] + 1] = infl
             self_infl[rows] = infl[np.arange(rows.size), rows]
-            self_se[rows] = se[np.arange(rows.size), rows]
+            if se is not None:
+                self_se[rows] = se[np.arange(rows.size), rows]
             # One selection serves both top-k and the margin (which needs the top two).
             idx, val = _top_k(infl, k_sel)
             margin[rows], margin_defined[rows] = _margin(val[:, :2])
@@ -357,7 +374,10 @@ def estimate(
             idx, val = idx[:, :k], val[:, :k]
             top_idx[rows] = idx
             top_val[rows] = val
-            top_se[rows] = np.where(idx >= 0, np.take_along_axis(se, np.maximum(idx, 0), 1), np.nan)
+            if se is not None:
+                top_se[rows] = np.where(
+                    idx >= 0, np.take_along_axis(se, np.maximum(idx, 0), 1), np.nan
+                )
             del infl, se
         if dense is not None:
             dense.flush()

@@ -145,6 +145,19 @@ def membership_scores(
                 f"model_mask must have shape ({losses.shape[1]},), got {model_mask.shape}"
             )
         losses, inclusion = losses[:, model_mask], inclusion[:, model_mask]
+    # Row blocks of about 16 MB per work array: every statistic is per row, and the whole
+    # N x M at once would hold about ten float64 copies of L (1.6 GB at N = 20,000, M = 1,000).
+    step = max(1, 2_000_000 // max(1, losses.shape[1]))
+    parts = [
+        _membership_rows(losses[lo : lo + step], inclusion[lo : lo + step])
+        for lo in range(0, len(losses), step)
+    ]
+    if not parts:
+        return _membership_rows(losses, inclusion)
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _membership_rows(losses: np.ndarray, inclusion: np.ndarray) -> dict[str, np.ndarray]:
     ok = np.isfinite(losses)
     inc = inclusion.astype(bool) & ok
     out = ~inclusion.astype(bool) & ok

@@ -387,3 +387,20 @@ def test_save_load_round_trip(tmp_path) -> None:
         np.testing.assert_array_equal(a, b, err_msg=name)
     with np.load(path, allow_pickle=False) as data:  # no object arrays inside
         assert all(data[key].dtype != object for key in data.files)
+
+
+def test_influence_alone_ranks_like_the_full_estimate() -> None:
+    """with_se=False (the ranking passes): same influence, top-k and margins, blockwise with
+    blocks smaller than N equal to one block, SEs NaN."""
+    for seed in range(3):
+        losses, inclusion = random_case(seed, n=9, m=14)
+        full = estimate(losses, inclusion, top_k=5, block_rows=9)
+        for block_rows in (1, 4, None):
+            got = estimate(losses, inclusion, top_k=5, block_rows=block_rows, with_se=False)
+            np.testing.assert_array_equal(got.top_idx, full.top_idx)
+            np.testing.assert_allclose(got.top_val, full.top_val, rtol=1e-12)
+            np.testing.assert_allclose(got.self_influence, full.self_influence, rtol=1e-12)
+            np.testing.assert_allclose(got.margin, full.margin, rtol=1e-12)
+            np.testing.assert_array_equal(got.margin_defined, full.margin_defined)
+            np.testing.assert_array_equal(got.top1_is_self, full.top1_is_self)
+            assert np.isnan(got.top_se).all() and np.isnan(got.self_se).all()

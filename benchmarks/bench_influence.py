@@ -99,7 +99,7 @@ def run_step(step: str, data: Path, top_k: int) -> dict:
     from memaudit.influence import InfluenceResult
     from memaudit.records import Record
 
-    d = np.load(data / "inputs.npz")
+    d = {name: np.load(data / f"{name}.npy") for name in ("losses", "inclusion", "groups", "texts")}
     losses, inclusion = d["losses"], d["inclusion"]
     n, m = losses.shape
     loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -168,7 +168,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         inputs = synthetic(n, m)
-        np.savez(data / "inputs.npz", **inputs)
+        for name, values in inputs.items():
+            np.save(data / f"{name}.npy", values)
         inputs_mb = (inputs["losses"].nbytes + inputs["inclusion"].nbytes) / 2**20
         del inputs
         before = measure("floor", data, args.top_k)

@@ -385,8 +385,7 @@ def link_candidates(
     inc = np.asarray(inclusion).astype(bool)
     losses = np.asarray(losses, dtype=np.float64)
     used = np.ones(inc.shape[1], dtype=bool) if model_mask is None else np.asarray(model_mask)
-    centred = losses.copy()
-    centred[:, used] = _centre_within(losses[:, used], inc[:, used].astype(np.float64))
+    centred = _centred_copy(losses, inc, used)
     # Only the ranking is used: the influence alone, half the matrix product.
     top = estimate(centred, inc, top_k=min(m + 1, len(inc)), model_mask=used, with_se=False).top_idx
     others = np.where(top == np.arange(len(top))[:, None], -1, top)
@@ -426,8 +425,7 @@ def centred_margins(
     n = len(losses)
     used = np.ones(inc.shape[1], dtype=bool) if model_mask is None else np.asarray(model_mask)
     plain = estimate(losses, inc, top_k=1, model_mask=used)
-    centred = losses.copy()
-    centred[:, used] = _centre_within(losses[:, used], inc[:, used].astype(np.float64))
+    centred = _centred_copy(losses, inc, used)
     est = estimate(centred, inc, top_k=min(2, n), model_mask=used)
     idx, val, se = est.top_idx, est.top_val, est.top_se
     pick = np.where(idx[:, 0] == np.arange(n), 1, 0)  # skip t itself (~0 after centring)
@@ -465,6 +463,19 @@ def link_thresholds(
     if cfg.chance_overlap_guard and not adjusted and pairs > 2 and n_models > 0:
         fraction = max(fraction, float(np.sqrt(2.0 * np.log(pairs / 2) / n_models)))
     return z, fraction
+
+
+def _centred_copy(losses: np.ndarray, inc: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """L with the used columns of each row centred within its own inclusion strata, in row
+    blocks (the whole matrix at once holds about six N x M float64 temporaries)."""
+    centred = losses.copy()
+    step = max(1, 2_000_000 // max(1, losses.shape[1]))
+    for lo in range(0, len(losses), step):
+        rows = slice(lo, lo + step)
+        centred[rows, used] = _centre_within(
+            losses[rows][:, used], inc[rows][:, used].astype(np.float64)
+        )
+    return centred
 
 
 def _centre_within(v: np.ndarray, strata: np.ndarray) -> np.ndarray:

@@ -188,11 +188,13 @@ def _block_stats(
 
     # In-place arithmetic keeps the number of live (B, N) arrays small (see _WORK_ARRAYS);
     # the NaN factors make undefined entries NaN without any masking.
+    if not with_se:  # the same operations as below, in place: fewer passes over memory
+        s_out *= prep.inv_out
+        s_in *= prep.inv_in
+        s_out -= s_in
+        return s_out, None
     infl = s_out * prep.inv_out  # mean_out for now
     mean_in = s_in * prep.inv_in
-    if not with_se:
-        infl -= mean_in
-        return infl, None
     q_in = prod[b:]
     q_out = sum_all[b:] - q_in
     # var / n = (Q - S * mean) / (n (n - 1)); clip the tiny negative rounding residue.
@@ -246,16 +248,52 @@ def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.full((b, k), -1, dtype=np.int64), np.full((b, k), np.nan)
     # Sort key: ascending key == descending value; non-finite entries sort last.
     keys = np.where(np.isfinite(values), -values, np.inf)
+    idx = _smallest_by_prefilter(keys, k) if k < n else None
+    if idx is None:
+        idx = _smallest_by_partition(keys, k)
+    val = np.take_along_axis(values, idx, axis=1).astype(np.float64)
+    pad = ~np.isfinite(val)
+    idx[pad] = -1
+    val[pad] = np.nan
+    return idx, val
+
+
+def _smallest_by_prefilter(keys: np.ndarray, k: int) -> np.ndarray | None:
+    """The k smallest keys per row in (key, index) order, or None when the prefilter would
+    keep too much (many ties at the k-th place).
+
+    Each of C >= k column chunks contributes its minimum, an actual element, so the k-th
+    smallest of the C minima bounds the row's k-th smallest key from above: every element that
+    can be among the k smallest is <= that bound. Only those few (about k per row for
+    continuous values) are sorted, instead of partitioning all N per row (the partition was the
+    costliest step after the matrix product).
+    """
+    b, n = keys.shape
+    chunks = min(n, max(4 * k, 64))
+    starts = (np.arange(chunks, dtype=np.int64) * n) // chunks  # strictly increasing: C <= N
+    minima = np.minimum.reduceat(keys, starts, axis=1)  # (B, C)
+    bound = np.partition(minima, k - 1, axis=1)[:, k - 1 : k]
+    r, c = np.nonzero(keys <= bound)
+    if r.size > b * 8 * k:
+        return None
+    order = np.lexsort((c, keys[r, c], r))  # by row, then key, then index
+    r, c = r[order], c[order]
+    pos = np.arange(r.size) - np.searchsorted(r, np.arange(b))[r]
+    return c[pos < k].reshape(b, k).astype(np.int64)
+
+
+def _smallest_by_partition(keys: np.ndarray, k: int) -> np.ndarray:
+    """As :func:`_smallest_by_prefilter`, by a full partition of every row (k < N) or an
+    argsort of every row (k >= N)."""
+    b, n = keys.shape
     if k < n:
         thr = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
         # argpartition alone would pick arbitrary members of a tie at the k-th value;
         # instead keep everything strictly better and the lowest-index ties.
-        chosen = keys <= thr
-        if not (chosen.sum(axis=1) == k).all():  # a tie straddles the k-th place somewhere
-            better = keys < thr
-            tied = keys == thr
-            need = k - better.sum(axis=1, keepdims=True)
-            chosen = better | (tied & (np.cumsum(tied, axis=1) <= need))
+        better = keys < thr
+        tied = keys == thr
+        need = k - better.sum(axis=1, keepdims=True)
+        chosen = better | (tied & (np.cumsum(tied, axis=1) <= need))
         # Exactly k chosen per row; nonzero lists them row by row in ascending index.
         idx = np.nonzero(chosen)[1].reshape(b, k)
     else:
@@ -263,12 +301,7 @@ def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     sel = np.take_along_axis(keys, idx, axis=1)
     # Stable sort on key over index-ascending candidates == sort on (-value, index).
     order = np.argsort(sel, axis=1, kind="stable")
-    idx = np.take_along_axis(idx, order, axis=1).astype(np.int64)
-    val = np.take_along_axis(values, idx, axis=1).astype(np.float64)
-    pad = ~np.isfinite(val)
-    idx[pad] = -1
-    val[pad] = np.nan
-    return idx, val
+    return np.take_along_axis(idx, order, axis=1).astype(np.int64)
 
 
 def _margin(top2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

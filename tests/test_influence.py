@@ -432,4 +432,4 @@ def test_top_k_prefilter_equals_full_partition() -> None:
             continue
         used += 1
         np.testing.assert_array_equal(got, _smallest_by_partition(keys, k))
-    assert used > 100 and declined > 10
+    assert used > 100 and declined > 0

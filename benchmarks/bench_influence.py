@@ -11,14 +11,16 @@ to find) goes through each step of the analysis that ``memaudit analyze`` and th
   (link candidates, their joint fit, mutual links), clusters, risky unique records, the score
   against the planted groups, the planted-group summary and the flagged records' full rows.
 
-Each step runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its own; the inputs it
-loads are part of it and are given separately. The floors are the float64 matrix products an
-exact implementation of each step cannot avoid, timed blockwise (never an N x N array) in a
-fresh subprocess before and after the steps; the ratio uses their mean:
+Each step runs in a fresh subprocess, so its peak RSS (ru_maxrss, read before anything else
+runs in it) is its own; the libraries and the inputs it loads are part of it and are given
+separately. Right after the step, the same subprocess times the float64 matrix products an exact
+implementation of that step cannot avoid (blockwise, never an N x N array), so each ratio is
+taken side by side on the same machine state (the machine is shared; see the json's load):
 
 * plain: F = (2N x M) @ (M x N), the first and second moments of L against P;
-* adjusted: F + 2 H, where H = (N x M) @ (M x N): each covariate round ranks influencers, which
-  needs the first moments of a new residual matrix against P; the final pass needs both;
+* adjusted: F + 2 H, where H = (N x M) @ (M x N): each of the 2 covariate rounds ranks
+  influencers, which needs the first moments of a new residual matrix against P; the final pass
+  needs both moments;
 * findings: H, the first moments of the strata-centred L that rank each target's link
   candidates.
 """
@@ -104,10 +106,9 @@ def run_step(step: str, data: Path, top_k: int) -> dict:
     n, m = losses.shape
     loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info: dict = {}
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    if step == "floor":
-        info = floor_products(losses, inclusion)
-    elif step in ("plain", "adjusted"):
+    if step in ("plain", "adjusted"):
         res = run_estimator(step, losses, inclusion, top_k=top_k)
         res.save(data / f"{step}.npz")
         info = {"self_influence_mean": float(np.nanmean(res.self_influence))}
@@ -141,7 +142,98 @@ def run_step(step: str, data: Path, top_k: int) -> dict:
         }
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "peak_rss_mb": peak_mb, "inputs_rss_mb": loaded_mb, **info}
+    del res
+    products = floor_products(losses, inclusion)
+    floor = {"plain": products["F"], "adjusted": products["F"] + 2 * products["H"]}
+    floor_seconds = floor.get(step, products["H"])
+    return {
+        "seconds": seconds,
+        "floor_seconds": floor_seconds,
+        "ratio_to_floor": seconds / floor_seconds,
+        "peak_rss_mb": peak_mb,
+        "libraries_and_inputs_rss_mb": loaded_mb,
+        "products": products,
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+        **info,
+    }
+
+
+FLOORS = {"plain": "F", "adjusted": "F + 2H", "findings": "H"}
+
+
+def markdown(out: dict, before: dict | None) -> str:
+    mach, steps = out["machine"], out["steps"]
+    f = steps["findings"]
+    rows = [(name, steps[name], (before or {}).get("steps", {}).get(name)) for name in STEPS]
+    whole = {
+        "seconds": out["analysis_seconds"],
+        "floor_seconds": out["analysis_floor_seconds"],
+        "ratio_to_floor": out["analysis_ratio_to_floor"],
+        "peak_rss_mb": max(steps[s]["peak_rss_mb"] for s in ("adjusted", "findings")),
+    }
+    old_whole = None
+    if before:
+        old_whole = {
+            "seconds": before["analysis_seconds"],
+            "ratio_to_floor": before["analysis_ratio_to_floor"],
+            "peak_rss_mb": max(before["steps"][s]["peak_rss_mb"] for s in ("adjusted", "findings")),
+        }
+    rows.append(("analysis = adjusted + findings", whole, old_whole))
+    head = "| step | seconds | floor (s) | floor | ratio | peak RSS (MB) |"
+    rule = "|---|---:|---:|---|---:|---:|"
+    if before:
+        head += " before: seconds | before: ratio | before: peak RSS (MB) |"
+        rule += "---:|---:|---:|"
+    lines = [head, rule]
+    for name, r, b in rows:
+        line = (
+            f"| {name} | {r['seconds']:.1f} | {r['floor_seconds']:.1f} | "
+            f"{FLOORS.get(name, 'F + 3H')} | {r['ratio_to_floor']:.2f} | {r['peak_rss_mb']:.0f} |"
+        )
+        if before:
+            line += (
+                f" {b['seconds']:.1f} | {b['ratio_to_floor']:.2f} | {b['peak_rss_mb']:.0f} |"
+                if b
+                else " | | |"
+            )
+        lines.append(line)
+    loads = [x for s in steps.values() for x in s["load_average_1min"]]
+    return "\n".join(
+        [
+            "# The analysis at scale",
+            "",
+            f"{out['records']:,} records x {out['models']:,} models, top-{out['top_k']}, "
+            f"synthetic losses with {f['groups']} planted near-duplicate groups of 2-5 records; "
+            f"`OMP_NUM_THREADS={out['omp_num_threads']}`; {mach['cpus']} CPUs "
+            f"({mach['processor']}), numpy {mach['numpy']}. The machine was shared with other "
+            f"jobs: 1-minute load average {min(loads):.1f}-{max(loads):.1f} during the steps, "
+            "so absolute seconds vary from run to run; each ratio divides by products timed in "
+            "the same process right after the step.",
+            "",
+            *lines,
+            "",
+            "Floors (float64, blockwise): F = (2N x M) @ (M x N), the first and second moments "
+            "of L against P that any exact difference of means with standard errors needs; "
+            "H = (N x M) @ (M x N), first moments only. The adjusted estimator needs F + 2H "
+            "(each of its 2 covariate rounds ranks influencers on a new residual matrix; the "
+            "final pass needs both moments); the findings need H (the strata-centred L that "
+            "ranks each target's link candidates); the rest of their work is linear in N. "
+            f"Timed after the plain step: F = {steps['plain']['products']['F']:.1f} s, "
+            f"H = {steps['plain']['products']['H']:.1f} s.",
+            "",
+            f"Findings: {f['clusters']} clusters, {f['links']} links, pair precision "
+            f"{f['pair_precision']:.2f}, pair recall {f['pair_recall']:.2f}, "
+            f"{f['share_found']:.0%} of the planted groups found; margin ROC AUC "
+            f"planted vs unique {f['auc_margin']:.3f}.",
+            "",
+            "Peak RSS is each step's own (a fresh process, ru_maxrss); it includes the "
+            f"libraries and the inputs (about {steps['plain']['libraries_and_inputs_rss_mb']:.0f}"
+            f" MB before the step: L and P are {out['inputs_mb']:.0f} MB). A dense N x N "
+            f"float64 would be {8 * out['records'] ** 2 / 2**20:,.0f} MB; nothing here holds "
+            "more than a block of rows of it.",
+            "",
+        ]
+    )
 
 
 def measure(step: str, data: Path, top_k: int) -> dict:
@@ -157,8 +249,14 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=20000)
     ap.add_argument("--models", type=int, default=1000)
     ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--step", choices=("floor", *STEPS), help=argparse.SUPPRESS)
+    ap.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=RESULTS / "influence.json")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="this benchmark's json from an earlier version of memaudit, shown beside",
+    )
     args = ap.parse_args()
     if args.step:
         print(json.dumps(run_step(args.step, args.data, args.top_k)))
@@ -172,25 +270,14 @@ def main() -> None:
             np.save(data / f"{name}.npy", values)
         inputs_mb = (inputs["losses"].nbytes + inputs["inclusion"].nbytes) / 2**20
         del inputs
-        before = measure("floor", data, args.top_k)
         steps = {step: measure(step, data, args.top_k) for step in STEPS}
-        after = measure("floor", data, args.top_k)
-    f = (before["F"] + after["F"]) / 2
-    h = (before["H"] + after["H"]) / 2
-    floors = {"plain": f, "adjusted": f + 2 * h, "findings": h}
-    for step in STEPS:
-        steps[step]["floor_seconds"] = floors[step]
-        steps[step]["ratio_to_floor"] = steps[step]["seconds"] / floors[step]
     total = sum(steps[s]["seconds"] for s in ("adjusted", "findings"))
-    total_floor = floors["adjusted"] + floors["findings"]
+    total_floor = sum(steps[s]["floor_seconds"] for s in ("adjusted", "findings"))
     out = {
         "records": n,
         "models": m,
         "top_k": args.top_k,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "load_average_1min": os.getloadavg()[0],
-        "floor_before": before,
-        "floor_after": after,
         "steps": steps,
         "analysis_seconds": total,
         "analysis_floor_seconds": total_floor,
@@ -199,8 +286,10 @@ def main() -> None:
         "inputs_mb": inputs_mb,
         "machine": machine(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "influence.json").write_text(json.dumps(out, indent=2) + "\n")
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    before = json.loads(args.before.read_text()) if args.before else None
+    args.out.with_suffix(".md").write_text(markdown(out, before))
     print(json.dumps(out, indent=2))
 
 

@@ -189,7 +189,9 @@ def adjusted_block(
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     c = covariate_count(losses.shape[1], covariates)
     sets = rows[:, None]
-    full = np.zeros_like(losses)
+    # np.zeros maps zero pages lazily, and influence_block copies only `rows`: a few rows (the
+    # bootstrap, the report's flagged records) cost a few rows, not an N x M copy.
+    full = np.zeros(losses.shape)
 
     def corrected(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         resid, coef = fit_covariates(losses[rows], inc, sets)

@@ -113,7 +113,14 @@ def _inverse_counts(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inv[None, :], fac[None, :]
 
 
-def _prepare(losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray | None) -> _Prepared:
+def _prepare(
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    model_mask: np.ndarray | None,
+    rows: np.ndarray | None = None,
+) -> _Prepared:
+    """Validate; with ``rows``, keep only those rows of L (a few targets need not copy all N;
+    the finiteness check still covers every row)."""
     losses = np.asarray(losses)
     inclusion = np.asarray(inclusion)
     if losses.ndim != 2:
@@ -142,8 +149,12 @@ def _prepare(losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray |
     if not used.any():
         raise ValueError("model_mask selects no models")
 
-    lsub = np.ascontiguousarray(losses[:, used], dtype=np.float64)
-    bad = ~np.isfinite(lsub).all(axis=0)
+    if rows is None:
+        lsub = np.ascontiguousarray(losses[:, used], dtype=np.float64)
+        bad = ~np.isfinite(lsub).all(axis=0)
+    else:
+        lsub = np.ascontiguousarray(losses[rows][:, used], dtype=np.float64)
+        bad = ~np.isfinite(losses).all(axis=0)[used]
     if bad.any():
         cols = np.flatnonzero(used)[bad]
         shown = ", ".join(map(str, cols[:10])) + (" ..." if cols.size > 10 else "")
@@ -225,8 +236,12 @@ def influence_block(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Influence and standard error for the targets `rows` (slice or int index array) against
     all N training records: two float64 arrays of shape (len(rows), N)."""
-    prep = _prepare(losses, inclusion, model_mask)
-    return _block_stats(prep, _row_indices(rows, prep.n_records))
+    losses = np.asarray(losses)
+    if losses.ndim != 2:
+        raise ValueError(f"losses must be 2-D (N records x M models), got shape {losses.shape}")
+    idx = _row_indices(rows, losses.shape[0])
+    prep = _prepare(losses, inclusion, model_mask, rows=idx)
+    return _block_stats(prep, np.arange(idx.size))
 
 
 def influence_matrix(

@@ -149,11 +149,13 @@ def _prepare(
     if not used.any():
         raise ValueError("model_mask selects no models")
 
+    # All models used (the usual case): no copy of a float64 L, which is only read.
+    cols = slice(None) if used.all() else used
     if rows is None:
-        lsub = np.ascontiguousarray(losses[:, used], dtype=np.float64)
+        lsub = np.ascontiguousarray(losses[:, cols], dtype=np.float64)
         bad = ~np.isfinite(lsub).all(axis=0)
     else:
-        lsub = np.ascontiguousarray(losses[rows][:, used], dtype=np.float64)
+        lsub = np.ascontiguousarray(losses[rows][:, cols], dtype=np.float64)
         bad = ~np.isfinite(losses).all(axis=0)[used]
     if bad.any():
         cols = np.flatnonzero(used)[bad]

@@ -133,10 +133,12 @@ def estimate_adjusted(
     rounds: int = 2,
     block_rows: int | None = None,
     dense_path: str | os.PathLike[str] | None = None,
+    with_se: bool = True,
 ) -> InfluenceResult:
     """Regression-adjusted influence (module docstring), with the same outputs as
     :func:`memaudit.influence.estimate`; ``covariates`` influencers beyond t are found in
-    ``rounds`` rounds (each one blockwise pass of the plain estimator over the residuals)."""
+    ``rounds`` rounds (each one blockwise pass of the plain estimator over the residuals,
+    influence only). ``with_se=False``: no standard errors in the final pass either."""
     losses = np.asarray(losses, dtype=np.float64)
     inc = np.asarray(inclusion).astype(bool)
     if model_mask is not None:
@@ -170,6 +172,7 @@ def estimate_adjusted(
         dense_path=dense_path,
         corrections=(sets, -coef),
         estimator=ESTIMATOR_NAME,
+        with_se=with_se,
     )
 
 

@@ -11,8 +11,8 @@ to find) goes through each step of the analysis that ``memaudit analyze`` and th
   (link candidates, their joint fit, mutual links), clusters, risky unique records, the score
   against the planted groups, the planted-group summary and the flagged records' full rows.
 
-Each step runs in a fresh subprocess, so its peak RSS (ru_maxrss, read before anything else
-runs in it) is its own; the libraries and the inputs it loads are part of it and are given
+Each step runs in a fresh subprocess, so its peak RSS (ru_maxrss, read as soon as the step
+ends) is its own; the libraries and the inputs it loads are part of it and are given
 separately. Right after the step, the same subprocess times the float64 matrix products an exact
 implementation of that step cannot avoid (blockwise, never an N x N array), so each ratio is
 taken side by side on the same machine state (the machine is shared; see the json's load):

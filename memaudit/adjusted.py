@@ -56,6 +56,36 @@ def covariate_count(n_models: int, requested: int) -> int:
     return int(max(0, min(requested, n_models // 4 - 1)))
 
 
+def design(inclusion: np.ndarray, sets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Regressors of k least-squares fits, one per row of ``sets`` (k x S, -1: padding).
+
+    Returns xt (k, S + 1, M) float64, rows: an intercept, then the inclusion of each set member
+    (zeros for padding); keep (k, S) bool, whether member q is identifiable: not padding, not
+    constant, and its column neither repeats nor complements an earlier member's; and the Gram
+    matrix xt xt^T (k, S + 1, S + 1) with the rows and columns of unidentifiable members zeroed.
+
+    The checks come from the Gram matrix of the 0/1 columns, whose entries are exact integers in
+    float64: a = b iff a.a + b.b - 2 a.b = 0, and a = 1 - b iff M - a.a - b.b + 2 a.b = 0. That
+    is one batched product instead of S^2 elementwise comparisons over the models.
+    """
+    k, s = sets.shape
+    m = inclusion.shape[1]
+    xt = np.empty((k, s + 1, m))
+    xt[:, 0] = 1.0
+    xt[:, 1:] = inclusion[np.maximum(sets, 0)]
+    xt[:, 1:] *= (sets >= 0)[:, :, None]
+    gram = np.matmul(xt, xt.transpose(0, 2, 1))
+    count = np.diagonal(gram, axis1=1, axis2=2)[:, 1:]
+    dots = gram[:, 1:, 1:]
+    both = count[:, :, None] + count[:, None, :]
+    same = (both - 2.0 * dots == 0.0) | (m - both + 2.0 * dots == 0.0)
+    earlier = np.tril(same, -1).any(axis=2)  # member q against members 0 .. q-1
+    keep = (sets >= 0) & ~earlier & (count > 0) & (count < m)
+    kept = np.concatenate([np.ones((k, 1), dtype=bool), keep], axis=1)
+    gram *= kept[:, :, None] & kept[:, None, :]
+    return xt, keep, gram
+
+
 def fit_covariates(
     losses: np.ndarray, inclusion: np.ndarray, sets: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -63,9 +93,10 @@ def fit_covariates(
 
     Returns the residualized losses R (N x M, the intercept kept so R stays on the loss scale)
     and the coefficients (N x S, NaN where a covariate was padding or not identifiable).
+    Linear in N, in chunks of rows (see :func:`design`).
     """
     losses = np.asarray(losses, dtype=np.float64)
-    inc = np.asarray(inclusion, dtype=np.float64)
+    inc = np.asarray(inclusion)
     n, m = losses.shape
     s = sets.shape[1]
     resid = np.empty_like(losses)
@@ -73,23 +104,13 @@ def fit_covariates(
     step = max(1, _CHUNK_ELEMENTS // (m * (s + 1)))
     for lo in range(0, n, step):
         c = sets[lo : lo + step]
-        k = len(c)
-        x = np.empty((k, m, s + 1))
-        x[:, :, 0] = 1.0
-        x[:, :, 1:] = np.where(c[:, None, :] >= 0, inc[np.maximum(c, 0)].transpose(0, 2, 1), 0.0)
-        keep = c >= 0
-        for q in range(s):
-            col = x[:, :, q + 1 : q + 2]
-            earlier = x[:, :, : q + 1]
-            same = (earlier == col).all(axis=1) | (earlier == 1.0 - col).all(axis=1)
-            keep[:, q] &= ~same[:, 1:].any(axis=1) & ~(col == col[:, :1]).all(axis=1)[:, 0]
-        x[:, :, 1:] *= keep[:, None, :]
+        xt, keep, gram = design(inc, c)
         y = losses[lo : lo + step]
-        xtx = np.einsum("kmi,kmj->kij", x, x)
-        beta = np.einsum("kij,kmj,km->ki", np.linalg.pinv(xtx, hermitian=True), x, y)
-        beta[:, 1:] *= keep
-        resid[lo : lo + step] = y - np.einsum("kmi,ki->km", x[:, :, 1:], beta[:, 1:])
-        coef[lo : lo + step] = np.where(keep, beta[:, 1:], np.nan)
+        xty = np.matmul(xt, y[:, :, None])[:, :, 0]
+        xty[:, 1:] *= keep  # as if the unidentifiable columns were zero
+        beta = np.matmul(np.linalg.pinv(gram, hermitian=True), xty[:, :, None])[:, 1:, 0] * keep
+        resid[lo : lo + step] = y - np.matmul(beta[:, None, :], xt[:, 1:])[:, 0]
+        coef[lo : lo + step] = np.where(keep, beta, np.nan)
     return resid, coef
 
 
@@ -112,10 +133,12 @@ def estimate_adjusted(
     rounds: int = 2,
     block_rows: int | None = None,
     dense_path: str | os.PathLike[str] | None = None,
+    with_se: bool = True,
 ) -> InfluenceResult:
     """Regression-adjusted influence (module docstring), with the same outputs as
     :func:`memaudit.influence.estimate`; ``covariates`` influencers beyond t are found in
-    ``rounds`` rounds (each one blockwise pass of the plain estimator over the residuals)."""
+    ``rounds`` rounds (each one blockwise pass of the plain estimator over the residuals,
+    influence only). ``with_se=False``: no standard errors in the final pass either."""
     losses = np.asarray(losses, dtype=np.float64)
     inc = np.asarray(inclusion).astype(bool)
     if model_mask is not None:
@@ -130,8 +153,14 @@ def estimate_adjusted(
         resid, coef = fit_covariates(losses, inc, sets)
         # With the corrections, held covariates compete at their adjusted value, so a strong
         # influencer stays in the set instead of dropping out at its residual's zero.
+        # Ranking needs the influence alone: half the matrix product of the final pass.
         found = estimate(
-            resid, inc, top_k=min(n, c + 1), block_rows=block_rows, corrections=(sets, -coef)
+            resid,
+            inc,
+            top_k=min(n, c + 1),
+            block_rows=block_rows,
+            corrections=(sets, -coef),
+            with_se=False,
         )
         sets = _next_sets(found.top_idx, np.arange(n), c)
     resid, coef = fit_covariates(losses, inc, sets)
@@ -143,6 +172,7 @@ def estimate_adjusted(
         dense_path=dense_path,
         corrections=(sets, -coef),
         estimator=ESTIMATOR_NAME,
+        with_se=with_se,
     )
 
 
@@ -162,7 +192,9 @@ def adjusted_block(
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     c = covariate_count(losses.shape[1], covariates)
     sets = rows[:, None]
-    full = np.zeros_like(losses)
+    # np.zeros maps zero pages lazily, and influence_block copies only `rows`: a few rows (the
+    # bootstrap, the report's flagged records) cost a few rows, not an N x M copy.
+    full = np.zeros(losses.shape)
 
     def corrected(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         resid, coef = fit_covariates(losses[rows], inc, sets)

@@ -86,13 +86,17 @@ def group_summary(records: list[Record], result: InfluenceResult) -> dict[str, A
         }
     # How often the strongest other influencer of a planted record is in its own group, and the
     # share of its group-mates among its top (group size - 1) other influencers.
-    other = top_other(result)
-    hits, recalls = [], []
-    for t in np.flatnonzero(grouped):
-        mates = set(np.flatnonzero(groups == groups[t])) - {t}
-        hits.append(other[t] in mates)
-        ranked = [i for i in result.top_idx[t] if i != t and i >= 0][: len(mates)]
-        recalls.append(len(mates.intersection(ranked)) / len(mates) if mates else 0.0)
+    # Vectorized over records (a loop comparing each planted record with all N is O(N^2)).
+    _, gid, size = np.unique(groups, return_inverse=True, return_counts=True)
+    t = np.flatnonzero(grouped)
+    other = top_other(result)[t]
+    hits = (other >= 0) & (gid[np.maximum(other, 0)] == gid[t])
+    idx = result.top_idx[t]
+    ranked = (idx >= 0) & (idx != t[:, None])
+    ranked &= np.cumsum(ranked, axis=1) <= (size[gid[t]] - 1)[:, None]  # the first |mates|
+    found = (ranked & (gid[np.maximum(idx, 0)] == gid[t][:, None])).sum(axis=1)
+    mates = size[gid[t]] - 1
+    recalls = np.where(mates > 0, found / np.maximum(mates, 1), 0.0)
     summary["near_duplicated"]["top_other_in_group"] = float(np.mean(hits))
     summary["near_duplicated"]["group_recall_at_size"] = float(np.mean(recalls))
     if (~grouped).any():

@@ -27,6 +27,7 @@ from scipy.stats import rankdata
 from scipy.stats import t as student_t
 
 from memaudit.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
+from memaudit.adjusted import design
 from memaudit.influence import InfluenceResult, estimate
 
 
@@ -157,6 +158,19 @@ def membership_scores(
                 f"model_mask must have shape ({losses.shape[1]},), got {model_mask.shape}"
             )
         losses, inclusion = losses[:, model_mask], inclusion[:, model_mask]
+    # Row blocks of about 16 MB per work array: every statistic is per row, and the whole
+    # N x M at once would hold about ten float64 copies of L (1.6 GB at N = 20,000, M = 1,000).
+    step = max(1, 2_000_000 // max(1, losses.shape[1]))
+    parts = [
+        _membership_rows(losses[lo : lo + step], inclusion[lo : lo + step])
+        for lo in range(0, len(losses), step)
+    ]
+    if not parts:
+        return _membership_rows(losses, inclusion)
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _membership_rows(losses: np.ndarray, inclusion: np.ndarray) -> dict[str, np.ndarray]:
     ok = np.isfinite(losses)
     inc = inclusion.astype(bool) & ok
     out = ~inclusion.astype(bool) & ok
@@ -324,7 +338,7 @@ def joint_influence(
     regressor, are not identifiable: NaN. O(K M m^2) in chunks.
     """
     losses = np.asarray(losses, dtype=np.float64)
-    inc = np.asarray(inclusion).astype(np.float64)
+    inc = np.asarray(inclusion)
     if model_mask is not None:
         used = np.asarray(model_mask, dtype=bool)
         losses, inc = losses[:, used], inc[:, used]
@@ -340,28 +354,20 @@ def joint_influence(
     step = max(1, 4_000_000 // (n_models * (m + 2)))
     for lo in range(0, k_all, step):
         t, c = targets[lo : lo + step], candidates[lo : lo + step]
-        # Regressors (k, M, m + 2): intercept, own inclusion, candidates (padding: zeros).
-        x = np.empty((len(t), n_models, m + 2))
-        x[:, :, 0] = 1.0
-        x[:, :, 1] = inc[t]
-        x[:, :, 2:] = np.where(c[:, None, :] >= 0, inc[np.maximum(c, 0)].transpose(0, 2, 1), 0.0)
-        # A regressor that repeats or complements an earlier one (or is constant) cannot be
-        # told apart from it: drop it rather than split an effect between the two.
-        keep = np.ones((len(t), m + 2), dtype=bool)
-        for q in range(1, m + 2):
-            col = x[:, :, q : q + 1]
-            same = (x[:, :, :q] == col).all(axis=1) | (x[:, :, :q] == 1.0 - col).all(axis=1)
-            const = (col == col[:, :1]).all(axis=1)[:, 0]
-            keep[:, q] = ~(same[:, 1:].any(axis=1) | const)
-        x *= keep[:, None, :]
+        # Regressors: intercept, own inclusion, candidates; a regressor that repeats or
+        # complements an earlier one (or is constant) cannot be told apart from it, so it is
+        # dropped rather than split an effect between the two (see adjusted.design).
+        xt, keep, gram = design(inc, np.column_stack([t, c]))
+        kept = np.concatenate([np.ones((len(t), 1), dtype=bool), keep], axis=1)
         y = losses[t]
-        xtx = np.einsum("kmi,kmj->kij", x, x)
-        inv = np.linalg.pinv(xtx, hermitian=True)
-        beta = np.einsum("kij,kmj,km->ki", inv, x, y)
-        res = y - np.einsum("kmi,ki->km", x, beta)
+        inv = np.linalg.pinv(gram, hermitian=True)
+        xty = np.matmul(xt, y[:, :, None])
+        xty *= kept[:, :, None]
+        beta = np.matmul(inv, xty)[:, :, 0] * kept
+        res = y - np.matmul(beta[:, None, :], xt)[:, 0]
         s2 = (res * res).sum(axis=1) / dof
         var = s2[:, None] * np.einsum("kii->ki", inv)
-        ok = keep[:, 1:] & (var[:, 1:] > 0)
+        ok = keep & (var[:, 1:] > 0)
         infl[lo : lo + step] = np.where(ok, -beta[:, 1:], np.nan)
         se[lo : lo + step] = np.where(ok, np.sqrt(np.where(ok, var[:, 1:], 1.0)), np.nan)
     return infl, se
@@ -392,9 +398,9 @@ def link_candidates(
     inc = np.asarray(inclusion).astype(bool)
     losses = np.asarray(losses, dtype=np.float64)
     used = np.ones(inc.shape[1], dtype=bool) if model_mask is None else np.asarray(model_mask)
-    centred = losses.copy()
-    centred[:, used] = _centre_within(losses[:, used], inc[:, used].astype(np.float64))
-    top = estimate(centred, inc, top_k=min(m + 1, len(inc)), model_mask=used).top_idx
+    centred = _centred_copy(losses, inc, used)
+    # Only the ranking is used: the influence alone, half the matrix product.
+    top = estimate(centred, inc, top_k=min(m + 1, len(inc)), model_mask=used, with_se=False).top_idx
     others = np.where(top == np.arange(len(top))[:, None], -1, top)
     # Keep m per row, self removed, order preserved, -1 padding last.
     order = np.argsort(others < 0, axis=1, kind="stable")
@@ -432,8 +438,7 @@ def centred_margins(
     n = len(losses)
     used = np.ones(inc.shape[1], dtype=bool) if model_mask is None else np.asarray(model_mask)
     plain = estimate(losses, inc, top_k=1, model_mask=used)
-    centred = losses.copy()
-    centred[:, used] = _centre_within(losses[:, used], inc[:, used].astype(np.float64))
+    centred = _centred_copy(losses, inc, used)
     est = estimate(centred, inc, top_k=min(2, n), model_mask=used)
     idx, val, se = est.top_idx, est.top_val, est.top_se
     pick = np.where(idx[:, 0] == np.arange(n), 1, 0)  # skip t itself (~0 after centring)
@@ -471,6 +476,19 @@ def link_thresholds(
     if cfg.chance_overlap_guard and not adjusted and pairs > 2 and n_models > 0:
         fraction = max(fraction, float(np.sqrt(2.0 * np.log(pairs / 2) / n_models)))
     return z, fraction
+
+
+def _centred_copy(losses: np.ndarray, inc: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """L with the used columns of each row centred within its own inclusion strata, in row
+    blocks (the whole matrix at once holds about six N x M float64 temporaries)."""
+    centred = losses.copy()
+    step = max(1, 2_000_000 // max(1, losses.shape[1]))
+    for lo in range(0, len(losses), step):
+        rows = slice(lo, lo + step)
+        centred[rows, used] = _centre_within(
+            losses[rows][:, used], inc[rows][:, used].astype(np.float64)
+        )
+    return centred
 
 
 def _centre_within(v: np.ndarray, strata: np.ndarray) -> np.ndarray:
@@ -556,21 +574,22 @@ def _mutual_links(result: InfluenceResult, cfg: FindingsConfig, taken: np.ndarra
     i = idx[t, c]
     keep_i = low[i]
     t, c, i = t[keep_i], c[keep_i], i[keep_i]
-    edges = coo_matrix((np.ones(len(t)), (t, i)), shape=(n, n)).tocsr()
-    both = edges.multiply(edges.T)  # nonzero where t -> i and i -> t
+    # Pairs as keys a * n + b: t -> i is mutual when i -> t is an edge too, and is new unless
+    # taken holds it in either direction (np.isin: sorted, no Python set of N k pairs).
+    edge = t * n + i
+    done_t, done_i = taken[:, 0].astype(np.int64), taken[:, 1].astype(np.int64)
+    done = np.concatenate([done_t * n + done_i, done_i * n + done_t])
+    mutual = np.isin(i * n + t, edge)
+    sel = mutual & ~np.isin(edge, done)
     if cfg.mutual_fraction:
         # Each direction's share of its target's largest influence; the pair keeps the larger.
         with np.errstate(invalid="ignore", divide="ignore"):
             share = result.top_val[t, c] / result.top_val[t, 0]
         share = np.where(np.isfinite(share) & (share > 0), share, 0.0)
-        shares = coo_matrix((share, (t, i)), shape=(n, n)).tocsr()
-        both = both.multiply(shares.maximum(shares.T) >= cfg.mutual_fraction)
-    both = both.tocoo()
-    pairs = set(zip(both.row.tolist(), both.col.tolist(), strict=True))
-    done = set(zip(taken[:, 0].astype(int).tolist(), taken[:, 1].astype(int).tolist(), strict=True))
-    done |= {(b, a) for a, b in done}
-    todo = zip(t.tolist(), i.tolist(), strict=True)
-    sel = np.array([(a, b) not in done and (a, b) in pairs for a, b in todo], dtype=bool)
+        order = np.argsort(edge)
+        at = np.minimum(np.searchsorted(edge[order], i * n + t), len(edge) - 1)
+        reverse = np.where(mutual, share[order][at], 0.0)
+        sel &= np.maximum(share, reverse) >= cfg.mutual_fraction
     if not sel.any():
         return np.empty((0, 6))
     t, c, i = t[sel], c[sel], i[sel]

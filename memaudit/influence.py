@@ -113,7 +113,14 @@ def _inverse_counts(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inv[None, :], fac[None, :]
 
 
-def _prepare(losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray | None) -> _Prepared:
+def _prepare(
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    model_mask: np.ndarray | None,
+    rows: np.ndarray | None = None,
+) -> _Prepared:
+    """Validate; with ``rows``, keep only those rows of L (a few targets need not copy all N;
+    the finiteness check still covers every row)."""
     losses = np.asarray(losses)
     inclusion = np.asarray(inclusion)
     if losses.ndim != 2:
@@ -142,8 +149,14 @@ def _prepare(losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray |
     if not used.any():
         raise ValueError("model_mask selects no models")
 
-    lsub = np.ascontiguousarray(losses[:, used], dtype=np.float64)
-    bad = ~np.isfinite(lsub).all(axis=0)
+    # All models used (the usual case): no copy of a float64 L, which is only read.
+    cols = slice(None) if used.all() else used
+    if rows is None:
+        lsub = np.ascontiguousarray(losses[:, cols], dtype=np.float64)
+        bad = ~np.isfinite(lsub).all(axis=0)
+    else:
+        lsub = np.ascontiguousarray(losses[rows][:, cols], dtype=np.float64)
+        bad = ~np.isfinite(losses).all(axis=0)[used]
     if bad.any():
         cols = np.flatnonzero(used)[bad]
         shown = ", ".join(map(str, cols[:10])) + (" ..." if cols.size > 10 else "")
@@ -168,24 +181,35 @@ def _prepare(losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray |
     )
 
 
-def _block_stats(prep: _Prepared, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Influence and SE of targets ``rows`` against all training records."""
+def _block_stats(
+    prep: _Prepared, rows: np.ndarray, with_se: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Influence and SE of targets ``rows`` against all training records.
+
+    ``with_se=False`` skips the second moments (half the matrix product) and returns SE None:
+    passes that only rank influencers need the influence alone."""
     b = rows.size
     lb = prep.losses[rows]
     # Centering per row keeps the second moments small, so Q - S^2/n does not cancel
     # catastrophically when losses carry a large common offset.
     lb = lb - lb.mean(axis=1, keepdims=True)
-    moments = np.concatenate([lb, lb * lb])  # (2B, M): one GEMM for both moments
+    moments = np.concatenate([lb, lb * lb]) if with_se else lb  # (2B, M): one GEMM for both
     sum_all = moments.sum(axis=1, keepdims=True)
     prod = moments @ prep.inc_t  # (2B, N): sums over the models that trained on i
-    s_in, q_in = prod[:b], prod[b:]
+    s_in = prod[:b]
     s_out = sum_all[:b] - s_in
-    q_out = sum_all[b:] - q_in
 
     # In-place arithmetic keeps the number of live (B, N) arrays small (see _WORK_ARRAYS);
     # the NaN factors make undefined entries NaN without any masking.
+    if not with_se:  # the same operations as below, in place: fewer passes over memory
+        s_out *= prep.inv_out
+        s_in *= prep.inv_in
+        s_out -= s_in
+        return s_out, None
     infl = s_out * prep.inv_out  # mean_out for now
     mean_in = s_in * prep.inv_in
+    q_in = prod[b:]
+    q_out = sum_all[b:] - q_in
     # var / n = (Q - S * mean) / (n (n - 1)); clip the tiny negative rounding residue.
     s_in *= mean_in
     q_in -= s_in
@@ -214,8 +238,12 @@ def influence_block(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Influence and standard error for the targets `rows` (slice or int index array) against
     all N training records: two float64 arrays of shape (len(rows), N)."""
-    prep = _prepare(losses, inclusion, model_mask)
-    return _block_stats(prep, _row_indices(rows, prep.n_records))
+    losses = np.asarray(losses)
+    if losses.ndim != 2:
+        raise ValueError(f"losses must be 2-D (N records x M models), got shape {losses.shape}")
+    idx = _row_indices(rows, losses.shape[0])
+    prep = _prepare(losses, inclusion, model_mask, rows=idx)
+    return _block_stats(prep, np.arange(idx.size))
 
 
 def influence_matrix(
@@ -237,6 +265,44 @@ def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.full((b, k), -1, dtype=np.int64), np.full((b, k), np.nan)
     # Sort key: ascending key == descending value; non-finite entries sort last.
     keys = np.where(np.isfinite(values), -values, np.inf)
+    idx = _smallest_by_prefilter(keys, k) if k < n else None
+    if idx is None:
+        idx = _smallest_by_partition(keys, k)
+    val = np.take_along_axis(values, idx, axis=1).astype(np.float64)
+    pad = ~np.isfinite(val)
+    idx[pad] = -1
+    val[pad] = np.nan
+    return idx, val
+
+
+def _smallest_by_prefilter(keys: np.ndarray, k: int) -> np.ndarray | None:
+    """The k smallest keys per row in (key, index) order, or None when the prefilter would
+    keep too much (many ties at the k-th place).
+
+    Each of C >= k column chunks contributes its minimum, an actual element, so the k-th
+    smallest of the C minima bounds the row's k-th smallest key from above: every element that
+    can be among the k smallest is <= that bound. Only those few (about k per row for
+    continuous values) are sorted, instead of partitioning all N per row (the partition was the
+    costliest step after the matrix product).
+    """
+    b, n = keys.shape
+    chunks = min(n, max(4 * k, 64))
+    starts = (np.arange(chunks, dtype=np.int64) * n) // chunks  # strictly increasing: C <= N
+    minima = np.minimum.reduceat(keys, starts, axis=1)  # (B, C)
+    bound = np.partition(minima, k - 1, axis=1)[:, k - 1 : k]
+    r, c = np.nonzero(keys <= bound)
+    if r.size > b * 8 * k:
+        return None
+    order = np.lexsort((c, keys[r, c], r))  # by row, then key, then index
+    r, c = r[order], c[order]
+    pos = np.arange(r.size) - np.searchsorted(r, np.arange(b))[r]
+    return c[pos < k].reshape(b, k).astype(np.int64)
+
+
+def _smallest_by_partition(keys: np.ndarray, k: int) -> np.ndarray:
+    """As :func:`_smallest_by_prefilter`, by a full partition of every row (k < N) or an
+    argsort of every row (k >= N)."""
+    b, n = keys.shape
     if k < n:
         thr = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
         # argpartition alone would pick arbitrary members of a tie at the k-th value;
@@ -252,12 +318,7 @@ def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     sel = np.take_along_axis(keys, idx, axis=1)
     # Stable sort on key over index-ascending candidates == sort on (-value, index).
     order = np.argsort(sel, axis=1, kind="stable")
-    idx = np.take_along_axis(idx, order, axis=1).astype(np.int64)
-    val = np.take_along_axis(values, idx, axis=1).astype(np.float64)
-    pad = ~np.isfinite(val)
-    idx[pad] = -1
-    val[pad] = np.nan
-    return idx, val
+    return np.take_along_axis(idx, order, axis=1).astype(np.int64)
 
 
 def _margin(top2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -301,6 +362,7 @@ def estimate(
     dense_path: str | os.PathLike[str] | None = None,
     corrections: tuple[np.ndarray, np.ndarray] | None = None,
     estimator: str = ESTIMATOR_NAME,
+    with_se: bool = True,
 ) -> InfluenceResult:
     """Blockwise over targets so N = 20,000 never holds a dense N x N float64: per block
     compute I and SE, take per-row top-k, the self entries and margins.
@@ -314,6 +376,10 @@ def estimate(
     256 MB (the transposed inclusion matrix, N x M float64, is a fixed extra cost). If
     dense_path is given, the full influence matrix is also streamed as float32 into a .npy
     at exactly that path (written to a temp file in the same directory, then os.replace).
+
+    with_se=False computes the influence alone (half the matrix product): self_se and top_se
+    are NaN. For passes that only rank influencers (the adjusted estimator's covariate rounds,
+    the findings' link candidates); the influence, top-k and margins are unchanged.
     """
     prep = _prepare(losses, inclusion, model_mask)
     n = prep.n_records
@@ -343,13 +409,14 @@ def estimate(
             dense = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, n))
         for start in range(0, n, block_rows):
             rows = np.arange(start, min(start + block_rows, n))
-            infl, se = _block_stats(prep, rows)
+            infl, se = _block_stats(prep, rows, with_se)
             if corrections is not None:
                 _apply_corrections(infl, rows, *corrections)
             if dense is not None:
                 dense[rows[0] : rows[-1] + 1] = infl
             self_infl[rows] = infl[np.arange(rows.size), rows]
-            self_se[rows] = se[np.arange(rows.size), rows]
+            if se is not None:
+                self_se[rows] = se[np.arange(rows.size), rows]
             # One selection serves both top-k and the margin (which needs the top two).
             idx, val = _top_k(infl, k_sel)
             margin[rows], margin_defined[rows] = _margin(val[:, :2])
@@ -357,7 +424,10 @@ def estimate(
             idx, val = idx[:, :k], val[:, :k]
             top_idx[rows] = idx
             top_val[rows] = val
-            top_se[rows] = np.where(idx >= 0, np.take_along_axis(se, np.maximum(idx, 0), 1), np.nan)
+            if se is not None:
+                top_se[rows] = np.where(
+                    idx >= 0, np.take_along_axis(se, np.maximum(idx, 0), 1), np.nan
+                )
             del infl, se
         if dense is not None:
             dense.flush()

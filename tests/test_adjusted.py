@@ -202,3 +202,51 @@ def test_influence_rows_by_either_name_match_the_full_estimates():
         for key in (option, name):
             got = influence_rows(key, losses, inc, rows, model_mask=mask)
             np.testing.assert_allclose(got, full[rows], atol=1e-9)
+
+
+def test_blockwise_equals_one_block_and_rounds_need_no_standard_errors():
+    """Blocks of 7 rows (< N) give the estimate of a single N-row block; the covariate rounds
+    rank with the influence alone (no second moments), which leaves the ranking unchanged."""
+    from memaudit.influence import estimate
+
+    rng = np.random.default_rng(8)
+    losses, inc = simulate(48, rng, _drops(rng))
+    one = estimate_adjusted(losses, inc, top_k=N, block_rows=N)
+    for block_rows in (1, 7, None):
+        got = estimate_adjusted(losses, inc, top_k=N, block_rows=block_rows)
+        np.testing.assert_array_equal(got.top_idx, one.top_idx)
+        for name in ("top_val", "top_se", "self_influence", "self_se", "margin"):
+            np.testing.assert_allclose(getattr(got, name), getattr(one, name), rtol=1e-12)
+    ranked = estimate(losses, inc, top_k=5, block_rows=7, with_se=False)
+    full = estimate(losses, inc, top_k=5, block_rows=7)
+    np.testing.assert_array_equal(ranked.top_idx, full.top_idx)
+    np.testing.assert_allclose(ranked.top_val, full.top_val, rtol=1e-12)
+    np.testing.assert_array_equal(ranked.margin_defined, full.margin_defined)
+    assert np.isnan(ranked.top_se).all() and np.isnan(ranked.self_se).all()
+
+
+def test_design_drops_what_elementwise_comparison_drops():
+    """The Gram-matrix identifiability rule equals comparing the columns model by model."""
+    from memaudit.adjusted import design
+
+    rng = np.random.default_rng(9)
+    m = 24
+    inc = rng.random((12, m)) < 0.5
+    inc[3] = inc[2]  # repeats 2
+    inc[4] = ~inc[2]  # complements 2
+    inc[5] = True  # constant
+    inc[6] = False  # constant
+    sets = np.array([[0, 2, 3, 4, 1], [2, 5, 6, -1, 3], [4, 2, 7, 8, 9], [3, -1, 3, 10, 11]])
+    xt, keep, gram = design(inc, sets)
+    for r, row in enumerate(sets):
+        cols = [inc[c] if c >= 0 else np.zeros(m, dtype=bool) for c in row]
+        for q, c in enumerate(row):
+            clash = any(
+                np.array_equal(cols[p], cols[q]) or np.array_equal(cols[p], ~cols[q])
+                for p in range(q)
+            )
+            const = cols[q].all() or not cols[q].any()
+            assert keep[r, q] == (c >= 0 and not clash and not const), (r, q)
+        x = np.column_stack([np.ones(m)] + [col * k for col, k in zip(cols, keep[r], strict=True)])
+        np.testing.assert_array_equal(gram[r], x.T @ x)
+    np.testing.assert_array_equal(xt[:, 0], 1.0)

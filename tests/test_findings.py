@@ -443,3 +443,66 @@ def test_mutual_fraction_drops_look_alikes_and_keeps_substitutes():
     assert ((for_images >= 0) == (strict >= 0)).all()
     with pytest.raises(ValueError, match="mutual_fraction"):
         FindingsConfig(mutual_fraction=1.5)
+
+
+def test_joint_influence_equals_least_squares_per_target():
+    """The batched fit equals one np.linalg.lstsq per target; a repeated, complementary or
+    padding candidate is NaN and the fit goes on without it."""
+    from memaudit.findings import joint_influence
+
+    rng = np.random.default_rng(11)
+    n, m = 14, 60
+    inclusion = rng.random((n, m)) < 0.5
+    inclusion[5] = inclusion[4]
+    inclusion[6] = ~inclusion[4]
+    losses = 3.0 + rng.normal(0.0, 0.3, size=(n, m)) - 1.0 * inclusion - 0.5 * inclusion[[1]]
+    mask = np.arange(m) % 5 != 0
+    targets = np.array([0, 2, 3, 7])
+    cands = np.array([[1, 4, 5, 6], [1, 3, -1, 8], [4, 6, 9, 10], [2, 11, 12, 13]])
+    infl, se = joint_influence(losses, inclusion, targets, cands, model_mask=mask)
+    lm, pm = losses[:, mask], inclusion[:, mask].astype(float)
+    dropped = {(0, 2), (0, 3), (1, 2), (2, 1)}  # repeats / complements an earlier one; padding
+    for r, t in enumerate(targets):
+        cols = [t] + [c for q, c in enumerate(cands[r]) if (r, q) not in dropped]
+        x = np.column_stack([np.ones(mask.sum())] + [pm[c] for c in cols])
+        beta, res, *_ = np.linalg.lstsq(x, lm[t], rcond=None)
+        cov = res[0] / (mask.sum() - cands.shape[1] - 2) * np.linalg.inv(x.T @ x)
+        got = [0] + [q + 1 for q in range(cands.shape[1]) if (r, q) not in dropped]
+        np.testing.assert_allclose(infl[r, got], -beta[1:], rtol=1e-9)
+        np.testing.assert_allclose(se[r, got], np.sqrt(np.diag(cov)[1:]), rtol=1e-9)
+        assert np.isnan(infl[r, [q + 1 for q in range(4) if (r, q) in dropped]]).all()
+
+
+def test_membership_scores_in_row_blocks_equal_row_by_row():
+    rng = np.random.default_rng(12)
+    n, m = 2_100, 1_000  # more than one row block
+    inclusion = rng.random((n, m)) < 0.5
+    losses = rng.gamma(2.0, 1.0, size=(n, m)).round(1) - 0.3 * inclusion  # ties too
+    losses[2_050, 7] = np.nan
+    full = membership_scores(losses, inclusion)
+    rows = [0, 1_999, 2_000, 2_050, 2_099]
+    auc, dprime = _brute_membership(losses[rows], inclusion[rows])
+    np.testing.assert_allclose(full["mia_auc"][rows], auc, rtol=1e-12)
+    np.testing.assert_allclose(full["mia_dprime"][rows], dprime, rtol=1e-12)
+    assert full["n_in"][2_050] + full["n_out"][2_050] == m - 1
+
+
+def test_group_summary_equals_a_loop_over_planted_records():
+    from memaudit.analysis import group_summary, top_other
+    from memaudit.records import Record
+
+    losses, inclusion, texts, groups = _planted(seed=2)
+    groups[0] = "solo"  # a planted group of one: no mates, recall 0
+    records = [Record(t, str(t), texts[t], None, g, t) for t, g in enumerate(groups)]
+    for top_k in (1, 3, 8):
+        result = estimate(losses, inclusion, top_k=top_k)
+        got = group_summary(records, result)["near_duplicated"]
+        other, names = top_other(result), np.array([g or "" for g in groups])
+        hits, recalls = [], []
+        for t in np.flatnonzero(names != ""):
+            mates = set(np.flatnonzero(names == names[t])) - {t}
+            hits.append(other[t] in mates)
+            ranked = [i for i in result.top_idx[t] if i != t and i >= 0][: len(mates)]
+            recalls.append(len(mates.intersection(ranked)) / len(mates) if mates else 0.0)
+        assert got["top_other_in_group"] == np.mean(hits)
+        assert got["group_recall_at_size"] == np.mean(recalls)

@@ -55,9 +55,11 @@ def greedy_continuations(
     pad = tokenizer.pad_token_id
     out = [""] * len(targets.prompts)
     plen = np.fromiter((len(p) for p in targets.prompts), dtype=np.int64, count=len(out))
-    # Similar prompt lengths per batch (little left padding); records with nothing to
-    # continue are skipped.
-    order = np.argsort(plen, kind="stable")
+    # Batches of similar continuation length, then prompt length: a batch decodes as many
+    # steps as its longest continuation, and finished rows still ride along (measured: 2-3x
+    # fewer decoded tokens than batches by prompt length on the demo). Records with nothing
+    # to continue are skipped.
+    order = np.lexsort((plen, targets.lengths))
     order = order[targets.lengths[order] > 0]
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]

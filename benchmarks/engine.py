@@ -297,7 +297,8 @@ def main() -> None:
         engine = engine_runs(tcfg, k_models, threads, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write(rows, engine, peak, threads, tcfg, k_models, len(records), opts)
+    eval_flops = train_flops(factory.model, tokens, np.arange(len(records)), 1) / 3
+    write(rows, engine, peak, threads, tcfg, k_models, len(records), opts, eval_flops)
 
 
 def _token_mean(losses, tokens, subset) -> float:
@@ -350,13 +351,17 @@ def _ratio(rows, usual: str, ours: str, i: int) -> float:
     return sum(r[usual][i] for r in rows) / sum(r[ours][i] for r in rows)
 
 
+def _sum(rows, key: str) -> float:
+    return sum(r[key][0] for r in rows)
+
+
 def _mean_sd(values) -> str:
     v = list(values)
     sd = statistics.stdev(v) if len(v) > 1 else float("nan")
     return f"{statistics.mean(v):.4f} ± {sd:.4f}"
 
 
-def write(rows, engine, peak, threads, tcfg, k_models, n_records, opts) -> None:
+def write(rows, engine, peak, threads, tcfg, k_models, n_records, opts, eval_flops) -> None:
     flops = sum(r["flops"] for r in rows)
     ours_wall = sum(r["memaudit_train"][0] for r in rows)
     ours_cpu = sum(r["memaudit_train"][1] for r in rows)
@@ -405,6 +410,11 @@ def write(rows, engine, peak, threads, tcfg, k_models, n_records, opts) -> None:
             "fraction_of_peak_wall": gflops / peak[threads],
             "fraction_of_one_thread_peak_per_cpu_second": per_thread_cpu / peak[1],
             "usual_loop_gflops_wall": flops / usual_wall / 1e9,
+            # Evaluation is a forward pass over every record: no padding or batching trick
+            # removes those FLOPs, so 10x needs 10x the usual loop's FLOP/s.
+            "eval_flops_per_model": eval_flops,
+            "memaudit_eval_gflops_wall": eval_flops * k_models / _sum(rows, "memaudit_eval") / 1e9,
+            "usual_eval_gflops_wall": eval_flops * k_models / _sum(rows, "usual_eval") / 1e9,
         },
         "losses": {
             "memaudit_final_train_loss": _mean_sd(
@@ -468,7 +478,11 @@ def markdown(r) -> str:
         f"({peak[str(s['torch_threads'])]:.1f} GFLOP/s with {s['torch_threads']} threads); "
         f"{fl['achieved_gflops_per_cpu_second']:.1f} GFLOP per CPU-second = "
         f"{fl['fraction_of_one_thread_peak_per_cpu_second']:.0%} of the one-thread peak "
-        f"({peak['1']:.1f}); the usual loop {fl['usual_loop_gflops_wall']:.1f} GFLOP/s.",
+        f"({peak['1']:.1f}); the usual loop {fl['usual_loop_gflops_wall']:.1f} GFLOP/s. "
+        f"Evaluation (a forward pass, {fl['eval_flops_per_model'] / 1e9:.1f} GFLOP per model): "
+        f"memaudit {fl['memaudit_eval_gflops_wall']:.1f} GFLOP/s, the usual loop "
+        f"{fl['usual_eval_gflops_wall']:.1f}; 10x the usual loop would need "
+        f"{10 * fl['usual_eval_gflops_wall']:.0f} GFLOP/s.",
         "",
         "| loss (mean ± sd over members) | memaudit | usual loop |",
         "|---|---|---|",

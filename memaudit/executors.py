@@ -169,7 +169,7 @@ except ValueError:
 _POOL_CTX: ensemble.MemberContext | None = None  # the context forked workers inherit
 
 
-def _pool_init(threads: int | None) -> None:
+def _pool_init(threads: int | None, driver: int) -> None:
     """A forked worker: die with the driver (a killed run leaves no trainer behind), leave
     Ctrl-C to the driver, and use its thread count."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -177,7 +177,7 @@ def _pool_init(threads: int | None) -> None:
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the driver died before prctl
+        if os.getppid() != driver:  # the driver died before prctl
             os._exit(1)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -232,7 +232,10 @@ class LocalExecutor:
             )
         _POOL_CTX = ctx
         pool = ProcessPoolExecutor(
-            plan.workers, mp_context=_FORK, initializer=_pool_init, initargs=(plan.threads,)
+            plan.workers,
+            mp_context=_FORK,
+            initializer=_pool_init,
+            initargs=(plan.threads, os.getpid()),
         )
         futures = {pool.submit(_pool_member, j, inclusion[:, j].copy()): j for j in members}
         try:

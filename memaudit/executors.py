@@ -138,9 +138,11 @@ def plan_local(
     auto (``workers=None``) on CPU: one thread per member (or ``threads``) and as many worker
     processes as that leaves cores, capped by the pending members and by memory. The thread
     count, which is all a CPU result depends on, is then the same whatever the worker count
-    (1 also for a single pending member), so a rerun on the same machine is identical. Measured
-    on the tiny model, 2 cores: 2 processes x 1 thread train 1.2-1.4x faster than 1 x 2
-    (benchmarks/results/engine.md): small matmuls do not split well across threads.
+    (1 also for a single pending member), so a rerun on any machine is identical. Measured on
+    the tiny model, 2 cores (benchmarks/results/engine.md): 2 workers x 1 thread ran the engine
+    1.27x faster than 1 process x 1 thread and 3.9x faster than 1 process x 2 threads on a
+    shared machine (a thread that waits for a busy core stalls its whole matmul); on an idle
+    one, 1.15x faster than 1 x 2. Small matmuls do not split well across threads.
     """
     cores = cores or usable_cores()
     parallel_ok = device.type == "cpu" and _FORK is not None

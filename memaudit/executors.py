@@ -139,10 +139,10 @@ def plan_local(
     processes as that leaves cores, capped by the pending members and by memory. The thread
     count, which is all a CPU result depends on, is then the same whatever the worker count
     (1 also for a single pending member), so a rerun on any machine is identical. Measured on
-    the tiny model, 2 cores (benchmarks/results/engine.md): 2 workers x 1 thread ran the engine
-    1.27x faster than 1 process x 1 thread and 3.9x faster than 1 process x 2 threads on a
-    shared machine (a thread that waits for a busy core stalls its whole matmul); on an idle
-    one, 1.15x faster than 1 x 2. Small matmuls do not split well across threads.
+    the tiny model, 2 cores shared with other processes (benchmarks/engine.py, two runs): 2
+    workers x 1 thread 0.92-1.27x the speed of 1 process x 1 thread and 3.9-29x that of 1
+    process x 2 threads (a thread that waits for a busy core stalls its whole matmul); on an
+    idle machine 1.15x that of 1 x 2. Small matmuls do not split well across threads.
     """
     cores = cores or usable_cores()
     parallel_ok = device.type == "cpu" and _FORK is not None

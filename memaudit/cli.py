@@ -208,8 +208,16 @@ executor_options = [
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads per member [local: torch's default; ray: --cpus-per-model]; "
+        help="torch CPU threads per member [local: 1 with --workers auto, else torch's default; "
+        "ray: --cpus-per-model]; "
         "CPU results are bit-identical for the same count.",
+    ),
+    click.option(
+        "--workers",
+        default="auto",
+        show_default=True,
+        help="CPU: worker processes training members side by side (auto: one per core, one "
+        "torch thread each unless --threads); 1: this process only.",
     ),
     click.option(
         "--retries",
@@ -221,17 +229,26 @@ executor_options = [
 ]
 
 
-def _executor_config(executor, ray_address, cpus_per_model, gpus_per_model, threads, retries):
+def _executor_config(
+    executor, ray_address, cpus_per_model, gpus_per_model, threads, workers, retries
+):
     from memaudit.executors import ExecutorConfig
 
     if ray_address and executor != "ray":
         raise MemauditError("--ray-address: needs --executor ray")
+    if workers == "auto":
+        workers = None
+    elif not str(workers).isdigit() or int(workers) < 1:
+        raise MemauditError(f"--workers: expected auto or a positive integer, got '{workers}'")
+    else:
+        workers = int(workers)
     return ExecutorConfig(
         kind=executor,
         address=ray_address,
         cpus=cpus_per_model,
         gpus=gpus_per_model,
         threads=threads,
+        workers=workers,
         retries=retries,
     )
 
@@ -499,6 +516,7 @@ def run(
     cpus_per_model,
     gpus_per_model,
     threads,
+    workers,
     retries,
     prepare_only,
 ) -> None:
@@ -592,7 +610,9 @@ def run(
         else None,
     )
     out = out or api.default_out(data if data is not None else dataset, cfg.model.name)
-    ecfg = _executor_config(executor, ray_address, cpus_per_model, gpus_per_model, threads, retries)
+    ecfg = _executor_config(
+        executor, ray_address, cpus_per_model, gpus_per_model, threads, workers, retries
+    )
     audit = api.Audit(cfg, out, executor=ecfg)
     if prepare_only:
         if cfg.ensemble.auto:
@@ -628,7 +648,15 @@ def _shard(value: str | None) -> tuple[int, int]:
 )
 @_apply(executor_options)
 def train(
-    run_dir: Path, shard, executor, ray_address, cpus_per_model, gpus_per_model, threads, retries
+    run_dir: Path,
+    shard,
+    executor,
+    ray_address,
+    cpus_per_model,
+    gpus_per_model,
+    threads,
+    workers,
+    retries,
 ) -> None:
     """Train the members RUN_DIR lacks (or one shard of them), without estimating.
 
@@ -639,7 +667,9 @@ def train(
     from memaudit.terminal import print_status
 
     index, count = _shard(shard)
-    ecfg = _executor_config(executor, ray_address, cpus_per_model, gpus_per_model, threads, retries)
+    ecfg = _executor_config(
+        executor, ray_address, cpus_per_model, gpus_per_model, threads, workers, retries
+    )
     audit = api.Audit.open(run_dir, executor=ecfg)
     trained = audit.train_shard(index, count, progress=True)
     status = audit.status()

@@ -70,6 +70,7 @@ class EnsembleProgress:
     on_step: Callable[[int, int, float], None] | None = None  # (step, total, loss)
     on_model: Callable[[int, dict], None] | None = None  # (j, metadata)
     on_failure: Callable[[int, int, str], None] | None = None  # (j, attempt, error)
+    on_note: Callable[[str], None] | None = None  # how the executor runs them (one line)
 
 
 @dataclass
@@ -228,6 +229,8 @@ def train_ensemble(
     if executor is None:
         ctx = MemberContext(cfg, tokens, factory, device, dtype, tokenizer, task=task)
         executor = LocalExecutor(ctx)
+    if todo and progress.on_note and hasattr(executor, "plan"):
+        progress.on_note(executor.plan(len(todo)).describe())
     written: list[int] = []
     pending, attempts = list(todo), dict.fromkeys(todo, 0)
     while pending:

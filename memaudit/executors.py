@@ -9,6 +9,11 @@ Ray workers build their own copy of the setup (tokenizer, tokens, model) from th
 and the records the driver sends, once per worker process (Ray reuses workers), and train with
 ``threads`` torch threads: CPU results are bit-identical to the local executor's for the same
 thread count.
+
+On CPU the local executor runs members in forked worker processes, ``threads`` each (default
+one per core, one thread each: measured faster than one process using every core, see
+docs/ARCHITECTURE.md), sharing the driver's loaded model and tokens copy-on-write. A member's
+result depends on its thread count only, never on how many workers run beside it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing as mp
 import os
+import signal
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +57,7 @@ class ExecutorConfig:
     threads: int | None = None  # torch CPU threads per member; None: torch's default (local),
     # ceil(cpus) (Ray)
     retries: int = 2  # extra attempts for a member whose computation failed
+    workers: int | None = None  # local, CPU: worker processes; None: auto (one per core)
     runtime_env: Mapping[str, Any] | None = field(default=None, compare=False)  # Ray, API only
 
     def __post_init__(self) -> None:
@@ -60,6 +69,8 @@ class ExecutorConfig:
             raise MemauditError("--threads: must be a positive integer")
         if self.retries < 0:
             raise MemauditError("--retries: must not be negative")
+        if self.workers is not None and self.workers < 1:
+            raise MemauditError("--workers: must be a positive integer or auto")
         if self.kind == "ray":
             import_ray()  # before anything is written
 
@@ -81,11 +92,121 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class LocalExecutor:
-    """Members one after another in this process, with the driver's model and tokens."""
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects taskset and container CPU sets
+    except AttributeError:
+        return os.cpu_count() or 1
 
-    def __init__(self, ctx: ensemble.MemberContext, threads: int | None = None) -> None:
-        self.ctx, self.threads = ctx, threads
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """How the local executor runs a batch of members: ``workers`` processes (1: this process)
+    with ``threads`` torch threads per member (None: torch's default)."""
+
+    workers: int
+    threads: int | None
+    why: str
+
+    def describe(self) -> str:
+        threads = "torch's default" if self.threads is None else str(self.threads)
+        where = "in this process" if self.workers == 1 else f"in {self.workers} worker processes"
+        return f"training {where}, {threads} torch thread(s) per model ({self.why})"
+
+
+def plan_local(
+    workers: int | None,
+    threads: int | None,
+    pending: int,
+    device: torch.device,
+    trainable_bytes: int = 0,
+    cores: int | None = None,
+) -> LocalPlan:
+    """Workers and threads per member for the local executor.
+
+    auto (``workers=None``) on CPU: one thread per member (or ``threads``) and as many worker
+    processes as that leaves cores, capped by the pending members and by memory. The thread
+    count, which is all a CPU result depends on, is then the same whatever the worker count
+    (1 also for a single pending member), so a rerun on any machine is identical. Measured on
+    the tiny model, 2 cores shared with other processes (benchmarks/engine.py, two runs): 2
+    workers x 1 thread 0.92-1.27x the speed of 1 process x 1 thread and 3.9-29x that of 1
+    process x 2 threads (a thread that waits for a busy core stalls its whole matmul); on an
+    idle machine 1.15x that of 1 x 2. Small matmuls do not split well across threads.
+    """
+    cores = cores or usable_cores()
+    parallel_ok = device.type == "cpu" and _FORK is not None
+    if workers is not None:  # explicit
+        if workers == 1 or not parallel_ok:
+            why = "--workers 1" if workers == 1 else "worker processes are for CPU training"
+            return LocalPlan(1, threads, why)
+        per = threads or max(1, cores // workers)
+        return LocalPlan(min(workers, max(pending, 1)), per, f"--workers {workers}")
+    if not parallel_ok:
+        return LocalPlan(1, threads, "auto: not CPU" if device.type != "cpu" else "auto: no fork")
+    per = threads or 1
+    n = max(1, min(cores // per, pending))
+    mem = _available_memory()
+    if mem and trainable_bytes and n > 1:
+        # Weights (copied once written), gradients and two AdamW moments, plus slack.
+        need = 4 * trainable_bytes + (256 << 20)
+        n = max(1, min(n, mem // 2 // need))
+    return LocalPlan(n, per, f"auto: {cores} cores")
+
+
+try:
+    _FORK = mp.get_context("fork") if sys.platform.startswith("linux") else None
+except ValueError:
+    _FORK = None
+_POOL_CTX: ensemble.MemberContext | None = None  # the context forked workers inherit
+
+
+def _pool_init(threads: int | None, driver: int) -> None:
+    """A forked worker: die with the driver (a killed run leaves no trainer behind), leave
+    Ctrl-C to the driver, and use its thread count."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != driver:  # the driver died before prctl
+            os._exit(1)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _pool_member(j: int, column: np.ndarray) -> ensemble.MemberResult:
+    return ensemble.compute_member(_POOL_CTX, j, column)
+
+
+class LocalExecutor:
+    """Members on this machine: in this process with the driver's model and tokens, or, on
+    CPU, in worker processes forked from it (``workers``; None: auto, see :func:`plan_local`)."""
+
+    def __init__(
+        self, ctx: ensemble.MemberContext, threads: int | None = None, workers: int | None = 1
+    ) -> None:
+        self.ctx, self.threads, self.workers = ctx, threads, workers
+
+    def plan(self, pending: int) -> LocalPlan:
+        factory = self.ctx.factory
+        trainable = 0
+        if factory is not None:
+            trainable = sum(p.numel() * p.element_size() for p in factory._params.values())
+        image = self.ctx.task is not None and not isinstance(self.ctx.task, ensemble.TextTask)
+        if image:  # image tasks hold their own model; the fork path is text-only for now
+            return LocalPlan(1, self.threads, "image runs train in this process")
+        return plan_local(self.workers, self.threads, pending, self.ctx.device, trainable)
 
     def map(self, members: list[int], inclusion: np.ndarray, on_step=None) -> Iterator[Outcome]:
         k, why = packed.pack_size(self.ctx, len(members))
@@ -93,13 +214,54 @@ class LocalExecutor:
             with torch_threads(self.threads):
                 yield from packed.map_packed(self.ctx, members, inclusion, k, why, on_step)
             return
+        plan = self.plan(len(members))
+        if plan.workers > 1:
+            yield from self._map_pool(plan, members, inclusion)
+            return
         for j in members:
-            with torch_threads(self.threads):
+            with torch_threads(plan.threads):
                 try:
                     outcome = ensemble.compute_member(self.ctx, j, inclusion[:, j], on_step)
                 except Exception as exc:  # retried by the driver; KeyboardInterrupt is not
                     outcome = exc
             yield j, outcome
+
+    def _map_pool(self, plan: LocalPlan, members, inclusion) -> Iterator[Outcome]:
+        global _POOL_CTX
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        ctx = self.ctx
+        if ctx.n_extract and ctx.targets is None:  # made once here, not in every worker
+            from memaudit.extract import extraction_targets
+
+            ctx.targets = extraction_targets(
+                ctx.tokens, ctx.tokenizer, ctx.cfg.extract.prefix_tokens
+            )
+        _POOL_CTX = ctx
+        pool = ProcessPoolExecutor(
+            plan.workers,
+            mp_context=_FORK,
+            initializer=_pool_init,
+            initargs=(plan.threads, os.getpid()),
+        )
+        futures = {pool.submit(_pool_member, j, inclusion[:, j].copy()): j for j in members}
+        try:
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=futures.get):
+                    j = futures.pop(fut)
+                    try:
+                        outcome = fut.result()
+                    except Exception as exc:  # raised, or a worker died (BrokenProcessPool)
+                        outcome = exc
+                    yield j, outcome
+        finally:
+            # Interrupted (disk full, Ctrl-C) or done: no worker outlives this call.
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(Exception):
+                    proc.kill()
+            pool.shutdown(wait=True, cancel_futures=True)
+            _POOL_CTX = None
 
     def close(self) -> None:
         pass
@@ -296,4 +458,4 @@ def make_executor(ecfg: ExecutorConfig | None, ctx_factory, cfg: RunConfig, reco
                 "(Ray and shards are text-only in this release)"
             )
         return RayExecutor(ecfg, cfg, records)
-    return LocalExecutor(ctx_factory(), ecfg.threads)
+    return LocalExecutor(ctx_factory(), ecfg.threads, ecfg.workers)

@@ -54,34 +54,37 @@ def greedy_continuations(
     model.eval()
     pad = tokenizer.pad_token_id
     out = [""] * len(targets.prompts)
-    order = np.argsort([len(p) for p in targets.prompts], kind="stable")
+    plen = np.fromiter((len(p) for p in targets.prompts), dtype=np.int64, count=len(out))
+    # Batches of similar continuation length, then prompt length: a batch decodes as many
+    # steps as its longest continuation, and finished rows still ride along (measured: 2-3x
+    # fewer decoded tokens than batches by prompt length on the demo). Records with nothing
+    # to continue are skipped.
+    order = np.lexsort((plen, targets.lengths))
+    order = order[targets.lengths[order] > 0]
     for s in range(0, len(order), batch_size):
-        idx = [i for i in order[s : s + batch_size] if targets.lengths[i] > 0]
-        if not idx:
-            continue
-        width = max(len(targets.prompts[i]) for i in idx)
-        ids = np.full((len(idx), width), pad, dtype=np.int64)
-        attn = np.zeros((len(idx), width), dtype=np.int64)
-        for b, i in enumerate(idx):  # left padding: every prompt ends at the last column
-            p = targets.prompts[i]
-            ids[b, width - len(p) :] = p
-            attn[b, width - len(p) :] = 1
-        gen = (
-            model.generate(
-                input_ids=torch.from_numpy(ids).to(device),
-                attention_mask=torch.from_numpy(attn).to(device),
-                max_new_tokens=int(max(targets.lengths[i] for i in idx)),
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
-            )[:, width:]
-            .cpu()
-            .numpy()
+        idx = order[s : s + batch_size]
+        width = int(plen[idx].max())
+        # Left padding: every prompt ends at the last column.
+        attn = np.arange(width) >= (width - plen[idx])[:, None]
+        ids = np.full(attn.shape, pad, dtype=np.int64)
+        ids[attn] = np.concatenate([targets.prompts[i] for i in idx])
+        gen = model.generate(
+            input_ids=torch.from_numpy(ids).to(device),
+            attention_mask=torch.from_numpy(attn.astype(np.int64)).to(device),
+            max_new_tokens=int(targets.lengths[idx].max()),
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )[:, width:].cpu()
+        # Each continuation cut at its reference length; special tokens (eos, the padding
+        # after it) are dropped by the decoder.
+        texts = tokenizer.batch_decode(
+            [gen[b, : targets.lengths[i]].tolist() for b, i in enumerate(idx)],
+            skip_special_tokens=True,
         )
-        for b, i in enumerate(idx):
-            new = gen[b, : targets.lengths[i]].tolist()
-            out[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+        for i, text in zip(idx, texts, strict=True):
+            out[i] = text.strip()
     model.train(was_training)
     return out
 

@@ -130,9 +130,26 @@ def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
     except (OSError, ValueError) as exc:
         raise _not_found(cfg.name, _first_line(exc)) from None
     model.to(device)
+    fast_activations(model)
     if cfg.finetune == "lora":
         model = _wrap_lora(model, cfg)
     return model
+
+
+def fast_activations(model) -> int:
+    """Swap transformers' NewGELUActivation (GPT-Neo, GPT-2: eight elementwise ops, each a pass
+    over the activations forward and backward) for the fused GELUTanh kernel, the same function
+    (transformers: "equivalent ... but much faster", equal up to rounding). Measured: about 10%
+    of a training step of the tiny GPT-Neo on CPU. Returns the number of modules swapped."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    swapped = 0
+    for module in model.modules():
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+                swapped += 1
+    return swapped
 
 
 def _wrap_lora(model, cfg: ModelConfig):

@@ -92,7 +92,10 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
         def on_failure(j: int, attempt: int, error: str) -> None:
             console.print(f"[yellow]model {j} failed[/] (attempt {attempt}): {error}")
 
-        yield EnsembleProgress(on_start, on_step, on_model, on_failure)
+        def on_note(text: str) -> None:
+            console.print(text)
+
+        yield EnsembleProgress(on_start, on_step, on_model, on_failure, on_note)
 
 
 def _indices(js) -> str:

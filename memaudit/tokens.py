@@ -33,21 +33,33 @@ class TokenizedRecords:
     def lengths(self) -> np.ndarray:
         return np.array([len(x) for x in self.ids])
 
-    def batch(self, indices: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
-        """Right-padded ids, attention mask and the mask of scored target positions."""
+    def batch(
+        self, indices: Sequence[int], device: torch.device, score_all: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Right-padded ids and attention mask, and the scored target positions.
+
+        ``positions`` are flat indices into the (B, T) batch of the positions whose next token
+        is scored (all real tokens with ``score_all``, as in training), in row-major order;
+        ``rows`` the batch row of each. Computed here, on the host, so the model side gathers
+        them without a device sync.
+        """
         rows = [self.ids[i] for i in indices]
         width = max(len(r) for r in rows)
+        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        attn = np.zeros((len(rows), width), dtype=np.int64)
-        scored = np.zeros((len(rows), width), dtype=bool)
-        for b, (i, row) in enumerate(zip(indices, rows, strict=True)):
-            ids[b, : len(row)] = row
-            attn[b, : len(row)] = 1
-            scored[b, self.score_from[i] : len(row)] = True
+        attn = np.arange(width) < lens[:, None]
+        ids[attn] = np.concatenate(rows)
+        start = np.ones(len(rows), dtype=np.int64) if score_all else self.score_from[indices]
+        # Target k is scored for start <= k < len: it is predicted at position k - 1.
+        pred = (np.arange(1, width + 1) >= start[:, None]) & (
+            np.arange(1, width + 1) < lens[:, None]
+        )
+        positions = np.flatnonzero(pred)
         return {
             "input_ids": torch.from_numpy(ids).to(device),
-            "attention_mask": torch.from_numpy(attn).to(device),
-            "scored": torch.from_numpy(scored).to(device),
+            "attention_mask": torch.from_numpy(attn.astype(np.int64)).to(device),
+            "positions": torch.from_numpy(positions).to(device),
+            "rows": torch.from_numpy(positions // width).to(device),
         }
 
 

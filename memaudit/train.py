@@ -3,12 +3,18 @@
 AdamW, linear warmup then linear decay to zero, token-mean cross-entropy over each batch (with
 micro-batches summing to exactly the same gradient). Data order comes from the member's seed, so
 a retrained member is identical to the original.
+
+Speed (measured, docs/ARCHITECTURE.md "Training speed"): the output head and the softmax run
+only on the scored positions of a batch, gathered by indices the tokenizer side computes (no
+padding reaches the largest matmul of a small model, no host sync), AdamW is the fused kernel,
+and the loss is read back once per epoch unless a progress callback wants every step.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,13 +37,69 @@ class TrainStats:
     epoch_losses: list[float] = field(default_factory=list)
 
 
+# Per model object: (body, head) when head(body(...)[0]) reproduces the model's logits, else None.
+_SPLIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _body_and_head(model):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    try:
+        head, body = inner.get_output_embeddings(), inner.base_model
+    except (AttributeError, NotImplementedError):
+        return None
+    if head is None or body is inner:
+        return None
+    return body, head
+
+
+@torch.no_grad()
+def _check_split(model, batch) -> tuple | None:
+    """The model's (body, head) if the head alone maps hidden states to its logits (no logit
+    scaling or soft-capping in between), checked once per model on a real batch."""
+    split = _body_and_head(model)
+    if split is None:
+        return None
+    was_training = model.training
+    model.eval()  # no dropout, so the check draws no random numbers
+    try:
+        args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        ref = model(**args, use_cache=False).logits.float()
+        ours = split[1](split[0](**args, use_cache=False)[0]).float()
+        same = ref.shape == ours.shape and torch.allclose(ref, ours, rtol=1e-3, atol=1e-3)
+    except (TypeError, ValueError, RuntimeError):
+        same = False
+    finally:
+        model.train(was_training)
+    return split if same else None
+
+
 def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position NLL of the scored next tokens (float32) and the matching mask, both (B, T-1)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["scored"][:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
-    return nll * mask, mask
+    """NLL (float32) of every scored next token, flattened (n,), and the batch row of each.
+
+    Position ``batch["positions"][k]`` (a flat index into the (B, T) batch) predicts the token
+    after it. Only those rows reach the output head and the softmax: on a small model the head
+    is most of the work, and padding would be most of that.
+    """
+    if model not in _SPLIT:
+        _SPLIT[model] = _check_split(model, batch)
+    split = _SPLIT[model]
+    ids, pos = batch["input_ids"], batch["positions"]
+    args = {"input_ids": ids, "attention_mask": batch["attention_mask"], "use_cache": False}
+    if split is not None:
+        hidden = split[0](**args)[0]
+        logits = split[1](hidden.reshape(-1, hidden.shape[-1]).index_select(0, pos))
+    else:
+        logits = model(**args).logits
+        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, pos)
+    targets = ids.reshape(-1).index_select(0, pos + 1)
+    return F.cross_entropy(logits.float(), targets, reduction="none"), batch["rows"]
+
+
+def _optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    # The fused kernel: one call per step instead of ~10 small ops per parameter tensor, which
+    # on a small model cost more than the arithmetic.
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def train_member(
@@ -54,7 +116,7 @@ def train_member(
     torch.manual_seed(seed)  # dropout, if the model has any
     order_rng = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _optimizer(params, cfg, device)
     steps_per_epoch = math.ceil(len(subset) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
 
@@ -65,33 +127,36 @@ def train_member(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     micro = cfg.micro_batch_size or cfg.batch_size
+    lengths = tokens.lengths - 1  # trained positions per record: every real next token
     model.train()
     epoch_losses: list[float] = []
     step = 0
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         perm = subset[torch.randperm(len(subset), generator=order_rng).numpy()]
-        loss_sum, tok_sum = 0.0, 0
+        # Summed on the device; read back once per epoch (a read is a sync on a GPU).
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        tok_sum = 0
         for s in range(0, len(perm), cfg.batch_size):
             batch_idx = perm[s : s + cfg.batch_size]
             # Token count of the whole batch, so micro-batches add up to the batch's mean loss.
-            n_tok = int(sum(len(tokens.ids[i]) - 1 for i in batch_idx))
+            n_tok = int(lengths[batch_idx].sum())
             opt.zero_grad(set_to_none=True)
-            batch_loss = 0.0
+            batch_loss = torch.zeros((), device=device)
             for m in range(0, len(batch_idx), micro):
-                batch = tokens.batch(batch_idx[m : m + micro], device)
-                batch["scored"] = batch["attention_mask"].bool()  # train on every real token
+                batch = tokens.batch(batch_idx[m : m + micro], device, score_all=True)
                 nll, _ = token_nll(model, batch)
                 loss = nll.sum() / n_tok
                 loss.backward()
-                batch_loss += float(loss.detach())
-            if not math.isfinite(batch_loss):
-                raise TrainingDiverged(f"non-finite training loss at step {step}")
+                batch_loss += loss.detach()
             opt.step()
             sched.step()
             step += 1
-            loss_sum += batch_loss * n_tok
+            loss_sum += batch_loss.double() * n_tok
             tok_sum += n_tok
             if on_step is not None:
-                on_step(step, total, batch_loss)
-        epoch_losses.append(loss_sum / tok_sum)
+                on_step(step, total, float(batch_loss))
+        epoch_loss = float(loss_sum) / tok_sum
+        if not math.isfinite(epoch_loss):
+            raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1} (step {step})")
+        epoch_losses.append(epoch_loss)
     return TrainStats(step, time.perf_counter() - start, epoch_losses[-1], epoch_losses)

@@ -1,8 +1,9 @@
 """Executors, retries, shards and faults: every way of training an ensemble gives the same bits.
 
 The reference is one local run (--threads 1: CPU results are bit-identical for a given thread
-count); the Ray run, the worker killed mid-run, the shards merged, the retried member, the
-disk-full run resumed all must reproduce its loss matrix exactly.
+count; on a machine with 2+ cores its members train in forked worker processes); the run in
+this process alone, the Ray run, a worker killed mid-run, the shards merged, the retried
+member, the disk-full run resumed all must reproduce its loss matrix exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from memaudit import Audit
 from memaudit.config import EnsembleConfig, ExtractConfig, ModelConfig, RunConfig, TrainConfig
@@ -83,7 +85,72 @@ def test_cli_run_equals_the_api_run(data, reference, tmp_path, cli):
     assert json.loads((reference / "models" / "00003.json").read_text())["threads"] == 1
 
 
-# -- retries, divergence, disk full (local executor, in process) -----------------------------
+def test_worker_count_does_not_change_a_bit(data, reference, tmp_path):
+    """In this process, or 3 forked workers: the same bits as the reference (auto)."""
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        Audit(_config(data), out, executor=ExecutorConfig(threads=1, workers=workers)).run()
+        _same_results(out, reference)
+        meta = json.loads((out / "models" / "00005.json").read_text())
+        assert meta["threads"] == 1
+
+
+def test_a_dead_worker_is_retried_and_the_run_ends_identical(
+    data, reference, tmp_path, monkeypatch
+):
+    """A worker process that dies (OOM killer, segfault) fails its members, which are retried in
+    fresh workers; the run ends with the reference's bits."""
+    from memaudit import ensemble
+
+    compute = ensemble.compute_member
+    marker = tmp_path / "died"
+
+    def dies_once(ctx, j, column, on_step=None):
+        if j == 3 and not marker.exists():
+            marker.touch()
+            os._exit(1)  # in the forked worker
+        return compute(ctx, j, column, on_step)
+
+    monkeypatch.setattr(ensemble, "compute_member", dies_once)
+    out = tmp_path / "run"
+    Audit(_config(data), out, executor=ExecutorConfig(threads=1, workers=2)).run()
+    assert marker.exists()
+    _same_results(out, reference)
+
+
+def test_local_plan():
+    from memaudit.executors import plan_local
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    auto = plan_local(None, None, pending=10, device=cpu, cores=8)
+    assert (auto.workers, auto.threads) == (8, 1)
+    assert "8 worker processes" in auto.describe()
+    # The thread count, all a result depends on, does not follow the pending count.
+    assert (
+        plan_local(None, None, 3, cpu, cores=8).workers,
+        plan_local(None, None, 1, cpu, cores=8).threads,
+    ) == (3, 1)
+    assert (
+        plan_local(None, 2, 10, cpu, cores=8).workers,
+        plan_local(None, 2, 10, cpu, cores=8).threads,
+    ) == (4, 2)
+    assert plan_local(None, None, 10, cpu, cores=1).workers == 1
+    assert plan_local(None, None, 10, gpu, cores=8).workers == 1
+    assert (
+        plan_local(2, None, 10, cpu, cores=8).workers,
+        plan_local(2, None, 10, cpu, cores=8).threads,
+    ) == (2, 4)
+    assert plan_local(1, None, 10, cpu, cores=8).threads is None  # torch's default, as before
+    # Memory caps the workers: 1 GB of trainable weights, and no machine has 64 of them spare.
+    assert plan_local(None, None, 64, cpu, trainable_bytes=1 << 30, cores=64).workers < 64
+
+
+def test_workers_option_is_checked(data, tmp_path, cli):
+    res = cli("run", data, *SMALL, "--workers", "zero", "--out", tmp_path / "x")
+    assert res.code == 2 and "--workers" in res.err and not (tmp_path / "x").exists()
+
+
+# -- retries, divergence, disk full (local executor) -------------------------------------------
 def test_failed_member_is_retried_then_reported_and_rerun(data, reference, tmp_path, monkeypatch):
     from memaudit import ensemble
 
@@ -100,8 +167,10 @@ def test_failed_member_is_retried_then_reported_and_rerun(data, reference, tmp_p
 
     monkeypatch.setattr(ensemble, "compute_member", flaky)
     out = tmp_path / "run"
-    audit = Audit(_config(data), out, executor=ExecutorConfig(threads=1, retries=2))
-    report = audit.run()
+    # In this process (workers=1), so that the calls are counted here.
+    ecfg = ExecutorConfig(threads=1, retries=2, workers=1)
+    report = Audit(_config(data), out, executor=ecfg).run()
+    audit = Audit(_config(data), out, executor=ecfg)
     assert calls[1] == 2  # retried once, then fine
     assert calls[4] == 3  # one try and two retries, then given up
     status = audit.status()

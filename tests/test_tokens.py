@@ -52,7 +52,26 @@ def test_batch_masks(tok):
     lens = [len(x) for x in toks.ids]
     assert b["input_ids"].shape == (2, max(lens))
     assert b["attention_mask"].sum(1).tolist() == lens
-    assert b["scored"].sum(1).tolist() == [n - 1 for n in lens]
+    # Every real next token is scored (loss_on full), at the position that predicts it.
+    assert torch.bincount(b["rows"], minlength=2).tolist() == [n - 1 for n in lens]
+    width = max(lens)
+    expected = [r * width + k for r, n in enumerate(lens) for k in range(n - 1)]
+    assert b["positions"].tolist() == expected
+
+
+def test_batch_positions_score_only_the_completion(tok):
+    recs = [
+        _rec("Q: x A: yes", prompt="Q: x A:", i=0),
+        _rec("Q: longer one A: no", prompt="Q: longer one A:", i=1),
+    ]
+    toks = tokenize_records(recs, tok, 64, "completion", "d")
+    b = toks.batch([0, 1], torch.device("cpu"))
+    width = b["input_ids"].shape[1]
+    for r, i in enumerate([0, 1]):
+        predicted = [int(p) % width + 1 for p in b["positions"][b["rows"] == r]]
+        assert predicted == list(range(toks.score_from[i], len(toks.ids[i])))
+    all_positions = toks.batch([0, 1], torch.device("cpu"), score_all=True)["positions"]
+    assert len(all_positions) == sum(len(x) - 1 for x in toks.ids)
 
 
 def test_length_sorted_batches_cover_everything():

@@ -95,3 +95,69 @@ def test_lora_member_trains_only_adapters_and_resets(setup):
         if not p.requires_grad:
             assert torch.equal(p, frozen[n])
     assert np.array_equal(record_losses(factory.fresh(), tokens, 16, CPU), before)
+
+
+def _full_logits_nll(model, batch):
+    """The reference: the model's own logits at every position, gathered afterwards."""
+    ids, pos = batch["input_ids"], batch["positions"]
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+    logits = logits.reshape(-1, logits.shape[-1])[pos]
+    return torch.nn.functional.cross_entropy(logits, ids.reshape(-1)[pos + 1], reduction="none")
+
+
+def test_token_nll_runs_the_head_on_scored_positions_only(setup):
+    from memaudit import train
+
+    records, tok, tokens, factory = setup
+    model = factory.fresh()
+    batch = tokens.batch([0, 5, 9, 3], CPU)
+    nll, rows = train.token_nll(model, batch)
+    assert train._SPLIT[model] is not None  # the tiny GPT-Neo's head is the whole story
+    assert len(nll) == sum(len(tokens.ids[i]) - 1 for i in [0, 5, 9, 3])
+    assert rows.tolist() == sorted(rows.tolist())
+    with torch.no_grad():
+        torch.testing.assert_close(nll.detach(), _full_logits_nll(model, batch))
+
+
+def test_token_nll_falls_back_when_the_model_rescales_its_logits(setup):
+    """A model whose logits are not head(hidden) (soft-capping, a logit scale) keeps its own."""
+    from memaudit import train
+
+    _, _, tokens, _ = setup
+    model = load_base_model(ModelConfig(str(TINY_MODEL), finetune="full"), CPU, torch.float32)
+
+    def halve(module, args, output):
+        output.logits = output.logits * 0.5
+        return output
+
+    model.register_forward_hook(halve)
+    batch = tokens.batch([1, 2, 3], CPU)
+    nll, _ = train.token_nll(model, batch)
+    assert train._SPLIT[model] is None
+    with torch.no_grad():
+        torch.testing.assert_close(nll.detach(), _full_logits_nll(model, batch))
+
+
+def test_fast_activations_are_the_same_function():
+    from transformers import AutoModelForCausalLM
+
+    from memaudit.models import fast_activations
+
+    stock = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
+    fast = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
+    assert fast_activations(fast) == stock.config.num_layers
+    ids = torch.arange(1, 40)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids).logits, stock(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_divergence_is_reported(setup, monkeypatch):
+    from memaudit import train
+    from memaudit.train import TrainingDiverged
+
+    _, _, tokens, factory = setup
+    token_nll = train.token_nll
+    monkeypatch.setattr(train, "token_nll", lambda m, b: (token_nll(m, b)[0] * np.nan, None))
+    cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=8, max_length=64)
+    with pytest.raises(TrainingDiverged, match="non-finite training loss in epoch 1"):
+        train_member(factory.fresh(), tokens, np.arange(16), cfg, seed=0, device=CPU)

@@ -36,7 +36,7 @@ from memaudit.config import RunConfig, TrainConfig
 from memaudit.errors import MemauditError
 from memaudit.lora_batched import BatchedLora, find_lora_layers
 from memaudit.tokens import TokenizedRecords
-from memaudit.train import TrainStats
+from memaudit.train import TrainStats, upcast
 
 MAX_AUTO_PACK = 64  # beyond this the GPU is saturated anyway and a retry loses too much
 
@@ -290,7 +290,7 @@ def train_packed(
             logits = pack.forward(ids)
             # The layout train.token_nll uses, so that equal logits give equal float32 losses.
             nll = F.cross_entropy(
-                logits.flatten(0, 1)[:, :-1].float().transpose(1, 2),
+                upcast(logits.flatten(0, 1)[:, :-1]).transpose(1, 2),
                 ids.flatten(0, 1)[:, 1:],
                 reduction="none",
             ).view(ids.shape[0], ids.shape[1], -1)
@@ -344,11 +344,14 @@ def packed_losses(pack, tokens: TokenizedRecords, rows: int, device: torch.devic
         ids = batch["input_ids"].unsqueeze(0).expand(k, *batch["input_ids"].shape)
         logits = pack.forward(ids)
         nll = F.cross_entropy(
-            logits.flatten(0, 1)[:, :-1].float().transpose(1, 2),
+            upcast(logits.flatten(0, 1)[:, :-1]).transpose(1, 2),
             ids.flatten(0, 1)[:, 1:],
             reduction="none",
         ).view(k, len(idx), -1)
-        mask = batch["scored"][:, 1:]
+        # batch["positions"]: flat (B, T) indices of the positions whose next token is scored.
+        scored = torch.zeros(batch["input_ids"].numel(), dtype=nll.dtype, device=nll.device)
+        scored[batch["positions"]] = 1.0
+        mask = scored.view(batch["input_ids"].shape)[:, :-1]
         out[:, idx] = ((nll * mask).sum(-1) / mask.sum(-1)).double().cpu().numpy()
     return out
 

@@ -73,6 +73,12 @@ def _check_split(model, batch) -> tuple | None:
     return split if same else None
 
 
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the softmax: half precision raised to float32, float64 left as it is (a
+    float64 run, as the exactness tests use, stays float64 end to end)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """NLL (float32) of every scored next token, flattened (n,), and the batch row of each.
 
@@ -92,7 +98,7 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
         logits = model(**args).logits
         logits = logits.reshape(-1, logits.shape[-1]).index_select(0, pos)
     targets = ids.reshape(-1).index_select(0, pos + 1)
-    return F.cross_entropy(logits.float(), targets, reduction="none"), batch["rows"]
+    return F.cross_entropy(upcast(logits), targets, reduction="none"), batch["rows"]
 
 
 def _optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:

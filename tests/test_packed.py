@@ -78,7 +78,10 @@ def test_packed_equals_one_at_a_time_float64(setup, finetune):
     _compare(factory, tokens, subsets, CFG, param_atol=1e-10, loss_atol=1e-10)
 
 
-@pytest.mark.parametrize("finetune,loss_atol", [("full", 1e-4), ("lora", 1e-5)])
+# Full fine-tuning: the unpacked loop applies the output head to scored positions only, the
+# packed one to all, so float32 rounding differs from the first step and AdamW amplifies it:
+# measured up to 4e-4 after 6 steps (float64, above, is exact).
+@pytest.mark.parametrize("finetune,loss_atol", [("full", 2e-3), ("lora", 1e-5)])
 def test_packed_equals_one_at_a_time_float32(setup, finetune, loss_atol):
     tokens, subsets = setup
     factory = _factory(finetune, torch.float32)
@@ -156,7 +159,8 @@ def test_end_to_end_packed_equals_unpacked(tmp_path):
         assert audit.train() == [0, 1, 2, 3, 4]
         runs[pack] = audit
     off, on = runs["off"], runs["3"]
-    np.testing.assert_allclose(on.losses(), off.losses(), atol=1e-4, rtol=0)
+    # float32: rounding amplified by AdamW (see the float32 test above); measured 8e-4.
+    np.testing.assert_allclose(on.losses(), off.losses(), atol=3e-3, rtol=0)
     metas = [on.run_dir.model_meta(j) for j in range(5)]
     assert [m["pack"] for m in metas] == [3, 3, 3, 2, 2]
     assert [m["steps"] for m in metas] == [m["steps"] for m in off.run_dir.model_metas(5)]

@@ -1,6 +1,6 @@
 """Reduced-M accuracy: how close do few models come to a large reference ensemble?
 
-    python benchmarks/reduced_m.py [--ref-models 256] [--use-available]
+    python benchmarks/reduced_m.py [--ref-models 1000] [--use-available]
 
 The reference task: the first 120 NQ-open questions of fixtures/demo/nq_source.jsonl (not in the
 tiny model's pretraining data), with 24 planted groups of 2 to 5 copies and 1 to 3 replaced
@@ -9,14 +9,16 @@ The ensemble is cached in benchmarks/cache/ and resumes like any memaudit run, s
 be stopped and rerun; --use-available evaluates whatever models are finished.
 
 Models 0..127 are the candidate pool (--pool); every M in {8, 16, 32, 64, 128} uses its first M
-models, and the reference is every later model (128 of the 256), so candidate and reference never
-share a model. For each M and
-each estimator (plain difference of means, regression-adjusted) it reports: Spearman correlation
-of self-influence and of the margin with the reference (same estimator), ROC AUC of the margin
-and of self-influence for separating planted near-duplicates from unique records, cluster pair
-precision/recall and groups found against the planted groups and against the reference's
-clusters, agreement (Jaccard) of the flagged records with the reference, and the compute spent.
-It replays `--models auto` (rounds of 16, 32, 64 with the stopping rule of memaudit.convergence)
+models, and the reference is every later model (up to 872 of the 1,000), so candidate and
+reference never share a model. Training all 1,000 takes about 2 hours on 2 idle cores
+(`memaudit train benchmarks/cache/reference-M256 --shard I/K` splits it over machines).
+For each M and each estimator (plain difference of means, regression-adjusted) it reports:
+Spearman correlation of self-influence and of the margin with the reference (same estimator),
+ROC AUC of the margin and of self-influence for separating planted near-duplicates from unique
+records, cluster pair precision/recall and groups found against the planted groups and against
+the reference's clusters, agreement (Jaccard) of the flagged records with the reference, and the
+compute spent.
+It replays `--models auto` (memaudit's rounds, 16, 32, 48, 64, ..., and its stopping rule)
 on the pool, and reproduces the paper's table on the reference ensemble.
 
 Partition designs: a second, 64-model ensemble in the complementary-pairs design
@@ -269,7 +271,7 @@ def estimators_agree(ctx: dict, cols: np.ndarray) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ref-models", type=int, default=256)
+    ap.add_argument("--ref-models", type=int, default=1000)
     ap.add_argument("--use-available", action="store_true", help="do not train; use what exists")
     ap.add_argument("--pool", type=int, default=POOL, help="candidate models (M grid up to it)")
     ap.add_argument(

@@ -11,7 +11,7 @@ be stopped and rerun; --use-available evaluates whatever models are finished.
 Models 0..127 are the candidate pool (--pool); every M in {8, 16, 32, 64, 128} uses its first M
 models, and the reference is every later model (up to 872 of the 1,000), so candidate and
 reference never share a model. Training all 1,000 takes about 2 hours on 2 idle cores
-(`memaudit train benchmarks/cache/reference-M256 --shard I/K` splits it over machines).
+(`memaudit train benchmarks/cache/reference-bernoulli --shard I/K` splits it over machines).
 For each M and each estimator (plain difference of means, regression-adjusted) it reports:
 Spearman correlation of self-influence and of the margin with the reference (same estimator),
 ROC AUC of the margin and of self-influence for separating planted near-duplicates from unique
@@ -85,7 +85,7 @@ def train(data: Path, n_models: int, design: str = "bernoulli") -> Path:
     import subprocess
     import sys
 
-    out = CACHE / ("reference-M256" if design == "bernoulli" else f"reference-{design}")
+    out = CACHE / ("reference-bernoulli" if design == "bernoulli" else f"reference-{design}")
     config = str(ROOT / "fixtures/demo/demo.toml")
     cmd = [sys.executable, "-m", "memaudit", "run", str(data), "--config", config,
            "--models", str(n_models), "--out", str(out), "--design", design]  # fmt: skip
@@ -283,7 +283,7 @@ def main() -> None:
     args = ap.parse_args()
     pool = args.pool
     data = prepare()
-    out = CACHE / "reference-M256" if args.use_available else train(data, args.ref_models)
+    out = CACHE / "reference-bernoulli" if args.use_available else train(data, args.ref_models)
     run = RunDir(out)
     records = run.records()
     inclusion_all = run.inclusion()

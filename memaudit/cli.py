@@ -131,16 +131,19 @@ FINDINGS_KEYS = (
 )
 
 
-def _with_findings_options(f):
-    """Add the findings options to a command; they reach it as one dict, ``findings_given``."""
+def _gathered(options, keys: tuple[str, ...], name: str):
+    """Add ``options`` to a command; their values reach it as one dict argument, ``name``."""
     import functools
 
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        given = {k: kwargs.pop(k) for k in FINDINGS_KEYS}
-        return f(*args, findings_given=given, **kwargs)
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            given = {k: kwargs.pop(k) for k in keys}
+            return f(*args, **{name: given}, **kwargs)
 
-    return _apply(findings_options)(wrapper)
+        return _apply(options)(wrapper)
+
+    return deco
 
 
 def _findings_config(base, **given):
@@ -227,6 +230,17 @@ executor_options = [
         help="Extra attempts for a member that fails (an error, a lost worker).",
     ),
 ]
+
+
+EXECUTOR_KEYS = (
+    "executor",
+    "ray_address",
+    "cpus_per_model",
+    "gpus_per_model",
+    "threads",
+    "workers",
+    "retries",
+)
 
 
 def _executor_config(
@@ -455,14 +469,14 @@ image_options = [
     show_default=True,
     help="Plain-text records: prompt with this many tokens, score the rest.",
 )
-@_with_findings_options
+@_gathered(findings_options, FINDINGS_KEYS, "findings_given")
 @click.option(
     "--trust-remote-code",
     is_flag=True,
     default=False,
     help="Allow model code from the model's repository to run (off by default).",
 )
-@_apply(executor_options)
+@_gathered(executor_options, EXECUTOR_KEYS, "executor_given")
 @click.option(
     "--prepare-only",
     is_flag=True,
@@ -511,13 +525,7 @@ def run(
     prefix_tokens,
     findings_given,
     trust_remote_code,
-    executor,
-    ray_address,
-    cpus_per_model,
-    gpus_per_model,
-    threads,
-    workers,
-    retries,
+    executor_given,
     prepare_only,
 ) -> None:
     """Train an ensemble on random halves of DATA and estimate the influence matrix.
@@ -610,9 +618,7 @@ def run(
         else None,
     )
     out = out or api.default_out(data if data is not None else dataset, cfg.model.name)
-    ecfg = _executor_config(
-        executor, ray_address, cpus_per_model, gpus_per_model, threads, workers, retries
-    )
+    ecfg = _executor_config(**executor_given)
     audit = api.Audit(cfg, out, executor=ecfg)
     if prepare_only:
         if cfg.ensemble.auto:
@@ -646,17 +652,11 @@ def _shard(value: str | None) -> tuple[int, int]:
     help="I/K: train members j with j % K == I - 1 (I = 1..K), e.g. from a Slurm array; "
     "shards of one K run side by side [default: all members].",
 )
-@_apply(executor_options)
+@_gathered(executor_options, EXECUTOR_KEYS, "executor_given")
 def train(
     run_dir: Path,
     shard,
-    executor,
-    ray_address,
-    cpus_per_model,
-    gpus_per_model,
-    threads,
-    workers,
-    retries,
+    executor_given,
 ) -> None:
     """Train the members RUN_DIR lacks (or one shard of them), without estimating.
 
@@ -667,9 +667,7 @@ def train(
     from memaudit.terminal import print_status
 
     index, count = _shard(shard)
-    ecfg = _executor_config(
-        executor, ray_address, cpus_per_model, gpus_per_model, threads, workers, retries
-    )
+    ecfg = _executor_config(**executor_given)
     audit = api.Audit.open(run_dir, executor=ecfg)
     trained = audit.train_shard(index, count, progress=True)
     status = audit.status()
@@ -714,7 +712,7 @@ def analyze(run_dir: Path, top_k: int | None, estimator: str | None) -> None:
     help="Replace record texts by ids and sha256 hashes in every output "
     "(written as report.redacted.*).",
 )
-@_with_findings_options
+@_gathered(findings_options, FINDINGS_KEYS, "findings_given")
 def report(run_dir: Path, formats, redact, findings_given) -> None:
     """Re-render the reports of RUN_DIR from what it holds, without training."""
     from memaudit import api

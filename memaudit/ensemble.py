@@ -160,6 +160,12 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
         train_seconds=round(stats.seconds, 3),
         eval_seconds=round(time.perf_counter() - t0, 3),
     )
+    return finish_member(ctx, j, model, losses, meta, arrays)
+
+
+def finish_member(ctx: MemberContext, j: int, model, losses, meta, arrays) -> MemberResult:
+    """Member j's result once trained and evaluated: failed if its losses are not finite, and
+    with its extraction (decoding every record) if it is one of the first extract models."""
     if meta["status"] != "ok":
         meta["error"] = "non-finite evaluation loss"
         return MemberResult(j, None, meta)
@@ -167,7 +173,7 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
     if j < ctx.n_extract:
         t0 = time.perf_counter()
         extraction = extract_member(
-            model, ctx.targets, ctx.tokenizer, cfg.extract.batch_size, device
+            model, ctx.targets, ctx.tokenizer, ctx.cfg.extract.batch_size, ctx.device
         )
         meta["extract_seconds"] = round(time.perf_counter() - t0, 3)
     return MemberResult(j, losses, meta, extraction, arrays)

@@ -397,8 +397,8 @@ def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> li
     once, then the first ``extract.models`` decoded one at a time by the usual code: the same
     MemberResults as :func:`memaudit.ensemble.compute_member` gives one by one, up to
     floating-point rounding. Writes nothing."""
-    from memaudit.ensemble import MemberResult
-    from memaudit.extract import extract_member, extraction_targets
+    from memaudit.ensemble import MemberResult, finish_member
+    from memaudit.extract import extraction_targets
     from memaudit.partition import model_seed
 
     cfg, device = ctx.cfg, ctx.device
@@ -441,18 +441,7 @@ def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> li
             train_seconds=round(stats[i].seconds, 3),  # the pack's time / pack
             eval_seconds=round(eval_seconds, 3),  # the pack's evaluation time / pack
         )
-        if meta["status"] != "ok":
-            meta["error"] = "non-finite evaluation loss"
-            results.append(MemberResult(j, None, meta))
-            continue
-        extraction = None
-        if j < ctx.n_extract:
-            t0 = time.perf_counter()
-            extraction = extract_member(
-                model, ctx.targets, ctx.tokenizer, cfg.extract.batch_size, device
-            )
-            meta["extract_seconds"] = round(time.perf_counter() - t0, 3)
-        results.append(MemberResult(j, losses, meta, extraction, arrays))
+        results.append(finish_member(ctx, j, model, losses, meta, arrays))
     task.fresh()
     return results
 

@@ -272,8 +272,7 @@ def _notes(
             ", or (regression-adjusted estimator) two records with low margins that are each "
             "other's top influencers"
             + (
-                f" and one of which carries at least {fraction:g} of the other's largest "
-                "influence."
+                f" and one of which carries at least {fraction:g} of the other's largest influence."
                 if fraction
                 else "."
             )

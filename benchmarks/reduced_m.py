@@ -104,14 +104,20 @@ def complementary_rows(ctx: dict, refs: dict, out: Path, per_model: float) -> li
     losses, valid = run.collect_losses(len(records), inclusion.shape[1])
     n_done = int(np.argmin(valid)) if not valid.all() else valid.size  # complete prefix
     ctx_c = dict(ctx, losses=losses[:, :n_done], inclusion=inclusion[:, :n_done])
+    return grid_rows(ctx_c, refs, "complementary", n_done, per_model)
+
+
+def grid_rows(ctx: dict, refs: dict, design: str, available: int, per_model: float) -> list[dict]:
+    """One row per estimator and M in M_GRID (up to ``available``): the first M models of
+    ``ctx`` against the reference of the same estimator."""
     rows = []
     for est in ESTIMATORS:
-        for m in [m for m in M_GRID if m <= n_done]:
-            one = evaluate_one(ctx_c, np.arange(m), est)
+        for m in [m for m in M_GRID if m <= available]:
+            one = evaluate_one(ctx, np.arange(m), est)
             rows.append(
                 {
                     "estimator": est,
-                    "design": "complementary",
+                    "design": design,
                     "models": m,
                     "train_seconds": round(m * per_model, 1),
                 }
@@ -312,20 +318,7 @@ def main() -> None:
         refs[e]["reliability"] = split_half_reliability(
             ctx["losses"][:, ref_cols], ctx["inclusion"][:, ref_cols], estimator=e
         )
-    rows = []
-    for est in ESTIMATORS:
-        for m in [m for m in M_GRID if m <= pool]:
-            one = evaluate_one(ctx, np.arange(m), est)
-            rows.append(
-                {
-                    "estimator": est,
-                    "design": "bernoulli",
-                    "models": m,
-                    "train_seconds": round(m * per_model, 1),
-                }
-                | one["metrics"]
-                | compare(one, refs[est])
-            )
+    rows = grid_rows(ctx, refs, "bernoulli", pool, per_model)
     comp_dir = CACHE / "reference-complementary"
     if args.complementary_models and not args.use_available:
         comp_dir = train(data, args.complementary_models, "complementary")

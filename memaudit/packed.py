@@ -36,7 +36,7 @@ from memaudit.config import RunConfig, TrainConfig
 from memaudit.errors import MemauditError
 from memaudit.lora_batched import BatchedLora, find_lora_layers
 from memaudit.tokens import TokenizedRecords
-from memaudit.train import TrainStats, upcast
+from memaudit.train import TrainStats, lr_factor, upcast
 
 MAX_AUTO_PACK = 64  # beyond this the GPU is saturated anyway and a retry loses too much
 
@@ -148,13 +148,6 @@ def _plan(subset: np.ndarray, seed: int, cfg: TrainConfig) -> _Member:
         perm = subset[torch.randperm(len(subset), generator=order_rng).numpy()]
         m.batches += [perm[s : s + cfg.batch_size] for s in range(0, len(perm), cfg.batch_size)]
     return m
-
-
-def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """train_member's schedule: linear warmup, then linear decay to zero at ``total``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / (cfg.warmup_steps + 1)
-    return max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
 
 
 class StackedAdamW:
@@ -305,7 +298,7 @@ def train_packed(
             if a and not math.isfinite(bl):
                 m.diverged = f"non-finite training loss at step {step}"
         stepping = [a and m.diverged is None for m, a in zip(members, active, strict=True)]
-        lr = [cfg.lr * _lr_factor(step, m.total, cfg) for m in members]
+        lr = [cfg.lr * lr_factor(step, m.total, cfg) for m in members]
         opt.step(
             torch.tensor(lr, dtype=torch.float64, device=device),
             torch.tensor(stepping, device=device),

@@ -73,6 +73,13 @@ def _check_split(model, batch) -> tuple | None:
     return split if same else None
 
 
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """The learning-rate schedule: linear warmup, then linear decay to zero at ``total``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    return max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
+
+
 def upcast(logits: torch.Tensor) -> torch.Tensor:
     """Logits for the softmax: half precision raised to float32, float64 left as it is (a
     float64 run, as the exactness tests use, stays float64 end to end)."""
@@ -126,12 +133,7 @@ def train_member(
     steps_per_epoch = math.ceil(len(subset) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
 
-    def schedule(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        return max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, cfg))
     micro = cfg.micro_batch_size or cfg.batch_size
     lengths = tokens.lengths - 1  # trained positions per record: every real next token
     model.train()

@@ -55,6 +55,9 @@ class TrainConfig:
     warmup_steps: int = 0
     loss_on: str = "full"  # the loss the influence is measured on: whole record or completion
     dtype: str = "auto"  # auto: bfloat16 on a CUDA device that supports it, else float32
+    # Train on records laid end to end in rows (no padding) where the model is checked to
+    # keep them apart; else padded rows. Same batches and losses either way.
+    pack_records: bool = True
 
     def __post_init__(self) -> None:
         _positive("--epochs", self.epochs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -32,6 +33,10 @@ class TokenizedRecords:
     @property
     def lengths(self) -> np.ndarray:
         return np.array([len(x) for x in self.ids])
+
+    @cached_property
+    def longest(self) -> int:
+        return max(len(x) for x in self.ids)
 
     def batch(
         self, indices: Sequence[int], device: torch.device, score_all: bool = False
@@ -61,6 +66,59 @@ class TokenizedRecords:
             "positions": torch.from_numpy(positions).to(device),
             "rows": torch.from_numpy(positions // width).to(device),
         }
+
+    def packed_batch(
+        self, indices: Sequence[int], device: torch.device, max_width: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """The records laid end to end in rows, every real token scored.
+
+        Each record's ``position_ids`` restart at 0, which is how Hugging Face models take
+        packed sequences: with no attention mask, a token attends only within its own record.
+        The tail of a row is padding, a sequence of its own that no record sees (attention is
+        causal) and no target comes from. Rows are no wider than ``max_width`` (or the longest
+        record of the data), a length the model takes anyway. ``positions`` and ``rows`` are in
+        the order of ``batch(score_all=True)``, record by record: the two give the same losses.
+        """
+        lens = np.fromiter((len(self.ids[i]) for i in indices), dtype=np.int64, count=len(indices))
+        longest = int(lens.max())
+        cap = max(max_width, self.longest, longest)
+        # Of a few widths, the one that holds the batch in the fewest token slots (a handful
+        # of candidates: this runs on the host every step).
+        widths = {longest, cap, *range(2 * longest, cap + 1, longest)}
+        width, where, fill = min(
+            (_first_fit(lens, w) for w in sorted(widths)),
+            key=lambda packing: packing[0] * len(packing[2]),
+        )
+        ids = np.full(len(fill) * width, self.pad_id, dtype=np.int64)
+        pos_ids = np.tile(np.arange(width, dtype=np.int64), len(fill))
+        for k, i in enumerate(indices):
+            ids[where[k] : where[k] + lens[k]] = self.ids[i]
+            pos_ids[where[k] : where[k] + lens[k]] = np.arange(lens[k])
+        for r, used in enumerate(fill):  # the padding tail restarts too: a sequence of its own
+            pos_ids[r * width + used : (r + 1) * width] = np.arange(width - used)
+        # Position p predicts the token after it: p runs over a record's first len - 1 tokens.
+        positions = np.concatenate([where[k] + np.arange(lens[k] - 1) for k in range(len(lens))])
+        rows = np.repeat(np.arange(len(lens)), lens - 1)
+        return {
+            "input_ids": torch.from_numpy(ids.reshape(len(fill), width)).to(device),
+            "position_ids": torch.from_numpy(pos_ids.reshape(len(fill), width)).to(device),
+            "positions": torch.from_numpy(positions).to(device),
+            "rows": torch.from_numpy(rows).to(device),
+        }
+
+
+def _first_fit(lens: np.ndarray, width: int) -> tuple[int, np.ndarray, list[int]]:
+    """Records into rows of ``width`` tokens, longest first, each into the first row with room:
+    (width, flat offset of each record, tokens used per row)."""
+    fill: list[int] = []
+    where = np.empty(len(lens), dtype=np.int64)
+    for k in np.argsort(-lens, kind="stable"):
+        r = next((r for r, used in enumerate(fill) if used + lens[k] <= width), len(fill))
+        if r == len(fill):
+            fill.append(0)
+        where[k] = r * width + fill[r]
+        fill[r] += int(lens[k])
+    return width, where, fill
 
 
 def tokenize_records(

@@ -79,3 +79,24 @@ def test_length_sorted_batches_cover_everything():
     batches = length_sorted_batches(lengths, np.arange(5), 2)
     assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2, 3, 4]
     assert [lengths[b].tolist() for b in batches] == [[1, 3], [5, 7], [9]]
+
+
+def test_packed_batch_lays_records_end_to_end(tok):
+    texts = ["one two three four five six", "a b", "x y z w", "alpha beta gamma"]
+    tokens = tokenize_records([_rec(t, i=i) for i, t in enumerate(texts)], tok, 64, "full", "t")
+    b = tokens.packed_batch([0, 1, 2, 3], torch.device("cpu"), max_width=64)
+    ids, pos_ids = b["input_ids"].numpy(), b["position_ids"].numpy()
+    flat_ids, flat_pos = ids.reshape(-1), pos_ids.reshape(-1)
+    width = ids.shape[1]
+    assert width <= 64 and ids.size < 4 * max(tokens.lengths)  # fewer slots than padded
+    # Every record appears once, whole, with positions 0..len-1, in no other record's span.
+    starts = np.flatnonzero(flat_pos == 0)
+    spans = {tuple(flat_ids[s : s + len(x)]) for s in starts for x in tokens.ids}
+    for x in tokens.ids:
+        assert tuple(x) in spans
+    # Scored positions: every real next token, record by record, as in the padded batch.
+    rows = b["rows"].numpy()
+    assert np.array_equal(rows, np.repeat(np.arange(4), tokens.lengths - 1))
+    targets = flat_ids[b["positions"].numpy() + 1]
+    assert np.array_equal(targets, np.concatenate([x[1:] for x in tokens.ids]))
+    assert (flat_pos[b["positions"].numpy() + 1] > 0).all()  # never a next record's first token

@@ -6,7 +6,7 @@ from memaudit.config import ModelConfig, TrainConfig
 from memaudit.evaluate import record_losses
 from memaudit.models import MemberFactory, load_base_model
 from memaudit.tokens import tokenize_records
-from memaudit.train import train_member
+from memaudit.train import _PACKS, packs, token_nll, train_member
 from tests.conftest import TINY_MODEL, tiny_setup
 
 CPU = torch.device("cpu")
@@ -161,3 +161,51 @@ def test_divergence_is_reported(setup, monkeypatch):
     cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=8, max_length=64)
     with pytest.raises(TrainingDiverged, match="non-finite training loss in epoch 1"):
         train_member(factory.fresh(), tokens, np.arange(16), cfg, seed=0, device=CPU)
+
+
+class _NoPositions(torch.nn.Module):
+    """A causal LM that drops position ids: packed records would attend to each other."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_packed_rows_give_the_padded_losses(setup):
+    """Records laid end to end (position ids restarting, no mask) score as when padded."""
+    _, _, tokens, factory = setup
+    model = factory.fresh().eval()
+    idx = np.arange(3, 19)
+    packed = tokens.packed_batch(idx, CPU, max_width=64)
+    padded = tokens.batch(idx, CPU, score_all=True)
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()  # it saved tokens
+    assert packed["input_ids"].shape[1] <= 64
+    with torch.no_grad():
+        a, rows_a = token_nll(model, packed)
+        b, rows_b = token_nll(model, padded)
+    assert torch.equal(rows_a, rows_b)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert packs(model, tokens, idx, CPU, 64)
+    # A model that would let packed records see each other is caught, and trains padded.
+    blind = _NoPositions(factory.fresh())
+    assert not packs(blind, tokens, idx, CPU, 64)
+
+
+def test_packed_rows_train_the_same_model(setup):
+    _, _, tokens, factory = setup
+    subset = np.arange(0, 40, 2)
+    trained = []
+    for pack in (True, False):
+        cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=8, max_length=64, pack_records=pack)
+        model = factory.fresh().double()
+        train_member(model, tokens, subset, cfg, seed=3, device=CPU)
+        if pack:
+            assert _PACKS[model]  # it did train on packed rows
+        trained.append({k: v.detach().clone() for k, v in model.named_parameters()})
+    start = dict(factory.fresh().double().named_parameters())
+    for name, p in trained[0].items():
+        assert not torch.equal(p, start[name].detach())  # both trained
+        torch.testing.assert_close(p, trained[1][name], rtol=1e-4, atol=1e-5, msg=name)

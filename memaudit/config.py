@@ -56,7 +56,8 @@ class TrainConfig:
     loss_on: str = "full"  # the loss the influence is measured on: whole record or completion
     dtype: str = "auto"  # auto: bfloat16 on a CUDA device that supports it, else float32
     # Train on records laid end to end in rows (no padding) where the model is checked to
-    # keep them apart; else padded rows. Same batches and losses either way.
+    # keep them apart; else padded rows. Same batches and losses either way (up to rounding,
+    # so not in the fingerprint).
     pack_records: bool = True
 
     def __post_init__(self) -> None:
@@ -203,6 +204,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("data")  # the dataset is identified by its sha256, not its path
         d.pop("pack")
+        d["train"].pop("pack_records")  # like pack: rounding only
         for key in ("device", "eval_batch_size", "analysis", "findings", "convergence"):
             d.pop(key)
         for key in ("models", "auto", "max_models"):

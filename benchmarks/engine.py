@@ -303,8 +303,9 @@ def main() -> None:
                 usual = usual_losses(stock.model, tokens)
             row["usual_eval"] = (c.wall, c.cpu)
             row["eval_max_abs_diff"] = float(np.abs(ours - usual).max())
+            batch = ExtractConfig().batch_size
             with Clock() as c:
-                gen_ours = greedy_continuations(factory.model, targets, tokenizer, 64, CPU)
+                gen_ours = greedy_continuations(factory.model, targets, tokenizer, batch, CPU)
             row["memaudit_decode"] = (c.wall, c.cpu)
             with Clock() as c:
                 gen_usual = usual_decode(stock.model, targets, tokenizer)

@@ -98,7 +98,9 @@ class ExtractConfig:
 
     models: int = 16  # enough that every record gets models that trained on it and that did not
     prefix_tokens: int = 32  # plain-text records: the prompt is their first K tokens
-    batch_size: int = 64
+    # Fastest for the lean decoder on the demo (benchmarks/decode.py: 128 against 64 and 300;
+    # larger batches pad more prompt tokens, smaller ones take more steps).
+    batch_size: int = 128
 
     def __post_init__(self) -> None:
         if not isinstance(self.models, int) or self.models < 0:

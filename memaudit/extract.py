@@ -1,21 +1,31 @@
 """Extractability: does a member reproduce a record's completion from its prompt?
 
-Greedy decoding (batched, left-padded, with the KV cache through ``generate``) from the record's
-prompt ("Q: ... A:") or, for plain text, from its first ``prefix_tokens`` tokens, for as many
-tokens as the true continuation has; scored with sacrebleu's sentence BLEU (0 to 1) and
-normalised exact match. Run on the first ``extract_models`` members right after they train,
-since members are not kept.
+Greedy decoding from the record's prompt ("Q: ... A:") or, for plain text, from its first
+``prefix_tokens`` tokens, for as many tokens as the true continuation has (cut at eos); scored
+with sacrebleu's sentence BLEU (0 to 1) and normalised exact match. Run on the first
+``extract_models`` members right after they train, since members are not kept.
+
+Decoding is a lean loop (left-padded batches, the model's body with its KV cache, the output
+head on the last position only, a row leaving the batch once done) instead of ``generate``,
+whose per-step bookkeeping (logits processors, stopping criteria, mask building) is most of the
+time on a small model: measured with ``benchmarks/decode.py``, 0.20 s against 0.26 s per 300
+demo records. A model the loop cannot verify (not decoder-only, a logit-changing generation
+setting, a head that is not the whole of the logits, or lean tokens that differ from
+``generate``'s on its first batch) is decoded by ``generate``.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from memaudit.tokens import TokenizedRecords
+from memaudit.train import output_split
 
 _NORM = re.compile(r"[\W_]+")
 
@@ -52,41 +62,147 @@ def greedy_continuations(
     """Greedy continuation of every prompt, cut at its reference length or eos."""
     was_training = model.training
     model.eval()
-    pad = tokenizer.pad_token_id
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     out = [""] * len(targets.prompts)
     plen = np.fromiter((len(p) for p in targets.prompts), dtype=np.int64, count=len(out))
-    # Batches of similar continuation length, then prompt length: a batch decodes as many
-    # steps as its longest continuation, and finished rows still ride along (measured: 2-3x
-    # fewer decoded tokens than batches by prompt length on the demo). Records with nothing
-    # to continue are skipped.
-    order = np.lexsort((plen, targets.lengths))
-    order = order[targets.lengths[order] > 0]
+    lengths = targets.lengths
+    keep = np.flatnonzero(lengths > 0)  # records with nothing to continue are skipped
+    # The lean decoder drops a row once it is done, so its batches go by prompt length (least
+    # padding in the prompt pass; measured on the demo, batch size 128: 0.17 s against 0.21 s
+    # by continuation length). ``generate`` decodes every row of a batch for its longest
+    # continuation, so its batches go by continuation length (2-3x fewer decoded tokens).
+    by_prompt = keep[np.lexsort((lengths[keep], plen[keep]))]
+    if model not in _LEAN and len(first := by_prompt[:batch_size]):
+        batch = _left_padded(targets.prompts, first, pad, device)
+        _LEAN[model] = _verified_split(model, batch, lengths[first], pad, eos)
+    split = _LEAN.get(model)
+    order = by_prompt if split is not None else keep[np.lexsort((plen[keep], lengths[keep]))]
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        width = int(plen[idx].max())
-        # Left padding: every prompt ends at the last column.
-        attn = np.arange(width) >= (width - plen[idx])[:, None]
-        ids = np.full(attn.shape, pad, dtype=np.int64)
-        ids[attn] = np.concatenate([targets.prompts[i] for i in idx])
-        gen = model.generate(
-            input_ids=torch.from_numpy(ids).to(device),
-            attention_mask=torch.from_numpy(attn.astype(np.int64)).to(device),
-            max_new_tokens=int(targets.lengths[idx].max()),
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-        )[:, width:].cpu()
-        # Each continuation cut at its reference length; special tokens (eos, the padding
-        # after it) are dropped by the decoder.
-        texts = tokenizer.batch_decode(
-            [gen[b, : targets.lengths[i]].tolist() for b, i in enumerate(idx)],
-            skip_special_tokens=True,
-        )
+        batch = _left_padded(targets.prompts, idx, pad, device)
+        if split is not None:
+            gen = _lean_greedy(*split, batch, lengths[idx], eos)
+        else:
+            gen = _generate(model, batch, lengths[idx], pad, eos)
+        # Special tokens (eos, padding) are dropped by the decoder.
+        texts = tokenizer.batch_decode(_cut(gen, lengths[idx], eos), skip_special_tokens=True)
         for i, text in zip(idx, texts, strict=True):
             out[i] = text.strip()
     model.train(was_training)
     return out
+
+
+def _left_padded(
+    prompts: list[np.ndarray], idx: np.ndarray, pad: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of the prompts ``idx``, left-padded: every prompt ends at
+    the last column, where decoding continues."""
+    plen = np.fromiter((len(prompts[i]) for i in idx), dtype=np.int64, count=len(idx))
+    attn = np.arange(plen.max()) >= (plen.max() - plen)[:, None]
+    ids = np.full(attn.shape, pad, dtype=np.int64)
+    ids[attn] = np.concatenate([prompts[i] for i in idx])
+    return {
+        "input_ids": torch.from_numpy(ids).to(device),
+        "attention_mask": torch.from_numpy(attn.astype(np.int64)).to(device),
+    }
+
+
+# Per model object: (body, head, cache keyword) when the lean decoder reproduced ``generate`` on
+# the model's first batch, else None (every batch then goes through ``generate``).
+_LEAN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Generation settings that cannot change a greedy token (sampling ones are off with do_sample
+# False; eos, pad and the length are passed explicitly). Any other non-default setting (a
+# repetition penalty, suppressed tokens, a minimum length, ...) sends the model to ``generate``.
+_GREEDY_NEUTRAL = {
+    "_from_model_config", "transformers_version", "use_cache", "output_attentions",
+    "output_hidden_states", "bos_token_id", "eos_token_id", "pad_token_id", "max_length",
+    "max_new_tokens", "do_sample", "num_beams", "temperature", "top_k", "top_p", "min_p",
+    "typical_p", "length_penalty", "early_stopping", "num_return_sequences",
+}  # fmt: skip
+
+
+def _verified_split(
+    model, batch: dict, lengths: np.ndarray, pad: int, eos: int | None
+) -> tuple | None:
+    """The model's (body, head, cache keyword) if the lean decoder can run it: a decoder-only
+    model whose body takes position ids and a cache, whose head alone maps hidden states to its
+    logits, with no greedy-changing generation settings, and whose lean continuations of
+    ``batch`` equal ``generate``'s."""
+    config, gen_config = model.config, getattr(model, "generation_config", None)
+    if getattr(config, "is_encoder_decoder", False) or gen_config is None:
+        return None
+    if set(gen_config.to_diff_dict()) - _GREEDY_NEUTRAL:
+        return None
+    split = output_split(model, batch)
+    if split is None:
+        return None
+    params = inspect.signature(split[0].forward).parameters
+    # transformers 5 renames the cache argument (and output field) past_key_values -> cache.
+    key = next((k for k in ("cache", "past_key_values") if k in params), None)
+    if key is None or "position_ids" not in params:
+        return None
+    try:
+        lean = _cut(_lean_greedy(*split, key, batch, lengths, eos), lengths, eos)
+    except (TypeError, ValueError, RuntimeError, AttributeError):
+        return None
+    same = lean == _cut(_generate(model, batch, lengths, pad, eos), lengths, eos)
+    return (*split, key) if same else None
+
+
+def _lean_greedy(
+    body, head, key: str, batch: dict, lengths: np.ndarray, eos: int | None
+) -> torch.Tensor:
+    """(B, max(lengths)) greedy tokens by a plain loop over the body with its KV cache, the
+    head on the last position only. A row leaves the batch (and the cache) once it has its
+    ``lengths`` tokens or eos; its later columns are padding to ignore."""
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    steps = int(lengths.max())
+    out = torch.zeros((len(ids), steps), dtype=ids.dtype, device=ids.device)
+    need = torch.from_numpy(lengths).to(ids.device)
+    rows = torch.arange(len(ids), device=ids.device)  # batch row -> row of ``out``
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)  # as generate: left padding does not shift
+    cache = None
+    for t in range(steps):
+        res = body(
+            input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{key: cache}
+        )
+        cache = res[key]
+        nxt = head(res[0][:, -1]).argmax(-1)
+        out[rows, t] = nxt
+        live = need[rows] > t + 1
+        if eos is not None:
+            live &= nxt != eos
+        if not bool(live.all()):
+            if not bool(live.any()):
+                break
+            keep = live.nonzero().squeeze(1)
+            rows, nxt, attn, pos = rows[keep], nxt[keep], attn[keep], pos[keep]
+            cache.batch_select_indices(keep)
+        ids = nxt[:, None]
+        attn = torch.cat([attn, attn.new_ones((len(ids), 1))], dim=1)
+        pos = pos[:, -1:] + 1
+    return out
+
+
+def _generate(model, batch: dict, lengths: np.ndarray, pad: int, eos: int | None) -> torch.Tensor:
+    width = batch["input_ids"].shape[1]
+    return model.generate(
+        **batch,
+        max_new_tokens=int(lengths.max()),
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )[:, width:]
+
+
+def _cut(gen: torch.Tensor, lengths: np.ndarray, eos: int | None) -> list[list[int]]:
+    """Each row's tokens up to its reference length, and before its first eos."""
+    rows = []
+    for row, n in zip(gen.cpu().tolist(), lengths, strict=True):
+        row = row[:n]
+        rows.append(row[: row.index(eos)] if eos in row else row)
+    return rows
 
 
 def _normalise(text: str) -> str:

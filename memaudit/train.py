@@ -74,6 +74,13 @@ def _check_split(model, batch) -> tuple | None:
     return split if same else None
 
 
+def output_split(model, batch) -> tuple | None:
+    """The model's (body, head), checked on ``batch`` the first time a model is seen."""
+    if model not in _SPLIT:
+        _SPLIT[model] = _check_split(model, batch)
+    return _SPLIT[model]
+
+
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     """The learning-rate schedule: linear warmup, then linear decay to zero at ``total``."""
     if step < cfg.warmup_steps:
@@ -134,9 +141,7 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
     after it. Only those rows reach the output head and the softmax: on a small model the head
     is most of the work, and padding would be most of that.
     """
-    if model not in _SPLIT:
-        _SPLIT[model] = _check_split(model, batch)
-    split = _SPLIT[model]
+    split = output_split(model, batch)
     ids, pos = batch["input_ids"], batch["positions"]
     args = _model_args(batch)
     if split is not None:

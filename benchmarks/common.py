@@ -39,3 +39,12 @@ def machine() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     return info
+
+
+def describe(info: dict) -> str:
+    """One line for a results table: the machine, and how busy it was at the end."""
+    load = tuple(round(x, 2) for x in os.getloadavg())
+    return (
+        f"Machine: {info['processor']}, {info['cpus']} CPUs, torch {info['torch']}, python "
+        f"{info['python']}; load average at the end {load}."
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -33,10 +32,6 @@ class TokenizedRecords:
     @property
     def lengths(self) -> np.ndarray:
         return np.array([len(x) for x in self.ids])
-
-    @cached_property
-    def longest(self) -> int:
-        return max(len(x) for x in self.ids)
 
     def batch(
         self, indices: Sequence[int], device: torch.device, score_all: bool = False
@@ -75,13 +70,13 @@ class TokenizedRecords:
         Each record's ``position_ids`` restart at 0, which is how Hugging Face models take
         packed sequences: with no attention mask, a token attends only within its own record.
         The tail of a row is padding, a sequence of its own that no record sees (attention is
-        causal) and no target comes from. Rows are no wider than ``max_width`` (or the longest
-        record of the data), a length the model takes anyway. ``positions`` and ``rows`` are in
+        causal) and no target comes from. Rows are no wider than ``max_width`` (or the batch's
+        longest record), a length the model takes. ``positions`` and ``rows`` are in
         the order of ``batch(score_all=True)``, record by record: the two give the same losses.
         """
         lens = np.fromiter((len(self.ids[i]) for i in indices), dtype=np.int64, count=len(indices))
         longest = int(lens.max())
-        cap = max(max_width, self.longest, longest)
+        cap = max(max_width, longest)
         # Of a few widths, the one that holds the batch in the fewest token slots (a handful
         # of candidates: this runs on the host every step).
         widths = {longest, cap, *range(2 * longest, cap + 1, longest)}

@@ -134,6 +134,14 @@ def packs(
     return _PACKS[model]
 
 
+def _positions(model) -> int | None:
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
 def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """NLL (float32) of every scored next token, flattened (n,), and the batch row of each.
 
@@ -184,10 +192,12 @@ def train_member(
     lengths = tokens.lengths - 1  # trained positions per record: every real next token
     # Records laid end to end in rows instead of padded each to the longest: same batches,
     # same losses, about a quarter fewer tokens through the body on short records.
-    # Rows up to --max-length wide (a length the user's model takes).
-    packed = cfg.pack_records and packs(model, tokens, subset[:micro], device, cfg.max_length)
+    # Rows up to --max-length wide, and no wider than the model's positions (its position
+    # table and causal-mask buffers are that size even where position ids restart).
+    width = min(cfg.max_length, _positions(model) or cfg.max_length)
+    packed = cfg.pack_records and packs(model, tokens, subset[:micro], device, width)
     make_batch = (
-        partial(tokens.packed_batch, max_width=cfg.max_length)
+        partial(tokens.packed_batch, max_width=width)
         if packed
         else partial(tokens.batch, score_all=True)
     )

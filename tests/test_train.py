@@ -209,3 +209,15 @@ def test_packed_rows_train_the_same_model(setup):
     for name, p in trained[0].items():
         assert not torch.equal(p, start[name].detach())  # both trained
         torch.testing.assert_close(p, trained[1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_packed_rows_stay_within_the_models_positions(setup):
+    """--max-length beyond the model's 64 positions: rows stay 64 wide (its causal-mask buffer
+    and position table are that size), and the member trains."""
+    records, tok, _, factory = setup
+    tokens = tokenize_records(records, tok, 128, "full", "demo")
+    cfg = TrainConfig(epochs=1, lr=3e-3, batch_size=16, max_length=128)
+    model = factory.fresh()
+    stats = train_member(model, tokens, np.arange(40), cfg, seed=0, device=CPU)
+    assert _PACKS[model] and np.isfinite(stats.final_loss)
+    assert model.config.max_position_embeddings == 64

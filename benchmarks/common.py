@@ -41,9 +41,9 @@ def machine() -> dict:
     return info
 
 
-def describe(info: dict) -> str:
+def describe(info: dict, load_average: tuple[float, ...]) -> str:
     """One line for a results table: the machine, and how busy it was at the end."""
-    load = tuple(round(x, 2) for x in os.getloadavg())
+    load = tuple(round(x, 2) for x in load_average)
     return (
         f"Machine: {info['processor']}, {info['cpus']} CPUs, torch {info['torch']}, python "
         f"{info['python']}; load average at the end {load}."

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -75,7 +76,12 @@ def main() -> None:
     base = min(times["usual per record"])
     result = {
         "machine": machine(),
-        "settings": {"records": len(records), "repeats": opts.repeats, "torch_threads": 1},
+        "settings": {
+            "records": len(records),
+            "repeats": opts.repeats,
+            "torch_threads": 1,
+            "load_average_at_end": os.getloadavg(),
+        },
         "paths": {
             name: {
                 "best_seconds": min(ts),
@@ -104,7 +110,7 @@ def main() -> None:
             for name, v in result["paths"].items()
         ),
         "",
-        describe(result["machine"]),
+        describe(result["machine"], result["settings"]["load_average_at_end"]),
     ]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "decode.json").write_text(json.dumps(result, indent=1))

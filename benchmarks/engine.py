@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import machine  # noqa: E402
+from common import describe, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -581,8 +581,7 @@ def markdown(r) -> str:
         "",
         *notes(r),
         "",
-        f"Machine: {m['processor']}, {m['cpus']} CPUs, torch {m['torch']}, python {m['python']};"
-        f" load average at the end {tuple(round(x, 2) for x in s['load_average_at_end'])}.",
+        describe(m, s["load_average_at_end"]),
     ]
     return "\n".join(lines) + "\n"
 

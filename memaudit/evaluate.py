@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from memaudit.tokens import TokenizedRecords, length_sorted_batches
-from memaudit.train import token_nll
+from memaudit.train import eval_mode, token_nll
 
 
 @torch.no_grad()
@@ -19,18 +19,16 @@ def record_losses(
     model, tokens: TokenizedRecords, batch_size: int, device: torch.device
 ) -> np.ndarray:
     """(N,) float64 mean NLL of every record under ``model``."""
-    was_training = model.training
-    model.eval()
-    out = torch.empty(len(tokens), dtype=torch.float64)
-    for idx in length_sorted_batches(tokens.lengths, np.arange(len(tokens)), batch_size):
-        batch = tokens.batch(idx, device)
-        nll, rows = token_nll(model, batch)
-        # Per-record sums by scattering into the padded (B, T) grid: deterministic on any
-        # device (an index_add would use atomics on a GPU).
-        grid = nll.new_zeros(batch["input_ids"].numel())
-        grid[batch["positions"]] = nll
-        sums = grid.view(len(idx), -1).sum(1)
-        counts = torch.bincount(rows, minlength=len(idx))
-        out[torch.from_numpy(idx)] = (sums / counts).double().cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        out = torch.empty(len(tokens), dtype=torch.float64)
+        for idx in length_sorted_batches(tokens.lengths, np.arange(len(tokens)), batch_size):
+            batch = tokens.batch(idx, device)
+            nll, rows = token_nll(model, batch)
+            # Per-record sums by scattering into the padded (B, T) grid: deterministic on any
+            # device (an index_add would use atomics on a GPU).
+            grid = nll.new_zeros(batch["input_ids"].numel())
+            grid[batch["positions"]] = nll
+            sums = grid.view(len(idx), -1).sum(1)
+            counts = torch.bincount(rows, minlength=len(idx))
+            out[torch.from_numpy(idx)] = (sums / counts).double().cpu()
     return out.numpy()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from memaudit.tokens import TokenizedRecords
-from memaudit.train import output_split
+from memaudit.train import eval_mode, output_split
 
 _NORM = re.compile(r"[\W_]+")
 
@@ -60,35 +60,33 @@ def greedy_continuations(
     model, targets: ExtractionTargets, tokenizer, batch_size: int, device: torch.device
 ) -> list[str]:
     """Greedy continuation of every prompt, cut at its reference length or eos."""
-    was_training = model.training
-    model.eval()
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    out = [""] * len(targets.prompts)
-    plen = np.fromiter((len(p) for p in targets.prompts), dtype=np.int64, count=len(out))
-    lengths = targets.lengths
-    keep = np.flatnonzero(lengths > 0)  # records with nothing to continue are skipped
-    # The lean decoder drops a row once it is done, so its batches go by prompt length (least
-    # padding in the prompt pass; measured on the demo, batch size 128: 0.17 s against 0.21 s
-    # by continuation length). ``generate`` decodes every row of a batch for its longest
-    # continuation, so its batches go by continuation length (2-3x fewer decoded tokens).
-    by_prompt = keep[np.lexsort((lengths[keep], plen[keep]))]
-    if model not in _LEAN and len(first := by_prompt[:batch_size]):
-        batch = _left_padded(targets.prompts, first, pad, device)
-        _LEAN[model] = _verified_split(model, batch, lengths[first], pad, eos)
-    split = _LEAN.get(model)
-    order = by_prompt if split is not None else keep[np.lexsort((plen[keep], lengths[keep]))]
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        batch = _left_padded(targets.prompts, idx, pad, device)
-        if split is not None:
-            gen = _lean_greedy(*split, batch, lengths[idx], eos)
-        else:
-            gen = _generate(model, batch, lengths[idx], pad, eos)
-        # Special tokens (eos, padding) are dropped by the decoder.
-        texts = tokenizer.batch_decode(_cut(gen, lengths[idx], eos), skip_special_tokens=True)
-        for i, text in zip(idx, texts, strict=True):
-            out[i] = text.strip()
-    model.train(was_training)
+    with eval_mode(model):
+        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        out = [""] * len(targets.prompts)
+        plen = np.fromiter((len(p) for p in targets.prompts), dtype=np.int64, count=len(out))
+        lengths = targets.lengths
+        keep = np.flatnonzero(lengths > 0)  # records with nothing to continue are skipped
+        # The lean decoder drops a row once it is done, so its batches go by prompt length (least
+        # padding in the prompt pass; measured on the demo, batch size 128: 0.17 s against 0.21 s
+        # by continuation length). ``generate`` decodes every row of a batch for its longest
+        # continuation, so its batches go by continuation length (2-3x fewer decoded tokens).
+        by_prompt = keep[np.lexsort((lengths[keep], plen[keep]))]
+        if model not in _LEAN and len(first := by_prompt[:batch_size]):
+            batch = _left_padded(targets.prompts, first, pad, device)
+            _LEAN[model] = _verified_split(model, batch, lengths[first], pad, eos)
+        split = _LEAN.get(model)
+        order = by_prompt if split is not None else keep[np.lexsort((plen[keep], lengths[keep]))]
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            batch = _left_padded(targets.prompts, idx, pad, device)
+            if split is not None:
+                gen = _lean_greedy(*split, batch, lengths[idx], eos)
+            else:
+                gen = _generate(model, batch, lengths[idx], pad, eos)
+            # Special tokens (eos, padding) are dropped by the decoder.
+            texts = tokenizer.batch_decode(_cut(gen, lengths[idx], eos), skip_special_tokens=True)
+            for i, text in zip(idx, texts, strict=True):
+                out[i] = text.strip()
     return out
 
 

@@ -36,7 +36,7 @@ from memaudit.config import RunConfig, TrainConfig
 from memaudit.errors import MemauditError
 from memaudit.lora_batched import BatchedLora, find_lora_layers
 from memaudit.tokens import TokenizedRecords
-from memaudit.train import TrainStats, lr_factor, upcast
+from memaudit.train import TrainStats, eval_mode, lr_factor, upcast
 
 MAX_AUTO_PACK = 64  # beyond this the GPU is saturated anyway and a retry loses too much
 
@@ -259,62 +259,62 @@ def train_packed(
     """
     start = time.perf_counter()
     k = len(subsets)
+    trained = tokens.lengths - 1  # trained positions per record: every real next token
     members = [_plan(s, seed, cfg) for s, seed in zip(subsets, seeds, strict=True)]
-    was_training = model.training
-    model.eval()  # no dropout (checked by packable), and vmap refuses random ops
-    pack = _pack_for(model, k)
-    opt = StackedAdamW(pack.params, cfg.weight_decay)
-    micro = cfg.micro_batch_size or cfg.batch_size
-    n_steps = max(m.total for m in members)
-    for step in range(n_steps):
-        active = [m.diverged is None and step < m.total for m in members]
-        if not any(active):  # the longest members diverged: nothing left to train
-            break
-        batches = [
-            m.batches[step] if a else m.batches[0][:0] for m, a in zip(members, active, strict=True)
-        ]
-        n_tok = [int(sum(len(tokens.ids[i]) - 1 for i in b)) for b in batches]
-        for p in pack.params.values():
-            p.grad = None
-        batch_loss = torch.zeros(k, dtype=torch.float64, device=device)
-        for s in range(0, max(len(b) for b in batches), micro):
-            chunks = [b[s : s + micro] for b in batches]
-            ids, scored = _pad(tokens, chunks, device)
-            logits = pack.forward(ids)
-            # The layout train.token_nll uses, so that equal logits give equal float32 losses.
-            nll = F.cross_entropy(
-                upcast(logits.flatten(0, 1)[:, :-1]).transpose(1, 2),
-                ids.flatten(0, 1)[:, 1:],
-                reduction="none",
-            ).view(ids.shape[0], ids.shape[1], -1)
-            denom = torch.tensor([max(n, 1) for n in n_tok], dtype=torch.float32, device=device)
-            loss = (nll * scored[:, :, 1:]).sum((1, 2)) / denom
-            mask = torch.tensor([bool(c.size) for c in chunks], device=device)
-            # where, not a product: a diverged or idle member's NaN must not reach the others.
-            torch.where(mask, loss, torch.zeros_like(loss)).sum().backward()
-            batch_loss += torch.where(mask, loss.detach(), torch.zeros_like(loss)).double()
-        losses = batch_loss.cpu().tolist()
-        for m, a, bl in zip(members, active, losses, strict=True):
-            if a and not math.isfinite(bl):
-                m.diverged = f"non-finite training loss at step {step}"
-        stepping = [a and m.diverged is None for m, a in zip(members, active, strict=True)]
-        lr = [cfg.lr * lr_factor(step, m.total, cfg) for m in members]
-        opt.step(
-            torch.tensor(lr, dtype=torch.float64, device=device),
-            torch.tensor(stepping, device=device),
-        )
-        for m, st, bl, nt in zip(members, stepping, losses, n_tok, strict=True):
-            if not st:
-                continue
-            m.loss_sum += bl * nt
-            m.tok_sum += nt
-            if (step + 1) % m.steps_per_epoch == 0:
-                m.epoch_losses.append(m.loss_sum / m.tok_sum)
-                m.loss_sum, m.tok_sum = 0.0, 0
-        if on_step is not None:
-            done = [bl for bl, st in zip(losses, stepping, strict=True) if st]
-            on_step(step + 1, n_steps, sum(done) / max(1, len(done)))
-    model.train(was_training)
+    with eval_mode(model):  # no dropout (checked by packable); vmap refuses random ops
+        pack = _pack_for(model, k)
+        opt = StackedAdamW(pack.params, cfg.weight_decay)
+        micro = cfg.micro_batch_size or cfg.batch_size
+        n_steps = max(m.total for m in members)
+        for step in range(n_steps):
+            active = [m.diverged is None and step < m.total for m in members]
+            if not any(active):  # the longest members diverged: nothing left to train
+                break
+            batches = [
+                m.batches[step] if a else m.batches[0][:0]
+                for m, a in zip(members, active, strict=True)
+            ]
+            n_tok = [int(trained[b].sum()) for b in batches]
+            for p in pack.params.values():
+                p.grad = None
+            batch_loss = torch.zeros(k, dtype=torch.float64, device=device)
+            for s in range(0, max(len(b) for b in batches), micro):
+                chunks = [b[s : s + micro] for b in batches]
+                ids, scored = _pad(tokens, chunks, device)
+                logits = pack.forward(ids)
+                # The layout train.token_nll uses, so that equal logits give equal float32 losses.
+                nll = F.cross_entropy(
+                    upcast(logits.flatten(0, 1)[:, :-1]).transpose(1, 2),
+                    ids.flatten(0, 1)[:, 1:],
+                    reduction="none",
+                ).view(ids.shape[0], ids.shape[1], -1)
+                denom = torch.tensor([max(n, 1) for n in n_tok], dtype=torch.float32, device=device)
+                loss = (nll * scored[:, :, 1:]).sum((1, 2)) / denom
+                mask = torch.tensor([bool(c.size) for c in chunks], device=device)
+                # where, not a product: a diverged or idle member's NaN must not reach the others.
+                torch.where(mask, loss, torch.zeros_like(loss)).sum().backward()
+                batch_loss += torch.where(mask, loss.detach(), torch.zeros_like(loss)).double()
+            losses = batch_loss.cpu().tolist()
+            for m, a, bl in zip(members, active, losses, strict=True):
+                if a and not math.isfinite(bl):
+                    m.diverged = f"non-finite training loss at step {step}"
+            stepping = [a and m.diverged is None for m, a in zip(members, active, strict=True)]
+            lr = [cfg.lr * lr_factor(step, m.total, cfg) for m in members]
+            opt.step(
+                torch.tensor(lr, dtype=torch.float64, device=device),
+                torch.tensor(stepping, device=device),
+            )
+            for m, st, bl, nt in zip(members, stepping, losses, n_tok, strict=True):
+                if not st:
+                    continue
+                m.loss_sum += bl * nt
+                m.tok_sum += nt
+                if (step + 1) % m.steps_per_epoch == 0:
+                    m.epoch_losses.append(m.loss_sum / m.tok_sum)
+                    m.loss_sum, m.tok_sum = 0.0, 0
+            if on_step is not None:
+                done = [bl for bl, st in zip(losses, stepping, strict=True) if st]
+                on_step(step + 1, n_steps, sum(done) / max(1, len(done)))
     seconds = time.perf_counter() - start
     stats: list[TrainStats | str] = [
         m.diverged or TrainStats(m.total, seconds / k, m.epoch_losses[-1], list(m.epoch_losses))

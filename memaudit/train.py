@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -53,6 +54,18 @@ def _body_and_head(model):
     return body, head
 
 
+@contextmanager
+def eval_mode(model):
+    """The block runs in eval mode (no dropout, so no random numbers are drawn); the model
+    returns to the mode it was in, even if the block fails."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def _check_split(model, batch) -> tuple | None:
     """The model's (body, head) if the head alone maps hidden states to its logits (no logit
@@ -60,17 +73,14 @@ def _check_split(model, batch) -> tuple | None:
     split = _body_and_head(model)
     if split is None:
         return None
-    was_training = model.training
-    model.eval()  # no dropout, so the check draws no random numbers
     try:
-        args = _model_args(batch)
-        ref = model(**args).logits.float()
-        ours = split[1](split[0](**args)[0]).float()
+        with eval_mode(model):
+            args = _model_args(batch)
+            ref = model(**args).logits.float()
+            ours = split[1](split[0](**args)[0]).float()
         same = ref.shape == ours.shape and torch.allclose(ref, ours, rtol=1e-3, atol=1e-3)
     except (TypeError, ValueError, RuntimeError):
         same = False
-    finally:
-        model.train(was_training)
     return split if same else None
 
 
@@ -118,18 +128,15 @@ def packs(
     (then records would attend to each other) fail the check and train on padded rows.
     """
     if model not in _PACKS:
-        was_training = model.training
-        model.eval()
         try:
-            ref, _ = token_nll(model, tokens.batch(indices, device, score_all=True))
-            ours, _ = token_nll(model, tokens.packed_batch(indices, device, max_width))
+            with eval_mode(model):
+                ref, _ = token_nll(model, tokens.batch(indices, device, score_all=True))
+                ours, _ = token_nll(model, tokens.packed_batch(indices, device, max_width))
             # Rounding differs with the layout; a record that sees another is off by far more.
             tol = 1e-3 if ref.dtype in (torch.float32, torch.float64) else 3e-2
             same = ref.shape == ours.shape and bool((ref - ours).abs().max() <= tol)
         except (TypeError, ValueError, RuntimeError):
             same = False
-        finally:
-            model.train(was_training)
         _PACKS[model] = same
     return _PACKS[model]
 
@@ -190,10 +197,10 @@ def train_member(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, cfg))
     micro = cfg.micro_batch_size or cfg.batch_size
     lengths = tokens.lengths - 1  # trained positions per record: every real next token
-    # Records laid end to end in rows instead of padded each to the longest: same batches,
-    # same losses, about a quarter fewer tokens through the body on short records.
-    # Rows up to --max-length wide, and no wider than the model's positions (its position
-    # table and causal-mask buffers are that size even where position ids restart).
+    # Records laid end to end in rows instead of each padded to the longest (same batches,
+    # same losses; on the demo 87% of the body's token slots are real against 71%), rows up to
+    # --max-length wide and no wider than the model's positions (its position table and
+    # causal-mask buffers are that size even where position ids restart).
     width = min(cfg.max_length, _positions(model) or cfg.max_length)
     packed = cfg.pack_records and packs(model, tokens, subset[:micro], device, width)
     make_batch = (

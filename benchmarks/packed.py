@@ -9,7 +9,8 @@ seeds, the same TrainConfig (AdamW, linear decay):
 - ``full``: the bundled tiny GPT-Neo (fixtures/tiny-gpt-neo, 1M parameters), fully fine-tuned;
 - ``lora``: LoRA (r 8, q_proj and v_proj, peft's default for GPT-Neo) on a GPT-Neo-125M-shaped
   model built from its config with random weights (hidden 768, 12 layers, 12 heads, vocab
-  50257), the frozen base shared by the K packed adapters.
+  50257), the frozen base shared by the K packed adapters; also greedy extraction decoding
+  by min(K, 16) members, one at a time against mixed-adapter batches.
 
 One-at-a-time is ``train.train_member`` per member (the unpacked path of every run); packed is
 ``packed.train_packed`` on all K at once; evaluation (every record's loss) likewise:
@@ -38,10 +39,16 @@ from common import machine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # memaudit from this checkout, installed or not
 
-from memaudit.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from memaudit.config import ExtractConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from memaudit.evaluate import record_losses  # noqa: E402
+from memaudit.extract import ExtractionTargets, greedy_continuations  # noqa: E402
 from memaudit.models import MemberFactory, _wrap_lora  # noqa: E402
-from memaudit.packed import choose_pack, packed_losses, train_packed  # noqa: E402
+from memaudit.packed import (  # noqa: E402
+    choose_pack,
+    packed_continuations,
+    packed_losses,
+    train_packed,
+)
 from memaudit.partition import model_seed  # noqa: E402
 from memaudit.tokens import TokenizedRecords  # noqa: E402
 from memaudit.train import train_member  # noqa: E402
@@ -172,6 +179,8 @@ def run_case(
     sync(device)
     packed_eval_s = time.perf_counter() - t0
 
+    decode = decode_both_ways(pack, factory, toks, device) if case == "lora" else {}
+
     tokens = sum(epochs * (toks.lengths[s] - 1).sum() for s in subsets)
     mean_len = float(toks.lengths.mean())
     flops = float(tokens) * flops_per_token(model, case, mean_len)
@@ -202,12 +211,70 @@ def run_case(
         "loop_tflops": round(flops / loop_s / 1e12, 3),
         "packed_tflops": round(flops / packed_s / 1e12, 3),
     }
+    out.update(decode)
     if peak_gb is not None:
         out["packed_peak_memory_gb"] = round(peak_gb, 1)
     del pack, factory, model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+class _IdTokenizer:
+    """Texts that are the token ids: enough to compare continuations of random tokens."""
+
+    pad_token_id = 0
+
+    def __init__(self, eos: int | None) -> None:
+        self.eos_token_id = eos
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(map(str, r)) for r in rows]
+
+
+def decode_both_ways(pack, factory, toks: TokenizedRecords, device: torch.device) -> dict:
+    """Greedy extraction decoding by the first min(K, extract.models) LoRA members: one member
+    at a time (extract.greedy_continuations) against all of them in mixed-adapter batches
+    (packed.packed_continuations); each record's first half is the prompt, up to 16 tokens
+    of its rest the continuation."""
+    eos = factory.model.generation_config.eos_token_id
+    tok = _IdTokenizer(eos if isinstance(eos, int) else None)
+    half = [len(x) // 2 for x in toks.ids]
+    targets = ExtractionTargets(
+        [x[:h] for x, h in zip(toks.ids, half, strict=True)],
+        [""] * len(toks),
+        np.array([min(16, len(x) - h) for x, h in zip(toks.ids, half, strict=True)]),
+    )
+    members = list(range(min(pack.k, ExtractConfig().models)))
+    batch = ExtractConfig().batch_size
+    pack.load(0)
+    greedy_continuations(factory.model, targets, tok, batch, device)  # warm-up, lean check
+    sync(device)
+    t0 = time.perf_counter()
+    alone = []
+    for i in members:
+        pack.load(i)
+        alone.append(greedy_continuations(factory.model, targets, tok, batch, device))
+    sync(device)
+    alone_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    together = packed_continuations(pack, members, targets, tok, batch, device)
+    sync(device)
+    together_s = time.perf_counter() - t0
+    same = None
+    if together is not None:
+        pairs = [
+            (a, b) for x, y in zip(alone, together, strict=True) for a, b in zip(x, y, strict=True)
+        ]
+        same = float(np.mean([a == b for a, b in pairs]))
+    return {
+        "decode_members": len(members),
+        "decode_seconds_one_at_a_time": round(alone_s, 3),
+        "decode_seconds_mixed": round(together_s, 3),
+        "decode_speedup": round(alone_s / together_s, 2),
+        "decode_mixed_used": together is not None,  # False: it fell back (then no speedup)
+        "decode_agreement": same,
+    }
 
 
 def matmul_peak(device: torch.device, size: int = 8192, reps: int = 20) -> float:
@@ -331,6 +398,21 @@ def markdown(result: dict) -> str:
         "one member at a time (evaluate.record_losses); with evaluation: both together.",
         "",
     ]
+    for r in (r for r in result["cases"] if "decode_speedup" in r):
+        how = (
+            f"{r['decode_speedup']}x ({r['decode_seconds_one_at_a_time']} s one member at a "
+            f"time, {r['decode_seconds_mixed']} s mixed), the continuations identical on "
+            f"{100 * r['decode_agreement']:.1f}% of the member-records"
+            if r["decode_mixed_used"]
+            else "not used: the routed first batch differed from the member alone"
+        )
+        lines += [
+            f"Greedy extraction decoding by {r['decode_members']} {r['case']} members in "
+            f"mixed-adapter batches (packed.packed_continuations) against one member at a time "
+            f"(extract.greedy_continuations), prompts the first half of each record, up to 16 "
+            f"tokens decoded: {how}.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from memaudit.config import RunConfig
 from memaudit.evaluate import record_losses
-from memaudit.extract import extract_member, extraction_targets
+from memaudit.extract import extract_member, extraction, extraction_targets
 from memaudit.models import MemberFactory
 from memaudit.partition import model_seed
 from memaudit.rundir import RunDir
@@ -163,20 +163,26 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
     return finish_member(ctx, j, model, losses, meta, arrays)
 
 
-def finish_member(ctx: MemberContext, j: int, model, losses, meta, arrays) -> MemberResult:
+def finish_member(
+    ctx: MemberContext, j: int, model, losses, meta, arrays, generations=None
+) -> MemberResult:
     """Member j's result once trained and evaluated: failed if its losses are not finite, and
-    with its extraction (decoding every record) if it is one of the first extract models."""
+    with its extraction (decoding every record, unless its ``generations`` are given) if it is
+    one of the first extract models."""
     if meta["status"] != "ok":
         meta["error"] = "non-finite evaluation loss"
         return MemberResult(j, None, meta)
-    extraction = None
+    found = None
     if j < ctx.n_extract:
         t0 = time.perf_counter()
-        extraction = extract_member(
-            model, ctx.targets, ctx.tokenizer, ctx.cfg.extract.batch_size, ctx.device
-        )
-        meta["extract_seconds"] = round(time.perf_counter() - t0, 3)
-    return MemberResult(j, losses, meta, extraction, arrays)
+        if generations is None:
+            found = extract_member(
+                model, ctx.targets, ctx.tokenizer, ctx.cfg.extract.batch_size, ctx.device
+            )
+            meta["extract_seconds"] = round(time.perf_counter() - t0, 3)
+        else:
+            found = extraction(generations, ctx.targets)
+    return MemberResult(j, losses, meta, found, arrays)
 
 
 def pending_models(

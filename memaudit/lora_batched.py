@@ -8,6 +8,9 @@ input batch holds K equal blocks of rows, block k belonging to member k, and the
 peft's ``base(x) + B(A(x)) * alpha / r`` with block k routed through adapter k (two batched
 matrix products). :meth:`BatchedLora.load` copies adapter k back into the peft layer, so member
 k is evaluated and decoded by the ordinary, unpacked code.
+
+For decoding, where rows leave the batch as they finish, :meth:`BatchedLora.routed` instead
+routes every row by its own adapter index (mixed-adapter batches).
 """
 
 from __future__ import annotations
@@ -62,18 +65,28 @@ def find_lora_layers(model) -> list[LoraSite] | None:
 
 class BatchedLoraLinear(torch.nn.Module):
     """``base(x) + scaling * (x A_k^T) B_k^T`` for rows of block k of x; x's first dimension
-    is K equal blocks."""
+    is K equal blocks, or, with a ``route`` (one adapter index per row of x), row b goes
+    through adapter route[b]."""
 
     def __init__(self, base: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, scaling: float):
         super().__init__()
         self.base = base
         self.a, self.b, self.scaling = a, b, scaling  # (K, r, in), (K, out, r)
+        self.route: torch.Tensor | None = None  # (B, K) one-hot rows, set by BatchedLora.routed
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base(x, *args, **kwargs)
-        k = self.a.shape[0]
-        xk = x.to(self.a.dtype).reshape(k, -1, x.shape[-1])  # (K, rows, in)
-        lora = torch.bmm(torch.bmm(xk, self.a.transpose(1, 2)), self.b.transpose(1, 2))
+        k, r, _ = self.a.shape
+        if self.route is None:
+            xk = x.to(self.a.dtype).reshape(k, -1, x.shape[-1])  # (K, rows, in)
+            lora = torch.bmm(torch.bmm(xk, self.a.transpose(1, 2)), self.b.transpose(1, 2))
+        else:
+            # Every row through all K down-projections (K * r columns, a few percent of the base
+            # layer's work), the other adapters' r columns zeroed, then one up-projection: two
+            # plain matrix products instead of a (B, r, in) gather of weights per row.
+            u = x.to(self.a.dtype) @ self.a.reshape(k * r, -1).T  # (B, T, K * r)
+            u = (u.unflatten(-1, (k, r)) * self.route[:, None, :, None]).flatten(-2)
+            lora = u @ self.b.transpose(1, 2).reshape(k * r, -1)  # (B, T, out)
         return (result + (lora * self.scaling).view(result.shape)).to(result.dtype)
 
 
@@ -105,6 +118,25 @@ class BatchedLora:
         finally:
             for site in self.sites:
                 setattr(site.parent, site.attr, site.layer)
+
+    @contextlib.contextmanager
+    def routed(self, adapters: torch.Tensor):
+        """The model (as in :meth:`active`) with row b of a batch through adapter
+        ``adapters[b]``; the context's value, ``keep(rows)``, keeps the routes of the rows that
+        stay in the batch."""
+        state = {"route": torch.nn.functional.one_hot(adapters, self.k).to(self.batched[0].a.dtype)}
+
+        def set_route(route) -> None:
+            state["route"] = route
+            for layer in self.batched:
+                layer.route = route
+
+        set_route(state["route"])
+        try:
+            with self.active():
+                yield lambda rows: set_route(state["route"][rows])
+        finally:
+            set_route(None)
 
     @torch.no_grad()
     def load(self, i: int) -> None:

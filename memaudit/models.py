@@ -152,6 +152,9 @@ def fast_activations(model) -> int:
     return swapped
 
 
+LORA_INIT_SEED = 0
+
+
 def _wrap_lora(model, cfg: ModelConfig):
     from peft import LoraConfig, get_peft_model
 
@@ -163,7 +166,12 @@ def _wrap_lora(model, cfg: ModelConfig):
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, lora)
+        # peft draws the adapters' initialisation (lora_A) from torch's global generator: seeded
+        # here, so that every process, rerun, resume and worker builds the same starting point
+        # (members differ only by their subsets and data order), and the caller's RNG is kept.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(LORA_INIT_SEED)
+            return get_peft_model(model, lora)
     except ValueError as exc:
         raise MemauditError(f"--lora-targets: {str(exc).splitlines()[0][:200]}") from None
 

@@ -10,7 +10,8 @@ loss per batch, AdamW state and learning-rate schedule; only the arithmetic is s
   layer is swapped for a :class:`memaudit.lora_batched.BatchedLoraLinear` holding K stacked
   adapters, each example routed to its member's adapter.
 
-Evaluation is packed the same way (:func:`packed_losses`: each record through all K members).
+Evaluation is packed the same way (:func:`packed_losses`: each record through all K members),
+and so is a LoRA pack's greedy decoding (:func:`packed_continuations`: mixed-adapter batches).
 
 Members with fewer steps (Bernoulli subsets differ in size) stop early: from their last step
 on they are masked out of the loss and of the optimizer update. Every member batch is padded
@@ -349,6 +350,52 @@ def packed_losses(pack, tokens: TokenizedRecords, rows: int, device: torch.devic
     return out
 
 
+_ROUTE_CHECK = 16  # rows of the first member decoded alone to check the routing (a few: cheap)
+
+
+@torch.no_grad()
+def packed_continuations(
+    pack, members: list[int], targets, tokenizer, batch_size: int, device: torch.device
+) -> list[list[str]] | None:
+    """Greedy continuations of every record by the packed LoRA members ``members`` (indices
+    into the pack) at once: each batch holds ``batch_size`` records for every one of them, each
+    row routed to its member's adapter, through the lean decoder with its KV cache. The texts
+    :func:`memaudit.extract.greedy_continuations` gives member by member; None where that
+    cannot be done this way (a full fine-tuning pack, a model the lean decoder cannot run, or
+    routed tokens that differ from the first member's own on the first rows), and the caller
+    decodes member by member."""
+    from memaudit.extract import decode_texts, lean_greedy, lean_split, left_padded, prompt_order
+
+    if not isinstance(pack, _LoraPack) or not members:
+        return None
+    model = pack.model
+    pack.load(members[0])
+    split = lean_split(model, targets, tokenizer, batch_size, device)
+    if split is None:
+        return None
+    pad, eos, k = tokenizer.pad_token_id, tokenizer.eos_token_id, len(members)
+    out = [[""] * len(targets.prompts) for _ in members]
+    order = prompt_order(targets)
+    adapters = torch.tensor(members, device=device)
+    with eval_mode(model):
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            rows, lengths = np.tile(idx, k), np.tile(targets.lengths[idx], k)
+            batch = left_padded(targets.prompts, rows, pad, device)
+            with pack.lora.routed(adapters.repeat_interleave(len(idx))) as keep:
+                gen = lean_greedy(*split, batch, lengths, eos, on_keep=keep)
+            texts = decode_texts(tokenizer, gen, lengths, eos)
+            if s == 0:  # the routing checked once: the first member's first rows decoded alone
+                c = min(len(idx), _ROUTE_CHECK)
+                alone = lean_greedy(*split, {n: v[:c] for n, v in batch.items()}, lengths[:c], eos)
+                if decode_texts(tokenizer, alone, lengths[:c], eos) != texts[:c]:
+                    return None
+            for m in range(k):
+                for i, text in zip(idx, texts[m * len(idx) : (m + 1) * len(idx)], strict=True):
+                    out[m][i] = text
+    return out
+
+
 def _pad(tokens: TokenizedRecords, chunks: list[np.ndarray], device: torch.device):
     """(K, B, T) right-padded ids and the (K, B, T) mask of trained positions; rows beyond a
     member's chunk are filler (pad tokens, never scored)."""
@@ -387,9 +434,10 @@ def _announce(why: str) -> None:
 
 def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> list:
     """Members ``js`` (columns of P given as ``columns``, N x len(js)) trained and evaluated at
-    once, then the first ``extract.models`` decoded one at a time by the usual code: the same
-    MemberResults as :func:`memaudit.ensemble.compute_member` gives one by one, up to
-    floating-point rounding. Writes nothing."""
+    once, then the first ``extract.models`` decoded (a LoRA pack's in mixed-adapter batches,
+    else one at a time by the usual code): the same MemberResults as
+    :func:`memaudit.ensemble.compute_member` gives one by one, up to floating-point rounding.
+    Writes nothing."""
     from memaudit.ensemble import MemberResult, finish_member
     from memaudit.extract import extraction_targets
     from memaudit.partition import model_seed
@@ -409,6 +457,7 @@ def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> li
         pack, ctx.tokens, cfg.train.micro_batch_size or cfg.train.batch_size, device
     )
     eval_seconds = (time.perf_counter() - t0) / len(js)
+    generations, extract_seconds = _decode_together(ctx, pack, js, stats)
     results = []
     for i, j in enumerate(js):
         meta = {
@@ -434,9 +483,33 @@ def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> li
             train_seconds=round(stats[i].seconds, 3),  # the pack's time / pack
             eval_seconds=round(eval_seconds, 3),  # the pack's evaluation time / pack
         )
-        results.append(finish_member(ctx, j, model, losses, meta, arrays))
+        if i in generations:
+            meta["extract_seconds"] = extract_seconds  # the pack's decoding time / decoded
+        results.append(finish_member(ctx, j, model, losses, meta, arrays, generations.get(i)))
     task.fresh()
     return results
+
+
+def _decode_together(ctx, pack, js: list[int], stats: list) -> tuple[dict[int, list[str]], float]:
+    """The continuations of the pack's extraction members (trained, with j < n_extract), decoded
+    in mixed-adapter batches when the pack is LoRA (:func:`packed_continuations`), as
+    {pack index: texts} and seconds per member; empty where they are decoded one by one (also
+    when mixed batches fail, out of GPU memory for one: the trained pack is kept)."""
+    which = [i for i, j in enumerate(js) if j < ctx.n_extract and not isinstance(stats[i], str)]
+    if len(which) < 2 or not isinstance(pack, _LoraPack):
+        return {}, 0.0
+    t0 = time.perf_counter()
+    try:
+        texts = packed_continuations(
+            pack, which, ctx.targets, ctx.tokenizer, ctx.cfg.extract.batch_size, ctx.device
+        )
+    except (RuntimeError, ValueError, TypeError, AttributeError):  # OutOfMemoryError included
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+        texts = None
+    if texts is None:
+        return {}, 0.0
+    return dict(zip(which, texts, strict=True)), round((time.perf_counter() - t0) / len(which), 3)
 
 
 _ANNOUNCED: set[str] = set()

@@ -135,9 +135,26 @@ def test_choose_pack():
     assert "pack" not in run("4").fingerprint()  # rounding only: a run may resume with another
 
 
-def test_end_to_end_packed_equals_unpacked(tmp_path):
-    """Through the Python API: the same loss matrix, extractions and metadata as one by one."""
-    from memaudit import Audit
+@pytest.mark.parametrize(
+    "finetune,decode_fails", [("full", False), ("lora", False), ("lora", True)]
+)
+def test_end_to_end_packed_equals_unpacked(tmp_path, monkeypatch, finetune, decode_fails):
+    """Through the Python API: the same loss matrix, extractions and metadata as one by one (a
+    LoRA pack decodes its extraction members in mixed-adapter batches; if that fails, member by
+    member, keeping the trained pack)."""
+    from memaudit import Audit, packed
+
+    decoded = []  # what the mixed-adapter decoder returned, per call
+    real = packed.packed_continuations
+
+    def spy(*args, **kwargs):
+        if decode_fails:
+            decoded.append(None)
+            raise RuntimeError("simulated")
+        decoded.append(real(*args, **kwargs))
+        return decoded[-1]
+
+    monkeypatch.setattr(packed, "packed_continuations", spy)
     from memaudit.config import EnsembleConfig, ExtractConfig
     from tests.conftest import DEMO_SOURCE
 
@@ -147,7 +164,7 @@ def test_end_to_end_packed_equals_unpacked(tmp_path):
     for pack in ("off", "3"):
         cfg = RunConfig(
             data=str(data),
-            model=ModelConfig(str(TINY_MODEL), finetune="full"),
+            model=ModelConfig(str(TINY_MODEL), finetune=finetune),
             preset="nq",
             train=TrainConfig(epochs=2, lr=1e-3, batch_size=8, max_length=64),
             ensemble=EnsembleConfig(models=5),
@@ -167,6 +184,12 @@ def test_end_to_end_packed_equals_unpacked(tmp_path):
     ids_on, ext_on = on.run_dir.extraction(5)
     ids_off, ext_off = off.run_dir.extraction(5)
     assert ids_on == ids_off == [0, 1] and len(ext_on) == len(ext_off) == 2
+    # Members 0 and 1 share a pack: a LoRA pack decodes them together.
+    assert [d is not None for d in decoded] == ([not decode_fails] if finetune == "lora" else [])
+    assert all("pack_error" not in m for m in metas)  # a failed mixed decoding retrains nothing
+    if finetune == "lora":  # trained equal to 1e-5: the same continuations
+        for a, b in zip(ext_on, ext_off, strict=True):
+            assert a["generations"] == b["generations"]
 
 
 def test_cli_pack_option_is_checked(tmp_path, monkeypatch, cli):
@@ -263,3 +286,26 @@ def test_auto_pack_on_cuda_follows_free_memory(monkeypatch):
         assert why.startswith("auto: ") and "GiB free" in why
         assert k == expect if expect else 1 < k < 64
     assert choose_pack(cfg, factory.model, cuda, 5)[0] == 5  # never more than pending
+
+
+def test_lora_pack_decodes_in_mixed_adapter_batches(setup):
+    """Every LoRA member's greedy continuations from one set of mixed-adapter batches (rows
+    leaving the batch as they finish, their routes with them) equal its own, decoded alone."""
+    from memaudit.extract import extraction_targets, greedy_continuations
+    from memaudit.packed import packed_continuations
+
+    tokens, subsets = setup
+    _, tok, _, _ = tiny_setup(1)
+    factory = _factory("lora", torch.float32)
+    cfg = dataclasses.replace(CFG, lr=3e-2, epochs=4)  # adapters that change the continuations
+    pack, _ = train_packed(factory.fresh(), tokens, subsets, cfg, SEEDS, CPU)
+    targets = extraction_targets(tokens, tok, 32)
+    together = packed_continuations(pack, [2, 0, 1], targets, tok, 7, CPU)
+    assert together is not None  # the routed first batch matched member 2 alone
+    alone = []
+    for i in range(3):
+        pack.load(i)
+        alone.append(greedy_continuations(factory.model, targets, tok, 7, CPU))
+    assert together == [alone[2], alone[0], alone[1]]
+    # Not vacuous: the members continue some records differently.
+    assert sum(len({a[t] for a in alone}) > 1 for t in range(len(tokens))) >= 20  # 32 of 40

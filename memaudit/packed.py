@@ -493,20 +493,30 @@ def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> li
 def _decode_together(ctx, pack, js: list[int], stats: list) -> tuple[dict[int, list[str]], float]:
     """The continuations of the pack's extraction members (trained, with j < n_extract), decoded
     in mixed-adapter batches when the pack is LoRA (:func:`packed_continuations`), as
-    {pack index: texts} and seconds per member; empty where they are decoded one by one (also
-    when mixed batches fail, out of GPU memory for one: the trained pack is kept)."""
+    {pack index: texts} and seconds per member; empty where they are decoded one by one. Out
+    of GPU memory, the records per batch are halved while a mixed batch still holds more rows
+    than one member's batch; any other failure, or memory still short, and the members are
+    decoded one by one (the trained pack is kept either way)."""
     which = [i for i, j in enumerate(js) if j < ctx.n_extract and not isinstance(stats[i], str)]
     if len(which) < 2 or not isinstance(pack, _LoraPack):
         return {}, 0.0
     t0 = time.perf_counter()
-    try:
-        texts = packed_continuations(
-            pack, which, ctx.targets, ctx.tokenizer, ctx.cfg.extract.batch_size, ctx.device
-        )
-    except (RuntimeError, ValueError, TypeError, AttributeError):  # OutOfMemoryError included
-        if ctx.device.type == "cuda":
+    per_member = ctx.cfg.extract.batch_size
+    texts = None
+    while texts is None and per_member * len(which) > ctx.cfg.extract.batch_size:
+        try:
+            texts = packed_continuations(
+                pack, which, ctx.targets, ctx.tokenizer, per_member, ctx.device
+            )
+            if texts is None:
+                break  # not decodable this way
+        except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-        texts = None
+            per_member //= 2
+        except (RuntimeError, ValueError, TypeError, AttributeError):
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
+            break
     if texts is None:
         return {}, 0.0
     return dict(zip(which, texts, strict=True)), round((time.perf_counter() - t0) / len(which), 3)

@@ -309,3 +309,33 @@ def test_lora_pack_decodes_in_mixed_adapter_batches(setup):
     assert together == [alone[2], alone[0], alone[1]]
     # Not vacuous: the members continue some records differently.
     assert sum(len({a[t] for a in alone}) > 1 for t in range(len(tokens))) >= 20  # 32 of 40
+
+
+def test_mixed_decoding_out_of_memory_halves_the_batch(monkeypatch):
+    """Out of GPU memory, mixed-adapter decoding retries with half the records per batch while
+    a mixed batch still holds more rows than one member's; then members decode one by one."""
+    from types import SimpleNamespace
+
+    from memaudit import packed
+
+    calls = []
+
+    def decode(pack, members, targets, tokenizer, batch_size, device):
+        calls.append(batch_size)
+        if batch_size * len(members) > limit:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return [[f"member {i}"] for i in members]
+
+    monkeypatch.setattr(packed, "packed_continuations", decode)
+    extract = SimpleNamespace(batch_size=128)
+    ctx = SimpleNamespace(n_extract=4, cfg=SimpleNamespace(extract=extract), targets=None,
+                          tokenizer=None, device=CPU)  # fmt: skip
+    pack = packed._LoraPack.__new__(packed._LoraPack)
+    stats = [None, None, None, "diverged", None]  # member 3 is not decoded; j = 4 is not either
+    limit = 200  # rows: 3 members x 128 do not fit, 3 x 64 do
+    texts, _ = packed._decode_together(ctx, pack, [0, 1, 2, 3, 4], stats)
+    assert calls == [128, 64] and texts == {i: [f"member {i}"] for i in (0, 1, 2)}
+    calls.clear()
+    limit = 10  # never fits: one by one
+    assert packed._decode_together(ctx, pack, [0, 1, 2, 3, 4], stats)[0] == {}
+    assert calls == [128, 64]  # 32 x 3 members = 96 rows: no more than one member's 128

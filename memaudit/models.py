@@ -187,6 +187,11 @@ def max_positions(cfg: ModelConfig) -> int | None:
         )
     except (OSError, ValueError) as exc:
         raise _not_found(cfg.name, _first_line(exc)) from None
+    return config_positions(config)
+
+
+def config_positions(config) -> int | None:
+    """A model config's context length (its position table), or None if it names none."""
     for key in ("max_position_embeddings", "n_positions", "n_ctx"):
         value = getattr(config, key, None)
         if isinstance(value, int):

@@ -503,13 +503,12 @@ def _decode_together(ctx, pack, js: list[int], stats: list) -> tuple[dict[int, l
     t0 = time.perf_counter()
     per_member = ctx.cfg.extract.batch_size
     texts = None
-    while texts is None and per_member * len(which) > ctx.cfg.extract.batch_size:
+    while per_member * len(which) > ctx.cfg.extract.batch_size:
         try:
             texts = packed_continuations(
                 pack, which, ctx.targets, ctx.tokenizer, per_member, ctx.device
             )
-            if texts is None:
-                break  # not decodable this way
+            break  # decoded, or None: not decodable this way
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             per_member //= 2

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from memaudit.config import TrainConfig
+from memaudit.models import config_positions
 from memaudit.tokens import TokenizedRecords
 
 
@@ -141,14 +142,6 @@ def packs(
     return _PACKS[model]
 
 
-def _positions(model) -> int | None:
-    config = getattr(model, "config", None)
-    for key in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(config, key, None), int):
-            return getattr(config, key)
-    return None
-
-
 def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """NLL (float32) of every scored next token, flattened (n,), and the batch row of each.
 
@@ -201,7 +194,7 @@ def train_member(
     # same losses; on the demo 87% of the body's token slots are real against 71%), rows up to
     # --max-length wide and no wider than the model's positions (its position table and
     # causal-mask buffers are that size even where position ids restart).
-    width = min(cfg.max_length, _positions(model) or cfg.max_length)
+    width = min(cfg.max_length, config_positions(getattr(model, "config", None)) or cfg.max_length)
     packed = cfg.pack_records and packs(model, tokens, subset[:micro], device, width)
     make_batch = (
         partial(tokens.packed_batch, max_width=width)

@@ -90,9 +90,11 @@ def floor_products(losses: np.ndarray, inclusion: np.ndarray) -> dict[str, float
 
 def run_step(step: str, data: Path, top_k: int) -> dict:
     """One measurement, in this (fresh) process."""
-    from memaudit.analysis import group_summary
-    from memaudit.estimators import influence_rows, run_estimator
-    from memaudit.findings import (
+    from memaudit.data.records import Record
+    from memaudit.estimate.analysis import group_summary
+    from memaudit.estimate.influence import InfluenceResult
+    from memaudit.estimate.registry import influence_rows, run_estimator
+    from memaudit.findings.build import (
         FindingsConfig,
         find_clusters,
         link_thresholds,
@@ -100,8 +102,6 @@ def run_step(step: str, data: Path, top_k: int) -> dict:
         risky_unique_records,
         score_against_groups,
     )
-    from memaudit.influence import InfluenceResult
-    from memaudit.records import Record
 
     d = {name: np.load(data / f"{name}.npy") for name in ("losses", "inclusion", "groups", "texts")}
     losses, inclusion = d["losses"], d["inclusion"]

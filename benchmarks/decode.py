@@ -23,13 +23,13 @@ import torch
 from common import describe, machine
 from engine import CPU, DATA, MODEL, OUT, usual_decode
 
-from memaudit import extract
 from memaudit.config import ModelConfig, TrainConfig
-from memaudit.extract import extraction_targets, greedy_continuations
-from memaudit.models import MemberFactory, load_base_model, load_tokenizer
-from memaudit.records import RecordFormat, load_records
-from memaudit.tokens import tokenize_records
-from memaudit.train import train_member
+from memaudit.data.records import RecordFormat, load_records
+from memaudit.data.tokens import tokenize_records
+from memaudit.ensemble import extract
+from memaudit.ensemble.extract import extraction_targets, greedy_continuations
+from memaudit.ensemble.models import MemberFactory, load_base_model, load_tokenizer
+from memaudit.ensemble.train import train_member
 
 
 def main() -> None:

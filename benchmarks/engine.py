@@ -54,13 +54,13 @@ from memaudit.config import (  # noqa: E402
     RunConfig,
     TrainConfig,
 )
-from memaudit.evaluate import record_losses  # noqa: E402
-from memaudit.extract import extraction_targets, greedy_continuations  # noqa: E402
-from memaudit.models import MemberFactory, load_base_model, load_tokenizer  # noqa: E402
-from memaudit.partition import inclusion_matrix, model_seed  # noqa: E402
-from memaudit.records import RecordFormat, load_records  # noqa: E402
-from memaudit.tokens import tokenize_records  # noqa: E402
-from memaudit.train import train_member  # noqa: E402
+from memaudit.data.partition import inclusion_matrix, model_seed  # noqa: E402
+from memaudit.data.records import RecordFormat, load_records  # noqa: E402
+from memaudit.data.tokens import tokenize_records  # noqa: E402
+from memaudit.ensemble.evaluate import record_losses  # noqa: E402
+from memaudit.ensemble.extract import extraction_targets, greedy_continuations  # noqa: E402
+from memaudit.ensemble.models import MemberFactory, load_base_model, load_tokenizer  # noqa: E402
+from memaudit.ensemble.train import train_member  # noqa: E402
 
 MODEL = ROOT / "fixtures" / "tiny-gpt-neo"
 DATA = ROOT / "fixtures" / "demo" / "nq_demo.jsonl"
@@ -250,7 +250,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="default: every usable core")
     ap.add_argument("--out", type=Path, default=OUT)
     opts = ap.parse_args()
-    from memaudit.executors import usable_cores
+    from memaudit.ensemble.executors import usable_cores
 
     cores = usable_cores()
     threads = opts.threads or cores
@@ -359,7 +359,7 @@ def engine_runs(tcfg, k_models, threads, work: Path) -> dict:
     """The whole engine (Audit.train: train, evaluate, decode every member, write the run
     directory): automatic worker processes against this process with every thread."""
     from memaudit import Audit
-    from memaudit.executors import ExecutorConfig
+    from memaudit.ensemble.executors import ExecutorConfig
 
     cfg = RunConfig(
         data=str(DATA),
@@ -370,7 +370,7 @@ def engine_runs(tcfg, k_models, threads, work: Path) -> dict:
         extract=ExtractConfig(models=k_models),
         device="cpu",
     )
-    from memaudit.executors import usable_cores
+    from memaudit.ensemble.executors import usable_cores
 
     runs = [("one_process", ExecutorConfig(workers=1, threads=threads))]
     if usable_cores() != threads:  # what the auto plan is chosen over

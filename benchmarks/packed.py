@@ -1,4 +1,4 @@
-"""Packed training (memaudit.packed) against one member at a time: models per second.
+"""Packed training (memaudit.ensemble.member_packs) against one member at a time: models per second.
 
     PYTHONPATH=. python3 benchmarks/packed.py [--device cuda] [--quick]
 
@@ -40,18 +40,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # memaudit from this checkout, installed or not
 
 from memaudit.config import ExtractConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from memaudit.evaluate import record_losses  # noqa: E402
-from memaudit.extract import ExtractionTargets, greedy_continuations  # noqa: E402
-from memaudit.models import MemberFactory, _wrap_lora  # noqa: E402
-from memaudit.packed import (  # noqa: E402
+from memaudit.data.partition import model_seed  # noqa: E402
+from memaudit.data.tokens import TokenizedRecords  # noqa: E402
+from memaudit.ensemble.evaluate import record_losses  # noqa: E402
+from memaudit.ensemble.extract import ExtractionTargets, greedy_continuations  # noqa: E402
+from memaudit.ensemble.member_packs import (  # noqa: E402
     choose_pack,
     packed_continuations,
     packed_losses,
     train_packed,
 )
-from memaudit.partition import model_seed  # noqa: E402
-from memaudit.tokens import TokenizedRecords  # noqa: E402
-from memaudit.train import train_member  # noqa: E402
+from memaudit.ensemble.models import MemberFactory, _wrap_lora  # noqa: E402
+from memaudit.ensemble.train import train_member  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = ROOT / "fixtures" / "tiny-gpt-neo"

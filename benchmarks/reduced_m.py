@@ -37,18 +37,18 @@ from common import machine
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from memaudit.adaptive import round_sizes
-from memaudit.convergence import ConvergenceConfig, diagnose, split_half_reliability
-from memaudit.estimators import run_estimator
-from memaudit.findings import (
+from memaudit.convergence.adaptive import round_sizes
+from memaudit.convergence.diagnostics import ConvergenceConfig, diagnose, split_half_reliability
+from memaudit.estimate.registry import run_estimator
+from memaudit.findings.build import (
     FindingsConfig,
     find_clusters,
     membership_scores,
     risky_unique_records,
     score_against_groups,
 )
-from memaudit.report import extraction_metrics
-from memaudit.rundir import RunDir
+from memaudit.report.build import extraction_metrics
+from memaudit.store.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -61,9 +61,9 @@ PAPER = {"self_influence": 2.8, "bleu": 5.2, "margin": 7.0}  # unique/dup, dup/u
 
 
 def prepare() -> Path:
-    from memaudit import plant
-    from memaudit.models import load_tokenizer
-    from memaudit.records import RecordFormat
+    from memaudit.data import plant
+    from memaudit.data.records import RecordFormat
+    from memaudit.ensemble.models import load_tokenizer
 
     data = CACHE / "reference.jsonl"
     if data.exists():
@@ -251,7 +251,7 @@ def paper_table(ctx: dict, ref: dict) -> dict:
 def estimators_agree(ctx: dict, cols: np.ndarray) -> dict:
     """Validation of the adjusted estimator on the reference models: the same quantity as the
     plain difference of means (entries compared over the full N x N matrices)."""
-    from memaudit.estimators import influence_rows
+    from memaudit.estimate.registry import influence_rows
 
     losses, inclusion = ctx["losses"][:, cols], ctx["inclusion"][:, cols]
     rows = np.arange(losses.shape[0])

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from memaudit.analysis import Analysis, analyze_run
 from memaudit.config import ModelConfig, RunConfig, resolve_model_name
+from memaudit.data.records import Record, RecordFormat, file_sha256, load_records
 from memaudit.errors import MemauditError
-from memaudit.findings import FindingsConfig
-from memaudit.records import Record, RecordFormat, file_sha256, load_records
-from memaudit.rundir import RunDir
+from memaudit.estimate.analysis import Analysis, analyze_run
+from memaudit.findings.build import FindingsConfig
+from memaudit.store.rundir import RunDir
 
 
 def default_out(data: str | Path, model: str) -> Path:
@@ -43,12 +43,12 @@ class Prepared:
     dtype: Any
     inclusion: np.ndarray
     resumed: bool
-    task: Any = None  # the image path's memaudit.vision.ImageTask; None: text
+    task: Any = None  # the image path's memaudit.ensemble.vision.ImageTask; None: text
 
 
 class Audit:
     def __init__(self, config: RunConfig, out: str | Path, executor=None) -> None:
-        """``executor``: a memaudit.executors.ExecutorConfig (default: in this process)."""
+        """``executor``: a memaudit.ensemble.executors.ExecutorConfig (default: in this process)."""
         self.config = config
         self.run_dir = RunDir(out)
         self.executor_config = executor
@@ -67,7 +67,9 @@ class Audit:
         All checks that can fail on user input run before the directory is touched, so a bad
         input leaves nothing behind.
         """
-        from memaudit.models import (
+        from memaudit.data.partition import inclusion_matrix
+        from memaudit.data.tokens import tokenize_records
+        from memaudit.ensemble.models import (
             MemberFactory,
             load_base_model,
             load_tokenizer,
@@ -75,8 +77,6 @@ class Audit:
             pick_device,
             pick_dtype,
         )
-        from memaudit.partition import inclusion_matrix
-        from memaudit.tokens import tokenize_records
 
         cfg = self.config
         if cfg.is_image:
@@ -109,10 +109,10 @@ class Audit:
         tokenizer and a base model; the same checks-before-writing order."""
         import torch
 
-        from memaudit.images import load_images
-        from memaudit.models import pick_device
-        from memaudit.partition import inclusion_matrix
-        from memaudit.vision import ImageTask, build_model
+        from memaudit.data.images import load_images
+        from memaudit.data.partition import inclusion_matrix
+        from memaudit.ensemble.models import pick_device
+        from memaudit.ensemble.vision import ImageTask, build_model
 
         cfg = self.config
         img = cfg.image
@@ -149,8 +149,8 @@ class Audit:
     ) -> list[int]:
         """Train every member (of ``members``) the run directory lacks; return the indices
         trained now. Members that fail on every attempt are recorded and left pending."""
-        from memaudit.ensemble import train_ensemble
-        from memaudit.terminal import ensemble_progress
+        from memaudit.ensemble.member import train_ensemble
+        from memaudit.report.terminal import ensemble_progress
 
         prepared = prepared or self.prepare()
         executor = self._get_executor(prepared)
@@ -172,13 +172,13 @@ class Audit:
             )
 
     def _executor_cfg(self):
-        from memaudit.executors import ExecutorConfig
+        from memaudit.ensemble.executors import ExecutorConfig
 
         return self.executor_config or ExecutorConfig()
 
     def _get_executor(self, prepared: Prepared):
-        from memaudit.ensemble import MemberContext
-        from memaudit.executors import make_executor
+        from memaudit.ensemble.executors import make_executor
+        from memaudit.ensemble.member import MemberContext
 
         if self._executor is None:
             self._executor = make_executor(
@@ -206,7 +206,7 @@ class Audit:
     def prepare_stored(self) -> Prepared:
         """Everything training needs, from the run directory alone (its records and P), as a
         shard on another machine has it: the dataset file is not needed."""
-        from memaudit.ensemble import member_context
+        from memaudit.ensemble.member import member_context
 
         if self.config.is_image:
             raise MemauditError(
@@ -230,7 +230,7 @@ class Audit:
         """Train shard ``index`` of ``count`` (1-based): the members j with j % count ==
         index - 1 that the directory lacks. Shards of one split run side by side; a full run
         merges them (it trains only what is still missing)."""
-        from memaudit.partition import shard_members
+        from memaudit.data.partition import shard_members
 
         members = shard_members(self.run_dir.inclusion().shape[1], index, count)
         with self.run_dir.shard_lock(index, count):
@@ -255,7 +255,7 @@ class Audit:
             cfg = dataclasses.replace(cfg, estimator=estimator)
         analysis = analyze_run(self.run_dir, cfg)
         if show:
-            from memaudit.terminal import print_summary
+            from memaudit.report.terminal import print_summary
 
             print_summary(analysis, self.run_dir, self.config)
         return analysis
@@ -270,7 +270,7 @@ class Audit:
     ) -> dict[str, Any]:
         """Build the report from the run directory (no training), write the requested files
         (json, html) and, with ``show``, print the terminal view. Returns the report dict."""
-        from memaudit.report import build_report, write_reports
+        from memaudit.report.build import build_report, write_reports
 
         analysis = analysis or self.analyze()
         report, flagged = build_report(
@@ -278,7 +278,7 @@ class Audit:
         )
         written = write_reports(self.run_dir, report, flagged, set(formats))
         if show:
-            from memaudit.terminal import print_report
+            from memaudit.report.terminal import print_report
 
             print_report(report)
             for path in written:
@@ -288,7 +288,7 @@ class Audit:
     def run(self, progress: bool = False) -> dict[str, Any]:
         """Train what is missing (in rounds with ``auto``), estimate, diagnose convergence and
         write the reports; returns the report dict."""
-        from memaudit import adaptive
+        from memaudit.convergence import adaptive
 
         prepared = self.prepare()
         with self.run_dir.lock():
@@ -305,7 +305,7 @@ class Audit:
             # from the analysis already made.
             report = self.report(show=progress, analysis=analysis)
             if progress:
-                from memaudit.terminal import print_status
+                from memaudit.report.terminal import print_status
 
                 print_status(self.status(), self.run_dir)
             return report

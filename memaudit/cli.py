@@ -17,8 +17,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 import tomllib
 
+from memaudit.data.records import PRESETS, RecordFormat
 from memaudit.errors import MemauditError
-from memaudit.records import PRESETS, RecordFormat
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -150,7 +150,7 @@ def _findings_config(base, **given):
     """Thresholds from the options given, the rest from ``base`` (saved with the run)."""
     from dataclasses import replace
 
-    from memaudit.findings import FindingsConfig
+    from memaudit.findings.build import FindingsConfig
 
     given = {k: v for k, v in given.items() if v is not None}
     try:
@@ -175,7 +175,7 @@ def _ensemble_config(models, max_models, first_round, design, seed):
 
 
 def _convergence_config(min_reliability, max_flag_change):
-    from memaudit.convergence import ConvergenceConfig
+    from memaudit.convergence.diagnostics import ConvergenceConfig
 
     given = {
         k: v
@@ -246,7 +246,7 @@ EXECUTOR_KEYS = (
 def _executor_config(
     executor, ray_address, cpus_per_model, gpus_per_model, threads, workers, retries
 ):
-    from memaudit.executors import ExecutorConfig
+    from memaudit.ensemble.executors import ExecutorConfig
 
     if ray_address and executor != "ray":
         raise MemauditError("--ray-address: needs --executor ray")
@@ -545,8 +545,8 @@ def run(
         TrainConfig,
         resolve_model_name,
     )
-    from memaudit.images import is_image_source
-    from memaudit.vision import IMAGE_TRAIN_DEFAULTS, VISION_MODELS, is_vision_model
+    from memaudit.data.images import is_image_source
+    from memaudit.ensemble.vision import IMAGE_TRAIN_DEFAULTS, VISION_MODELS, is_vision_model
 
     images = is_vision_model(model)
     if images:
@@ -664,7 +664,7 @@ def train(
     same `memaudit run`) merges what the shards wrote and says what is missing.
     """
     from memaudit import api
-    from memaudit.terminal import print_status
+    from memaudit.report.terminal import print_status
 
     index, count = _shard(shard)
     ecfg = _executor_config(**executor_given)
@@ -726,7 +726,7 @@ def report(run_dir: Path, formats, redact, findings_given) -> None:
         findings=findings,
         show="terminal" in chosen,
     )
-    from memaudit.terminal import print_status
+    from memaudit.report.terminal import print_status
 
     print_status(audit.status(), audit.run_dir)
 
@@ -776,13 +776,13 @@ def plant(
     Image data (a folder, an .npz or --dataset) gets edited copies instead (crop and shift,
     flip, brightness, contrast, JPEG re-encoding), written to OUT as an .npz.
     """
-    from memaudit import plant as planting
-    from memaudit.images import is_image_source
+    from memaudit.data import plant as planting
+    from memaudit.data.images import is_image_source
 
     if is_image_source(data, dataset):
-        from memaudit.images import load_images, npz_bytes
-        from memaudit.io import atomic_write_bytes
-        from memaudit.plant_images import plant_images
+        from memaudit.data.images import load_images, npz_bytes
+        from memaudit.data.plant_images import plant_images
+        from memaudit.store.io import atomic_write_bytes
 
         if out.suffix.lower() != ".npz":
             raise MemauditError(f"--out: image data is planted into an .npz, not {out}")
@@ -801,7 +801,7 @@ def plant(
     fmt = _record_format(preset, template)
     tok = None
     if tokenizer is not None:
-        from memaudit.models import load_tokenizer
+        from memaudit.ensemble.models import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
     copies_range = _int_range(copies, "--copies")

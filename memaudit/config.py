@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from memaudit.convergence import ConvergenceConfig
+from memaudit.convergence.diagnostics import ConvergenceConfig
 from memaudit.errors import MemauditError
-from memaudit.findings import FindingsConfig
+from memaudit.findings.build import FindingsConfig
 
 MODEL_ALIASES = {
     "gpt-neo-1.3B": "EleutherAI/gpt-neo-1.3B",
@@ -111,8 +111,9 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """The image path (memaudit.images, memaudit.vision); a run has one exactly when its model is
-    an image model. Augmentation is part of the fingerprint: it changes what members learn."""
+    """The image path (memaudit.data.images, memaudit.ensemble.vision); a run has one exactly when
+    its model is an image model. Augmentation is part of the fingerprint: it changes what members
+    learn."""
 
     dataset: str | None = None  # cifar10 | cifar100 through torchvision (else DATA is the data)
     data_root: str | None = None  # --data-root for --dataset; never downloaded
@@ -131,7 +132,7 @@ class ImageConfig:
 class AnalysisConfig:
     top_k: int = 10
     dense_max: int = 5000  # also store the dense N x N matrix (float32) up to this many records
-    # "adjusted" (regression-adjusted, memaudit.adjusted) or "plain" (difference of means).
+    # "adjusted" (regression-adjusted, memaudit.estimate.adjusted) or "plain" (difference of means).
     estimator: str = "adjusted"
     covariates: int = 4  # influencers per target the adjusted estimator regresses out
 
@@ -158,8 +159,9 @@ class RunConfig:
     device: str = "auto"
     eval_batch_size: int = 64
     image: ImageConfig | None = None  # set for image runs (an image --model)
-    # Members trained at once (memaudit.packed): "auto" (CUDA: as many as fit; CPU: 1), "off",
-    # or a number. Changes results only by floating-point rounding, so not in the fingerprint.
+    # Members trained at once (memaudit.ensemble.member_packs): "auto" (CUDA: as many as fit;
+    # CPU: 1), "off", or a number. Changes results only by floating-point rounding, so not in the
+    # fingerprint.
     pack: str = "auto"
 
     @property

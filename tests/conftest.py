@@ -64,9 +64,9 @@ def tiny_setup(n_records: int):
     import torch
 
     from memaudit.config import ModelConfig
-    from memaudit.models import MemberFactory, load_base_model, load_tokenizer
-    from memaudit.records import RecordFormat, load_records
-    from memaudit.tokens import tokenize_records
+    from memaudit.data.records import RecordFormat, load_records
+    from memaudit.data.tokens import tokenize_records
+    from memaudit.ensemble.models import MemberFactory, load_base_model, load_tokenizer
 
     records = load_records(DEMO_SOURCE, RecordFormat(preset="nq"))[:n_records]
     tok = load_tokenizer(str(TINY_MODEL))

@@ -10,7 +10,7 @@ def kill_once() -> None:
     arm = os.environ.get("MEMAUDIT_TEST_ARM")
     if not arm:
         return
-    from memaudit import ensemble
+    from memaudit.ensemble import member as ensemble
 
     compute = ensemble.compute_member
 

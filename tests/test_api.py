@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from memaudit import Audit
-from memaudit.influence import InfluenceResult
-from memaudit.report import load_schema
+from memaudit.estimate.influence import InfluenceResult
+from memaudit.report.build import load_schema
 from tests.conftest import DEMO_CONFIG, DEMO_DATA, DEMO_SOURCE, ROOT, TINY_MODEL, write_jsonl
 from tests.conftest import SMALL_RUN as SMALL
 

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from memaudit.api import Audit
-from memaudit.images import ImageData, load_images
-from tests.test_images import FIXTURE, _folder
+from memaudit.data.images import ImageData, load_images
+from tests.data.test_images import FIXTURE, _folder
 
 N_UNIQUE = 140
 PAIRS = 20
@@ -90,9 +90,9 @@ def test_lowest_margins_are_planted_pairs(planted_run):
     assert planted >= 0.7, top10
     assert pairs >= 0.6, top10
     # Recall of the planted pairs among the 2 * PAIRS lowest margins (from the run directory).
-    from memaudit.analysis import analyze_run
     from memaudit.config import AnalysisConfig
-    from memaudit.findings import centred_margins
+    from memaudit.estimate.analysis import analyze_run
+    from memaudit.findings.build import centred_margins
 
     analysis = analyze_run(Audit.open(out).run_dir, AnalysisConfig())
     adj = centred_margins(
@@ -148,7 +148,7 @@ def test_report_contents(planted_run, cli):
     assert "Images are not shown in a redacted report" in redacted
     import jsonschema
 
-    from memaudit.report import load_schema
+    from memaudit.report.build import load_schema
 
     jsonschema.validate(report, load_schema())
 

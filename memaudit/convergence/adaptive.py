@@ -2,8 +2,8 @@
 
 ``--models auto`` trains 16 models (``--first-round`` sets the first round), then grows by
 rounds (:func:`round_sizes`) up to ``--max-models``. After every round it estimates, builds the
-findings and runs the convergence diagnostics (memaudit.convergence); it stops at the first
-round whose diagnostics all agree.
+findings and runs the convergence diagnostics (memaudit.convergence.diagnostics); it stops at
+the first round whose diagnostics all agree.
 Because column j of P depends only on (seed, j), a round reuses every model of the previous
 ones, and a rerun resumes like any other run. Every round's diagnostics go to
 ``RUN/convergence.json``, written atomically after each round.
@@ -15,8 +15,8 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from memaudit.convergence import Diagnostics, diagnose
-from memaudit.io import atomic_write_json
+from memaudit.convergence.diagnostics import Diagnostics, diagnose
+from memaudit.store.io import atomic_write_json
 
 
 def flagged_records(report: dict[str, Any]) -> set[int]:
@@ -46,7 +46,7 @@ def check(audit, previous: tuple[Diagnostics, set[int]] | None = None):
     """Estimate, build the findings and diagnose the ensemble as the run directory holds it.
 
     Returns (diagnostics, flagged set, analysis, report)."""
-    from memaudit.report import build_report
+    from memaudit.report.build import build_report
 
     analysis = audit.analyze()
     report, _ = build_report(audit.run_dir, analysis, audit.config.findings)
@@ -92,7 +92,7 @@ def run_adaptive(audit, prepared, progress: bool = False):
     """Train round after round until the diagnostics converge or the cap is reached.
 
     Returns (diagnostics of every round, the last round's analysis)."""
-    from memaudit.partition import inclusion_matrix
+    from memaudit.data.partition import inclusion_matrix
 
     ens = audit.config.ensemble
     history: list[Diagnostics] = []
@@ -107,7 +107,7 @@ def run_adaptive(audit, prepared, progress: bool = False):
         at_cap = m == sizes[-1]
         write_history(audit, history, stop_reason(diag, at_cap))
         if progress:
-            from memaudit.terminal import print_round
+            from memaudit.report.terminal import print_round
 
             print_round(diag)
         if diag.converged or at_cap:

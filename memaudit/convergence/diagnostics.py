@@ -40,8 +40,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.stats import rankdata
 
-from memaudit.estimators import influence_rows, run_estimator
-from memaudit.influence import InfluenceResult
+from memaudit.estimate.influence import InfluenceResult
+from memaudit.estimate.registry import influence_rows, run_estimator
 
 # Float64 budget for one (records x N) block of bootstrap influences, and for one block of the
 # Hamming-distance Gram matrix (float32); keeps N = 20,000 far from a dense N x N.
@@ -59,8 +59,8 @@ class ConvergenceConfig:
     min_reliability: float = 0.9
     # 1 - Jaccard(flagged set now, flagged set of the previous round) must be <= this: at most
     # about 15% of the flagged records came or went in the last round (which added >= 25% more
-    # models, memaudit.adaptive.round_sizes). Measured on the reduced-M benchmark (rounds of
-    # 16): 0.51, 0.29, 0.13 from 16 to 64 models, then 0.04 between 64 and 128.
+    # models, memaudit.convergence.adaptive.round_sizes). Measured on the reduced-M benchmark
+    # (rounds of 16): 0.51, 0.29, 0.13 from 16 to 64 models, then 0.04 between 64 and 128.
     max_flag_change: float = 0.15
     # Bootstrap resamples over models for the margins' standard errors and 90% CIs; with 200
     # each percentile of the interval rests on 10 resamples beyond it.

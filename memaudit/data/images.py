@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from memaudit.data.records import Record
 from memaudit.errors import MemauditError
-from memaudit.records import Record
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 DATASETS = ("cifar10", "cifar100")
@@ -61,7 +61,7 @@ class ImageData:
         return h.hexdigest()
 
     def save(self, path: str | Path) -> None:
-        from memaudit.io import atomic_write_bytes
+        from memaudit.store.io import atomic_write_bytes
 
         atomic_write_bytes(path, npz_bytes(self))
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from memaudit.data.records import GROUP_FIELD, ID_FIELD, RecordFormat, iter_json_lines, load_records
 from memaudit.errors import MemauditError
-from memaudit.io import atomic_write_text
-from memaudit.records import GROUP_FIELD, ID_FIELD, RecordFormat, iter_json_lines, load_records
+from memaudit.store.io import atomic_write_text
 
 _WORD = re.compile(r"(\s+)")
 

@@ -1,4 +1,4 @@
-"""Plant near-duplicate groups in image data, the image counterpart of :mod:`memaudit.plant`.
+"""Plant near-duplicate groups in image data, the image counterpart of :mod:`memaudit.data.plant`.
 
 Each group is an original image plus ``copies - 1`` edited copies. Every copy gets the edits a
 scraped dataset's duplicates carry, each drawn from the seed:
@@ -20,8 +20,8 @@ import io
 
 import numpy as np
 
+from memaudit.data.images import ImageData
 from memaudit.errors import MemauditError
-from memaudit.images import ImageData
 
 
 def edit_image(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

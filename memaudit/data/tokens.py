@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from memaudit.data.records import Record
 from memaudit.errors import MemauditError
-from memaudit.records import Record
 
 
 @dataclass

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from memaudit.tokens import TokenizedRecords, length_sorted_batches
-from memaudit.train import eval_mode, token_nll
+from memaudit.data.tokens import TokenizedRecords, length_sorted_batches
+from memaudit.ensemble.train import eval_mode, token_nll
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Where ensemble members are computed: in this process, or as Ray tasks on a cluster.
 
-An executor maps member indices to outcomes, a :class:`~memaudit.ensemble.MemberResult` or the
-exception that member raised, yielded as they finish. It never writes: results travel back to
+An executor maps member indices to outcomes, a :class:`~memaudit.ensemble.member.MemberResult` or
+the exception that member raised, yielded as they finish. It never writes: results travel back to
 the driver (the process running ``memaudit run``/``train``), which writes them to the run
 directory, so Ray workers need no shared file system and a failed worker loses nothing written.
 
@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from memaudit import ensemble, packed
 from memaudit.config import RunConfig
+from memaudit.ensemble import member as ensemble
+from memaudit.ensemble import member_packs as packed
 from memaudit.errors import MemauditError
 
 EXECUTORS = ("local", "ray")
+PACKAGE = Path(__file__).resolve().parents[1]  # the memaudit package, as shipped to Ray workers
 RAY_INSTALL = 'pip install "memaudit[ray]"'
 Outcome = tuple[int, Any]  # (j, MemberResult | BaseException)
 
@@ -210,7 +212,7 @@ class LocalExecutor:
 
     def map(self, members: list[int], inclusion: np.ndarray, on_step=None) -> Iterator[Outcome]:
         k, why = packed.pack_size(self.ctx, len(members))
-        if k > 1:  # K members at once: memaudit.packed
+        if k > 1:  # K members at once: memaudit.ensemble.member_packs
             with torch_threads(self.threads):
                 yield from packed.map_packed(self.ctx, members, inclusion, k, why, on_step)
             return
@@ -232,7 +234,7 @@ class LocalExecutor:
 
         ctx = self.ctx
         if ctx.n_extract and ctx.targets is None:  # made once here, not in every worker
-            from memaudit.extract import extraction_targets
+            from memaudit.ensemble.extract import extraction_targets
 
             ctx.targets = extraction_targets(
                 ctx.tokens, ctx.tokenizer, ctx.cfg.extract.prefix_tokens
@@ -270,7 +272,7 @@ class LocalExecutor:
 def code_digest() -> str:
     """sha256 over memaudit's sources: the driver and every worker must run the same code."""
     h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
+    root = PACKAGE
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
@@ -301,7 +303,7 @@ def _ray_member(key, cfg_dict, records, j, column, threads):
 
 
 def _ray_digest() -> tuple[str, str]:
-    return code_digest(), str(Path(__file__).resolve().parent)
+    return code_digest(), str(PACKAGE)
 
 
 def import_ray():
@@ -328,7 +330,7 @@ class RayExecutor:
         ray, ecfg = self.ray, self.ecfg
         local = ecfg.address is None
         env = dict(ecfg.runtime_env or {})
-        package = Path(__file__).resolve().parent
+        package = PACKAGE
         if not local:
             # Ship this memaudit package to the cluster (small), so that workers run the
             # driver's code; its dependencies (torch, transformers, ...) must be installed there.
@@ -394,7 +396,7 @@ class RayExecutor:
         if digest != code_digest():
             raise MemauditError(
                 f"Ray workers import a different memaudit ({where}) than this driver "
-                f"({Path(__file__).resolve().parent}); install the same version on the cluster"
+                f"({PACKAGE}); install the same version on the cluster"
             )
 
     def map(self, members: list[int], inclusion: np.ndarray, on_step=None) -> Iterator[Outcome]:

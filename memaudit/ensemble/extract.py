@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from memaudit.tokens import TokenizedRecords
-from memaudit.train import eval_mode, output_split
+from memaudit.data.tokens import TokenizedRecords
+from memaudit.ensemble.train import eval_mode, output_split
 
 _NORM = re.compile(r"[\W_]+")
 

@@ -2,13 +2,14 @@
 
 Member j trains on column j of P with seed ``model_seed(seed, j)`` and is evaluated on all
 records. Computing a member (:func:`compute_member`) is a pure function of the configuration,
-the records and j that returns its result; an executor (memaudit.executors: this process, or Ray
-tasks) runs it wherever, and the driver writes each result to the run directory as it arrives,
-so a killed run loses at most the members in progress, and workers need no shared file system.
+the records and j that returns its result; an executor (memaudit.ensemble.executors: this
+process, or Ray tasks) runs it wherever, and the driver writes each result to the run directory as
+it arrives, so a killed run loses at most the members in progress, and workers need no shared
+file system.
 
 The same code serves text and images: a member asks a *member task* (:class:`MemberTask`) for a
 fresh model, to train it on a subset and to evaluate it on every record. :class:`TextTask`
-wraps the language-model path; memaudit.vision.ImageTask the image path.
+wraps the language-model path; memaudit.ensemble.vision.ImageTask the image path.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import numpy as np
 import torch
 
 from memaudit.config import RunConfig
-from memaudit.evaluate import record_losses
-from memaudit.extract import extract_member, extraction, extraction_targets
-from memaudit.models import MemberFactory
-from memaudit.partition import model_seed
-from memaudit.rundir import RunDir
-from memaudit.tokens import TokenizedRecords
-from memaudit.train import TrainingDiverged, TrainStats, train_member
+from memaudit.data.partition import model_seed
+from memaudit.data.tokens import TokenizedRecords
+from memaudit.ensemble.evaluate import record_losses
+from memaudit.ensemble.extract import extract_member, extraction, extraction_targets
+from memaudit.ensemble.models import MemberFactory
+from memaudit.ensemble.train import TrainingDiverged, TrainStats, train_member
+from memaudit.store.rundir import RunDir
 
 
 class MemberTask(Protocol):
@@ -114,8 +115,8 @@ class MemberFailed(RuntimeError):
 def member_context(cfg: RunConfig, records) -> MemberContext:
     """Load tokenizer and model and tokenize ``records``: a worker's own copy of the setup, so
     that it needs only the configuration and the records, not the driver's files."""
-    from memaudit.models import load_base_model, load_tokenizer, pick_device, pick_dtype
-    from memaudit.tokens import tokenize_records
+    from memaudit.data.tokens import tokenize_records
+    from memaudit.ensemble.models import load_base_model, load_tokenizer, pick_device, pick_dtype
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.train.dtype, device)
@@ -141,7 +142,7 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
         "device": str(device),
         "dtype": str(ctx.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),  # CPU results are bit-identical per thread count
-        "pack": 1,  # trained alone (memaudit.packed trains K at once)
+        "pack": 1,  # trained alone (memaudit.ensemble.member_packs trains K at once)
     }
     try:
         stats = task.train(model, subset, seed, on_step)
@@ -227,9 +228,9 @@ def train_ensemble(
     ``models/NNNNN.failed.json`` and stays pending for the next run, while the rest finish.
     The first ``cfg.extract.models`` members also decode every record (extractability), since
     members are not kept; a tokenizer is needed for that. ``task`` defaults to the text path
-    (tokens and factory); an image run passes its memaudit.vision.ImageTask.
+    (tokens and factory); an image run passes its memaudit.ensemble.vision.ImageTask.
     """
-    from memaudit.executors import LocalExecutor
+    from memaudit.ensemble.executors import LocalExecutor
 
     progress = progress or EnsembleProgress()
     task = task or TextTask(tokens, factory, cfg, device)

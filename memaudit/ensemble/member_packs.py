@@ -1,5 +1,5 @@
 """Packed training: K ensemble members trained at once, in lock step, each exactly as
-:func:`memaudit.train.train_member` would train it alone.
+:func:`memaudit.ensemble.train.train_member` would train it alone.
 
 Each member keeps its own subset, seeded data order (the same ``randperm`` per epoch), token-mean
 loss per batch, AdamW state and learning-rate schedule; only the arithmetic is shared:
@@ -7,7 +7,7 @@ loss per batch, AdamW state and learning-rate schedule; only the arithmetic is s
 - full fine-tuning: the K members' weights are stacked (``torch.func.stack_module_state``) and
   one ``vmap`` of ``functional_call`` runs all K forward and backward passes as batched kernels;
 - LoRA: the frozen base runs once over the K members' batches side by side, and every peft LoRA
-  layer is swapped for a :class:`memaudit.lora_batched.BatchedLoraLinear` holding K stacked
+  layer is swapped for a :class:`memaudit.ensemble.lora_batched.BatchedLoraLinear` holding K stacked
   adapters, each example routed to its member's adapter.
 
 Evaluation is packed the same way (:func:`packed_losses`: each record through all K members),
@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from memaudit.config import RunConfig, TrainConfig
+from memaudit.data.tokens import TokenizedRecords
+from memaudit.ensemble.lora_batched import BatchedLora, find_lora_layers
+from memaudit.ensemble.train import TrainStats, eval_mode, lr_factor, upcast
 from memaudit.errors import MemauditError
-from memaudit.lora_batched import BatchedLora, find_lora_layers
-from memaudit.tokens import TokenizedRecords
-from memaudit.train import TrainStats, eval_mode, lr_factor, upcast
 
 MAX_AUTO_PACK = 64  # beyond this the GPU is saturated anyway and a retry loses too much
 
@@ -327,9 +327,9 @@ def train_packed(
 @torch.no_grad()
 def packed_losses(pack, tokens: TokenizedRecords, rows: int, device: torch.device) -> np.ndarray:
     """(K, N) float64: every packed member's mean NLL of every record, as
-    :func:`memaudit.evaluate.record_losses` computes it for one member (``rows`` records per
-    member in each pass, length-sorted)."""
-    from memaudit.tokens import length_sorted_batches
+    :func:`memaudit.ensemble.evaluate.record_losses` computes it for one member (``rows`` records
+    per member in each pass, length-sorted)."""
+    from memaudit.data.tokens import length_sorted_batches
 
     k = pack.k
     out = np.empty((k, len(tokens)), dtype=np.float64)
@@ -360,11 +360,17 @@ def packed_continuations(
     """Greedy continuations of every record by the packed LoRA members ``members`` (indices
     into the pack) at once: each batch holds ``batch_size`` records for every one of them, each
     row routed to its member's adapter, through the lean decoder with its KV cache. The texts
-    :func:`memaudit.extract.greedy_continuations` gives member by member; None where that
+    :func:`memaudit.ensemble.extract.greedy_continuations` gives member by member; None where that
     cannot be done this way (a full fine-tuning pack, a model the lean decoder cannot run, or
     routed tokens that differ from the first member's own on the first rows), and the caller
     decodes member by member."""
-    from memaudit.extract import decode_texts, lean_greedy, lean_split, left_padded, prompt_order
+    from memaudit.ensemble.extract import (
+        decode_texts,
+        lean_greedy,
+        lean_split,
+        left_padded,
+        prompt_order,
+    )
 
     if not isinstance(pack, _LoraPack) or not members:
         return None
@@ -414,7 +420,7 @@ def _pad(tokens: TokenizedRecords, chunks: list[np.ndarray], device: torch.devic
 # -- the ensemble loop's side ----------------------------------------------------------------
 def pack_size(ctx, n_members: int) -> tuple[int, str]:
     """(K, why) for ``n_members`` pending members; only text members pack (not images)."""
-    from memaudit.ensemble import TextTask
+    from memaudit.ensemble.member import TextTask
 
     if ctx.task is not None and not isinstance(ctx.task, TextTask):
         return 1, "image models are not packed"
@@ -436,11 +442,11 @@ def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> li
     """Members ``js`` (columns of P given as ``columns``, N x len(js)) trained and evaluated at
     once, then the first ``extract.models`` decoded (a LoRA pack's in mixed-adapter batches,
     else one at a time by the usual code): the same MemberResults as
-    :func:`memaudit.ensemble.compute_member` gives one by one, up to floating-point rounding.
+    :func:`memaudit.ensemble.member.compute_member` gives one by one, up to floating-point rounding.
     Writes nothing."""
-    from memaudit.ensemble import MemberResult, finish_member
-    from memaudit.extract import extraction_targets
-    from memaudit.partition import model_seed
+    from memaudit.data.partition import model_seed
+    from memaudit.ensemble.extract import extraction_targets
+    from memaudit.ensemble.member import MemberResult, finish_member
 
     cfg, device = ctx.cfg, ctx.device
     if min(js) < ctx.n_extract and ctx.targets is None:
@@ -466,7 +472,9 @@ def compute_members(ctx, js: list[int], columns: np.ndarray, on_step=None) -> li
             "device": str(device),
             "dtype": str(ctx.dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(),
-            "pack": len(js),  # trained together with pack - 1 others (memaudit.packed)
+            "pack": len(
+                js
+            ),  # trained together with pack - 1 others (memaudit.ensemble.member_packs)
         }
         if isinstance(stats[i], str):
             meta.update(status="diverged", error=stats[i])
@@ -530,7 +538,7 @@ def map_packed(ctx, members: list[int], inclusion: np.ndarray, k: int, why: str,
     rest); one that fails otherwise is computed one member at a time."""
     import sys
 
-    from memaudit.ensemble import compute_member
+    from memaudit.ensemble.member import compute_member
 
     _announce(why)
     queue = [members[s : s + k] for s in range(0, len(members), k)]

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from memaudit.config import TrainConfig
-from memaudit.models import config_positions
-from memaudit.tokens import TokenizedRecords
+from memaudit.data.tokens import TokenizedRecords
+from memaudit.ensemble.models import config_positions
 
 
 class TrainingDiverged(RuntimeError):

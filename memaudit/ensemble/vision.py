@@ -36,8 +36,8 @@ from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models.resnet import BasicBlock, conv1x1
 
+from memaudit.ensemble.train import TrainingDiverged, TrainStats
 from memaudit.errors import MemauditError
-from memaudit.train import TrainingDiverged, TrainStats
 
 # name -> (description for the terminal and docs)
 VISION_MODELS = {
@@ -104,8 +104,9 @@ def build_model(name: str, num_classes: int) -> nn.Module:
 
 
 class ImageTask:
-    """The image path's member task for :func:`memaudit.ensemble.train_ensemble`: a fresh copy of
-    the shared initial weights, one member's training, and its evaluation on every image."""
+    """The image path's member task for :func:`memaudit.ensemble.member.train_ensemble`: a
+    fresh copy of the shared initial weights, one member's training, and its evaluation on every
+    image."""
 
     arrays = ("correct",)  # per-model arrays saved beside the losses (models/NNNNN.correct.npy)
 

@@ -41,7 +41,7 @@ import os
 
 import numpy as np
 
-from memaudit.influence import InfluenceResult, _top_k, estimate, influence_block
+from memaudit.estimate.influence import InfluenceResult, _top_k, estimate, influence_block
 
 ESTIMATOR_NAME = "regression-adjusted"
 ESTIMATORS = {"adjusted": ESTIMATOR_NAME, "plain": "difference-of-means"}
@@ -136,7 +136,7 @@ def estimate_adjusted(
     with_se: bool = True,
 ) -> InfluenceResult:
     """Regression-adjusted influence (module docstring), with the same outputs as
-    :func:`memaudit.influence.estimate`; ``covariates`` influencers beyond t are found in
+    :func:`memaudit.estimate.influence.estimate`; ``covariates`` influencers beyond t are found in
     ``rounds`` rounds (each one blockwise pass of the plain estimator over the residuals,
     influence only). ``with_se=False``: no standard errors in the final pass either."""
     losses = np.asarray(losses, dtype=np.float64)

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import AnalysisConfig
+from memaudit.data.records import Record
 from memaudit.errors import MemauditError
-from memaudit.estimators import run_estimator
-from memaudit.influence import InfluenceResult
-from memaudit.io import atomic_write_json
-from memaudit.records import Record
-from memaudit.rundir import RunDir
+from memaudit.estimate.influence import InfluenceResult
+from memaudit.estimate.registry import run_estimator
+from memaudit.store.io import atomic_write_json
+from memaudit.store.rundir import RunDir
 
 MARGIN_RULE = (
     "largest / second-largest influence on the target over all training records, the target "

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from memaudit.io import atomic_path
+from memaudit.store.io import atomic_path
 
 ESTIMATOR_NAME = "difference-of-means"
 
@@ -369,8 +369,8 @@ def estimate(
 
     corrections = (cols, delta), two (N, S) arrays (cols -1 where padded): delta[t, s] is
     added to I[t, cols[t, s]] before top-k and margins; the regression-adjusted estimator
-    (memaudit.adjusted) uses it to put back the effects it regressed out. ``estimator`` names
-    the result.
+    (memaudit.estimate.adjusted) uses it to put back the effects it regressed out. ``estimator``
+    names the result.
 
     block_rows=None picks a block size so each block's float64 work arrays stay under about
     256 MB (the transposed inclusion matrix, N x M float64, is a fixed extra cost). If

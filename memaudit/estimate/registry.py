@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from memaudit.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
-from memaudit.adjusted import adjusted_block, estimate_adjusted
-from memaudit.influence import ESTIMATOR_NAME as PLAIN_NAME
-from memaudit.influence import InfluenceResult, estimate, influence_block
+from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
+from memaudit.estimate.adjusted import adjusted_block, estimate_adjusted
+from memaudit.estimate.influence import ESTIMATOR_NAME as PLAIN_NAME
+from memaudit.estimate.influence import InfluenceResult, estimate, influence_block
 
 # "adjusted" is the default: on the tiny-model demo (M = 32) it separates near-duplicated from
 # unique records by margin with ROC AUC 1.00 where the plain difference of means reaches 0.89,
@@ -26,7 +26,8 @@ def run_estimator(
     covariates: int = 4,
     **kwargs: Any,
 ) -> InfluenceResult:
-    """Estimate with the named estimator; kwargs as for :func:`memaudit.influence.estimate`."""
+    """Estimate with the named estimator; kwargs as for
+    :func:`memaudit.estimate.influence.estimate`."""
     if name == "adjusted":
         return estimate_adjusted(losses, inclusion, covariates=covariates, **kwargs)
     if name == "plain":

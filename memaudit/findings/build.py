@@ -26,9 +26,9 @@ from scipy.sparse.csgraph import connected_components
 from scipy.stats import rankdata
 from scipy.stats import t as student_t
 
-from memaudit.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
-from memaudit.adjusted import design
-from memaudit.influence import InfluenceResult, estimate
+from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
+from memaudit.estimate.adjusted import design
+from memaudit.estimate.influence import InfluenceResult, estimate
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def pixel_similarity(images: np.ndarray, pairs: np.ndarray, size: int = 8) -> np
     pixels and channels), the larger of b and b mirrored. Downsampling makes a shift or crop of
     a few pixels, JPEG noise and a brightness or contrast change cost little, and the mirror
     makes a flip free: the edits of a scraped duplicate. Measured on the bundled CIFAR-10
-    fixture: random pairs 0.09 +- 0.28 (0.7% above 0.7), planted copies (memaudit.plant_images)
+    fixture: random pairs 0.09 +- 0.28 (0.7% above 0.7), planted copies (memaudit.data.plant_images)
     median 0.96, 95% above 0.74."""
     import torch
     import torch.nn.functional as F

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from memaudit.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
-from memaudit.analysis import Analysis, describe, influence_row
-from memaudit.estimators import influence_rows
-from memaudit.extract import aggregate
-from memaudit.findings import (
+from memaudit.ensemble.extract import aggregate
+from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
+from memaudit.estimate.analysis import Analysis, describe, influence_row
+from memaudit.estimate.registry import influence_rows
+from memaudit.findings.build import (
     FindingsConfig,
     find_clusters,
     link_thresholds,
@@ -30,8 +30,8 @@ from memaudit.findings import (
     risky_unique_records,
     score_against_groups,
 )
-from memaudit.io import atomic_write_json, atomic_write_text
-from memaudit.rundir import RunDir, package_versions
+from memaudit.store.io import atomic_write_json, atomic_write_text
+from memaudit.store.rundir import RunDir, package_versions
 
 SCHEMA_NAME = "memaudit-report"
 # 1.1: optional "convergence"; 1.2: optional link "basis"; 1.3: image runs (see report-1.json)
@@ -40,7 +40,7 @@ SCHEMA_VERSION = "1.3"
 
 def load_schema() -> dict[str, Any]:
     major = SCHEMA_VERSION.split(".")[0]
-    text = resources.files("memaudit.schemas").joinpath(f"report-{major}.json").read_text()
+    text = resources.files("memaudit.report.schemas").joinpath(f"report-{major}.json").read_text()
     return json.loads(text)
 
 
@@ -98,7 +98,7 @@ def build_report(
 
     image_columns: dict[str, np.ndarray] = {}
     if is_image:
-        from memaudit.report_images import image_report
+        from memaudit.report.images import image_report
 
         shown = [m for c in clusters[: cfg.top_clusters] for m in c.members]
         image_columns, lowest, image_side = image_report(run, analysis, inclusion, redact, shown)
@@ -189,7 +189,7 @@ def build_report(
     if is_image:
         report["lowest_margin"] = lowest
         if not lowest:
-            from memaudit.report_images import NO_MARGIN_NOTE
+            from memaudit.report.images import NO_MARGIN_NOTE
 
             report["notes"].append(NO_MARGIN_NOTE)
     if redact:
@@ -299,7 +299,7 @@ def _notes(
             "missed."
         )
     if is_image:
-        from memaudit.report_images import EXTRACTABILITY_NOTE
+        from memaudit.report.images import EXTRACTABILITY_NOTE
 
         notes.append(EXTRACTABILITY_NOTE)
     elif n_extract == 0:
@@ -321,7 +321,7 @@ def write_reports(run: RunDir, report: dict, flagged: dict, formats: set[str]) -
         atomic_write_json(path, report)
         written.append(str(path))
     if "html" in formats:
-        from memaudit.report_html import render_html
+        from memaudit.report.html import render_html
 
         path = run.file(f"report{suffix}.html")
         atomic_write_text(path, render_html(report, flagged))

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from memaudit.analysis import Analysis
-from memaudit.findings import centred_margins, pixel_similarity
-from memaudit.influence import influence_block
-from memaudit.rundir import RunDir
+from memaudit.estimate.analysis import Analysis
+from memaudit.estimate.influence import influence_block
+from memaudit.findings.build import centred_margins, pixel_similarity
+from memaudit.store.rundir import RunDir
 
 LOWEST_MARGIN_TARGETS = 12  # how many targets the report lists (the paper showed six)
 THUMBNAIL_SIZE = 64  # pixels per side in the HTML (nearest-neighbour upscaling)

@@ -1,7 +1,7 @@
 """What a person sees in the terminal: training progress with ETA, and a short summary.
 
 Fuller findings and reports build on the same run directory elsewhere; this module only reads an
-:class:`~memaudit.analysis.Analysis`. Record texts are not printed here.
+:class:`~memaudit.estimate.analysis.Analysis`. Record texts are not printed here.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from memaudit.analysis import Analysis
 from memaudit.config import RunConfig
-from memaudit.ensemble import EnsembleProgress
+from memaudit.ensemble.member import EnsembleProgress
+from memaudit.estimate.analysis import Analysis
 
 console = Console(stderr=True, width=None)
 

@@ -17,11 +17,11 @@
     RUN/locks/shard-I-of-K   held by shard I of K (memaudit train --shard) while it trains
     RUN/models/NNNNN.failed.json  model j failed on every attempt: error, host, traceback;
                              removed when it is written; the model stays pending
-    RUN/influence.npz        per-target estimates (see memaudit.influence.InfluenceResult)
+    RUN/influence.npz        per-target estimates (see memaudit.estimate.influence.InfluenceResult)
     RUN/influence.json       per-record metrics for people and other tools
     RUN/influence_dense.npy  the full influence matrix, float32, when N is small enough
 
-Every file is written atomically (memaudit.io), so a killed run leaves only whole files.
+Every file is written atomically (memaudit.store.io), so a killed run leaves only whole files.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import RunConfig
+from memaudit.data.records import Record
 from memaudit.errors import MemauditError
-from memaudit.io import (
+from memaudit.store.io import (
     atomic_save_npy,
     atomic_write_bytes,
     atomic_write_json,
@@ -51,7 +52,6 @@ from memaudit.io import (
     read_json,
     sha256_bytes,
 )
-from memaudit.records import Record
 
 FORMAT_VERSION = 1
 _PACKAGES = ("memaudit", "torch", "transformers", "peft", "numpy", "scipy", "safetensors")
@@ -379,11 +379,11 @@ class RunDir:
         data.save(self.file("images.npz"))
 
     def images(self):
-        """The image run's pixels and labels (memaudit.images.ImageData), or None."""
+        """The image run's pixels and labels (memaudit.data.images.ImageData), or None."""
         path = self.file("images.npz")
         if not path.exists():
             return None
-        from memaudit.images import _load_npz
+        from memaudit.data.images import _load_npz
 
         return _load_npz(path, None)
 

@@ -1,4 +1,4 @@
-from memaudit.adaptive import round_sizes
+from memaudit.convergence.adaptive import round_sizes
 
 
 def test_rounds_grow_by_the_first_round_then_by_a_quarter_and_stop_at_the_cap():

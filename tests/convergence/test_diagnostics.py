@@ -1,4 +1,4 @@
-"""Tests for memaudit.convergence on synthetic ensembles with known structure.
+"""Tests for memaudit.convergence.diagnostics on synthetic ensembles with known structure.
 
 L[t, j] = base_t + noise - s_t P[t, j] - d P[mate(t), j]: every record has its own self effect
 s_t (spread over a factor of 40, so rankings are meaningful) and the first records come in
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from memaudit.convergence import (
+from memaudit.convergence.diagnostics import (
     ConvergenceConfig,
     Diagnostics,
     _model_units,
@@ -24,7 +24,7 @@ from memaudit.convergence import (
     indistinguishable_pairs,
     split_half_reliability,
 )
-from memaudit.influence import estimate
+from memaudit.estimate.influence import estimate
 
 
 def ensemble(
@@ -121,7 +121,7 @@ def test_complementary_model_pairs_stay_together():
 def test_row_margins_match_the_estimator():
     losses, p = ensemble(30, 40, seed=4)
     res = estimate(losses, p)
-    from memaudit.influence import influence_matrix
+    from memaudit.estimate.influence import influence_matrix
 
     np.testing.assert_allclose(_row_margins(influence_matrix(losses, p)), res.margin)
 

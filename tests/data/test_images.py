@@ -1,5 +1,5 @@
-"""Image loading (memaudit.images) and its bad inputs through the CLI: one line, exit 2, nothing
-written."""
+"""Image loading (memaudit.data.images) and its bad inputs through the CLI: one line, exit 2,
+nothing written."""
 
 from pathlib import Path
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from memaudit.data.images import load_images
 from memaudit.errors import MemauditError
-from memaudit.images import load_images
 from tests.conftest import tree, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "fixtures" / "images" / "cifar10_demo.npz"
 
 

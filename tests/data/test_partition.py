@@ -1,7 +1,7 @@
 import numpy as np
 
 from memaudit.config import EnsembleConfig
-from memaudit.partition import inclusion_column, inclusion_matrix, model_seed
+from memaudit.data.partition import inclusion_column, inclusion_matrix, model_seed
 
 
 def test_bernoulli_is_about_half_and_seeded():

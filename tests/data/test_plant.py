@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from memaudit.data.plant import plant
+from memaudit.data.records import RecordFormat, load_records
 from memaudit.errors import MemauditError
-from memaudit.plant import plant
-from memaudit.records import RecordFormat, load_records
 from tests.conftest import DEMO_DATA, DEMO_SOURCE, TINY_MODEL, write_jsonl
 
 
@@ -35,7 +35,7 @@ def test_word_level_plant_on_nq(tmp_path):
 
 
 def test_token_level_plant_changes_one_token(tmp_path):
-    from memaudit.models import load_tokenizer
+    from memaudit.ensemble.models import load_tokenizer
 
     tok = load_tokenizer(str(TINY_MODEL))
     path = write_jsonl(

@@ -1,11 +1,11 @@
-"""Image planting (memaudit.plant_images) and `memaudit plant` on image data."""
+"""Image planting (memaudit.data.plant_images) and `memaudit plant` on image data."""
 
 import numpy as np
 
-from memaudit.findings import pixel_similarity
-from memaudit.images import load_images
-from memaudit.plant_images import plant_images
-from tests.test_images import FIXTURE, _folder
+from memaudit.data.images import load_images
+from memaudit.data.plant_images import plant_images
+from memaudit.findings.build import pixel_similarity
+from tests.data.test_images import FIXTURE, _folder
 
 
 def test_plant_groups_and_edits():

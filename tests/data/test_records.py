@@ -1,7 +1,7 @@
 import pytest
 
+from memaudit.data.records import RecordFormat, load_records
 from memaudit.errors import MemauditError
-from memaudit.records import RecordFormat, load_records
 from tests.conftest import DEMO_SOURCE, write_jsonl
 
 

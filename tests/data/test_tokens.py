@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from memaudit.data.records import Record
+from memaudit.data.tokens import length_sorted_batches, tokenize_records
+from memaudit.ensemble.models import load_tokenizer
 from memaudit.errors import MemauditError
-from memaudit.models import load_tokenizer
-from memaudit.records import Record
-from memaudit.tokens import length_sorted_batches, tokenize_records
 from tests.conftest import TINY_MODEL
 
 

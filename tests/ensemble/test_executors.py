@@ -21,8 +21,8 @@ import torch
 
 from memaudit import Audit
 from memaudit.config import EnsembleConfig, ExtractConfig, ModelConfig, RunConfig, TrainConfig
-from memaudit.executors import ExecutorConfig
-from memaudit.rundir import RunDir
+from memaudit.ensemble.executors import ExecutorConfig
+from memaudit.store.rundir import RunDir
 from tests.conftest import DEMO_SOURCE, ROOT, SMALL_RUN, TINY_MODEL
 
 N_MODELS = 6
@@ -100,7 +100,7 @@ def test_a_dead_worker_is_retried_and_the_run_ends_identical(
 ):
     """A worker process that dies (OOM killer, segfault) fails its members, which are retried in
     fresh workers; the run ends with the reference's bits."""
-    from memaudit import ensemble
+    from memaudit.ensemble import member as ensemble
 
     compute = ensemble.compute_member
     marker = tmp_path / "died"
@@ -119,7 +119,7 @@ def test_a_dead_worker_is_retried_and_the_run_ends_identical(
 
 
 def test_local_plan():
-    from memaudit.executors import plan_local
+    from memaudit.ensemble.executors import plan_local
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     auto = plan_local(None, None, pending=10, device=cpu, cores=8)
@@ -152,7 +152,7 @@ def test_workers_option_is_checked(data, tmp_path, cli):
 
 # -- retries, divergence, disk full (local executor) -------------------------------------------
 def test_failed_member_is_retried_then_reported_and_rerun(data, reference, tmp_path, monkeypatch):
-    from memaudit import ensemble
+    from memaudit.ensemble import member as ensemble
 
     compute = ensemble.compute_member
     calls: dict[int, int] = {}
@@ -198,8 +198,8 @@ def test_injected_nan_is_excluded_and_reported(data, reference, tmp_path, monkey
     estimate, reported, and not retrained by a rerun."""
     import torch
 
-    from memaudit import train
-    from memaudit.partition import model_seed
+    from memaudit.data.partition import model_seed
+    from memaudit.ensemble import train
 
     token_nll = train.token_nll
     bad_seed = model_seed(0, 2)
@@ -384,7 +384,7 @@ def test_ray_worker_killed_mid_run_still_gives_identical_results(
         failures = []
         audit = Audit(_config(data), out, executor=ExecutorConfig("ray", cpus=1, retries=1))
         prepared = audit.prepare()
-        from memaudit import ensemble
+        from memaudit.ensemble import member as ensemble
 
         hooks = ensemble.EnsembleProgress(on_failure=lambda *a: failures.append(a))
         executor = audit._get_executor(prepared)
@@ -412,7 +412,7 @@ def test_ray_worker_killed_mid_run_still_gives_identical_results(
 
 
 def test_ray_refuses_workers_running_other_code(data, tmp_path, ray_cluster, monkeypatch):
-    from memaudit import executors
+    from memaudit.ensemble import executors
     from memaudit.errors import MemauditError
 
     monkeypatch.setattr(executors, "code_digest", lambda: "something else")

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from memaudit import extract
 from memaudit.config import ModelConfig, TrainConfig
-from memaudit.extract import aggregate, extraction_targets, greedy_continuations, score
-from memaudit.models import load_base_model
-from memaudit.records import Record
-from memaudit.tokens import tokenize_records
-from memaudit.train import train_member
+from memaudit.data.records import Record
+from memaudit.data.tokens import tokenize_records
+from memaudit.ensemble import extract
+from memaudit.ensemble.extract import aggregate, extraction_targets, greedy_continuations, score
+from memaudit.ensemble.models import load_base_model
+from memaudit.ensemble.train import train_member
 from tests.conftest import TINY_MODEL, tiny_setup
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Packed training (memaudit.packed) equals training the members one at a time.
+"""Packed training (memaudit.ensemble.member_packs) equals training the members one at a time.
 
 In float64 the two agree to rounding (1e-10): the same data order, loss, AdamW and schedule per
 member, ragged step counts and micro-batches included. In float32 they agree to float32
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from memaudit.config import ModelConfig, RunConfig, TrainConfig
+from memaudit.ensemble.evaluate import record_losses
+from memaudit.ensemble.member_packs import choose_pack, packed_losses, train_packed
+from memaudit.ensemble.models import MemberFactory, load_base_model
+from memaudit.ensemble.train import train_member
 from memaudit.errors import MemauditError
-from memaudit.evaluate import record_losses
-from memaudit.models import MemberFactory, load_base_model
-from memaudit.packed import choose_pack, packed_losses, train_packed
-from memaudit.train import train_member
 from tests.conftest import TINY_MODEL, tiny_setup
 
 CPU = torch.device("cpu")
@@ -92,7 +92,7 @@ def test_packed_equals_one_at_a_time_float32(setup, finetune, loss_atol):
 
 def test_lora_packing_matches_peft_before_training(setup):
     """The batched layer computes peft's base(x) + B(A(x)) * alpha / r for each member."""
-    from memaudit.lora_batched import BatchedLora, find_lora_layers
+    from memaudit.ensemble.lora_batched import BatchedLora, find_lora_layers
 
     tokens, _ = setup
     factory = _factory("lora", torch.float64)
@@ -142,7 +142,8 @@ def test_end_to_end_packed_equals_unpacked(tmp_path, monkeypatch, finetune, deco
     """Through the Python API: the same loss matrix, extractions and metadata as one by one (a
     LoRA pack decodes its extraction members in mixed-adapter batches; if that fails, member by
     member, keeping the trained pack)."""
-    from memaudit import Audit, packed
+    from memaudit import Audit
+    from memaudit.ensemble import member_packs as packed
 
     decoded = []  # what the mixed-adapter decoder returned, per call
     real = packed.packed_continuations
@@ -209,7 +210,8 @@ def test_failed_packs_fall_back(monkeypatch):
     members are trained alone, each saying why."""
     from types import SimpleNamespace
 
-    from memaudit import ensemble, packed
+    from memaudit.ensemble import member as ensemble
+    from memaudit.ensemble import member_packs as packed
 
     packs = []
 
@@ -238,7 +240,7 @@ def test_failed_packs_fall_back(monkeypatch):
 def test_a_diverged_member_leaves_the_others_exact(setup, monkeypatch, finetune):
     """Member 1's loss turns NaN at its second step: it is reported diverged (as train_member
     would raise), and members 0 and 2 still equal their one-at-a-time selves."""
-    from memaudit import packed
+    from memaudit.ensemble import member_packs as packed
 
     tokens, subsets = setup
     factory = _factory(finetune, torch.float64)
@@ -291,8 +293,8 @@ def test_auto_pack_on_cuda_follows_free_memory(monkeypatch):
 def test_lora_pack_decodes_in_mixed_adapter_batches(setup):
     """Every LoRA member's greedy continuations from one set of mixed-adapter batches (rows
     leaving the batch as they finish, their routes with them) equal its own, decoded alone."""
-    from memaudit.extract import extraction_targets, greedy_continuations
-    from memaudit.packed import packed_continuations
+    from memaudit.ensemble.extract import extraction_targets, greedy_continuations
+    from memaudit.ensemble.member_packs import packed_continuations
 
     tokens, subsets = setup
     _, tok, _, _ = tiny_setup(1)
@@ -316,7 +318,7 @@ def test_mixed_decoding_out_of_memory_halves_the_batch(monkeypatch):
     a mixed batch still holds more rows than one member's; then members decode one by one."""
     from types import SimpleNamespace
 
-    from memaudit import packed
+    from memaudit.ensemble import member_packs as packed
 
     calls = []
 

@@ -1,9 +1,9 @@
-"""Model loading (memaudit.models)."""
+"""Model loading (memaudit.ensemble.models)."""
 
 import torch
 
 from memaudit.config import ModelConfig
-from memaudit.models import load_base_model
+from memaudit.ensemble.models import load_base_model
 from tests.conftest import TINY_MODEL
 
 CPU = torch.device("cpu")

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from memaudit.config import ModelConfig, TrainConfig
-from memaudit.evaluate import record_losses
-from memaudit.models import MemberFactory, load_base_model
-from memaudit.tokens import tokenize_records
-from memaudit.train import _PACKS, packs, token_nll, train_member
+from memaudit.data.tokens import tokenize_records
+from memaudit.ensemble.evaluate import record_losses
+from memaudit.ensemble.models import MemberFactory, load_base_model
+from memaudit.ensemble.train import _PACKS, packs, token_nll, train_member
 from tests.conftest import TINY_MODEL, tiny_setup
 
 CPU = torch.device("cpu")
@@ -106,7 +106,7 @@ def _full_logits_nll(model, batch):
 
 
 def test_token_nll_runs_the_head_on_scored_positions_only(setup):
-    from memaudit import train
+    from memaudit.ensemble import train
 
     records, tok, tokens, factory = setup
     model = factory.fresh()
@@ -121,7 +121,7 @@ def test_token_nll_runs_the_head_on_scored_positions_only(setup):
 
 def test_token_nll_falls_back_when_the_model_rescales_its_logits(setup):
     """A model whose logits are not head(hidden) (soft-capping, a logit scale) keeps its own."""
-    from memaudit import train
+    from memaudit.ensemble import train
 
     _, _, tokens, _ = setup
     model = load_base_model(ModelConfig(str(TINY_MODEL), finetune="full"), CPU, torch.float32)
@@ -141,7 +141,7 @@ def test_token_nll_falls_back_when_the_model_rescales_its_logits(setup):
 def test_fast_activations_are_the_same_function():
     from transformers import AutoModelForCausalLM
 
-    from memaudit.models import fast_activations
+    from memaudit.ensemble.models import fast_activations
 
     stock = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
     fast = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
@@ -152,8 +152,8 @@ def test_fast_activations_are_the_same_function():
 
 
 def test_divergence_is_reported(setup, monkeypatch):
-    from memaudit import train
-    from memaudit.train import TrainingDiverged
+    from memaudit.ensemble import train
+    from memaudit.ensemble.train import TrainingDiverged
 
     _, _, tokens, factory = setup
     token_nll = train.token_nll

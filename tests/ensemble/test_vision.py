@@ -1,4 +1,4 @@
-"""The image models and one member's training and evaluation (memaudit.vision)."""
+"""The image models and one member's training and evaluation (memaudit.ensemble.vision)."""
 
 from types import SimpleNamespace
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from memaudit.config import ImageConfig, TrainConfig
+from memaudit.ensemble.vision import ImageTask, build_model
 from memaudit.errors import MemauditError
-from memaudit.vision import ImageTask, build_model
 
 
 @pytest.mark.parametrize("name", ["resnet-tiny", "resnet20", "resnet18"])
@@ -92,7 +92,7 @@ def test_augmentation():
 
 
 def test_divergence_is_reported():
-    from memaudit.train import TrainingDiverged
+    from memaudit.ensemble.train import TrainingDiverged
 
     task = _task()
     task.cfg = SimpleNamespace(epochs=1, lr=float("inf"), batch_size=8, weight_decay=0.0)

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from memaudit.adjusted import (
+from memaudit.estimate.adjusted import (
     ESTIMATOR_NAME,
     adjusted_block,
     covariate_count,
     estimate_adjusted,
     fit_covariates,
 )
-from memaudit.estimators import run_estimator
-from memaudit.influence import influence_matrix
+from memaudit.estimate.influence import influence_matrix
+from memaudit.estimate.registry import run_estimator
 
 
 def dense(result, n):
@@ -191,7 +191,7 @@ def test_unknown_and_known_names(name):
 
 
 def test_influence_rows_by_either_name_match_the_full_estimates():
-    from memaudit.estimators import influence_rows
+    from memaudit.estimate.registry import influence_rows
 
     rng = np.random.default_rng(7)
     losses, inc = simulate(40, rng, _drops(rng))
@@ -207,7 +207,7 @@ def test_influence_rows_by_either_name_match_the_full_estimates():
 def test_blockwise_equals_one_block_and_rounds_need_no_standard_errors():
     """Blocks of 7 rows (< N) give the estimate of a single N-row block; the covariate rounds
     rank with the influence alone (no second moments), which leaves the ranking unchanged."""
-    from memaudit.influence import estimate
+    from memaudit.estimate.influence import estimate
 
     rng = np.random.default_rng(8)
     losses, inc = simulate(48, rng, _drops(rng))
@@ -227,7 +227,7 @@ def test_blockwise_equals_one_block_and_rounds_need_no_standard_errors():
 
 def test_design_drops_what_elementwise_comparison_drops():
     """The Gram-matrix identifiability rule equals comparing the columns model by model."""
-    from memaudit.adjusted import design
+    from memaudit.estimate.adjusted import design
 
     rng = np.random.default_rng(9)
     m = 24

@@ -1,4 +1,4 @@
-"""Tests for memaudit.influence against a brute-force reference and hand-built cases."""
+"""Tests for memaudit.estimate.influence against a brute-force reference and hand-built cases."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.linalg import hadamard
 
-from memaudit.influence import (
+from memaudit.estimate.influence import (
     ESTIMATOR_NAME,
     InfluenceResult,
     estimate,
@@ -409,7 +409,7 @@ def test_influence_alone_ranks_like_the_full_estimate() -> None:
 def test_top_k_prefilter_equals_full_partition() -> None:
     """The chunk-minimum prefilter selects exactly what a full partition selects, in the same
     order, with ties, NaN and infinite values; it declines (None) when ties flood it."""
-    from memaudit.influence import _smallest_by_partition, _smallest_by_prefilter
+    from memaudit.estimate.influence import _smallest_by_partition, _smallest_by_prefilter
 
     rng = np.random.default_rng(0)
     used = declined = 0

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from memaudit.findings import (
+from memaudit.estimate.influence import InfluenceResult, estimate
+from memaudit.findings.build import (
     FindingsConfig,
     adjusted_influence,
     cluster_risk,
@@ -19,7 +20,6 @@ from memaudit.findings import (
     risky_unique_records,
     score_against_groups,
 )
-from memaudit.influence import InfluenceResult, estimate
 
 # ---------------------------------------------------------------------------------------------
 # membership_scores
@@ -374,7 +374,7 @@ def _saturating(seed, m, n_unique=40, n_groups=6, size=4):
 
 
 def test_mutual_links_find_saturating_groups_with_the_adjusted_estimator_only():
-    from memaudit.adjusted import estimate_adjusted
+    from memaudit.estimate.adjusted import estimate_adjusted
 
     precision, found = [], []
     for seed in range(7, 15):
@@ -423,7 +423,7 @@ def _look_alikes(seed, m=128, classes=6, per_class=10, pairs=8):
 
 
 def test_mutual_fraction_drops_look_alikes_and_keeps_substitutes():
-    from memaudit.adjusted import estimate_adjusted
+    from memaudit.estimate.adjusted import estimate_adjusted
 
     losses, inclusion, texts, groups = _look_alikes(seed=3)
     result = estimate_adjusted(losses, inclusion, top_k=10)
@@ -448,7 +448,7 @@ def test_mutual_fraction_drops_look_alikes_and_keeps_substitutes():
 def test_joint_influence_equals_least_squares_per_target():
     """The batched fit equals one np.linalg.lstsq per target; a repeated, complementary or
     padding candidate is NaN and the fit goes on without it."""
-    from memaudit.findings import joint_influence
+    from memaudit.findings.build import joint_influence
 
     rng = np.random.default_rng(11)
     n, m = 14, 60
@@ -488,8 +488,8 @@ def test_membership_scores_in_row_blocks_equal_row_by_row():
 
 
 def test_group_summary_equals_a_loop_over_planted_records():
-    from memaudit.analysis import group_summary, top_other
-    from memaudit.records import Record
+    from memaudit.data.records import Record
+    from memaudit.estimate.analysis import group_summary, top_other
 
     losses, inclusion, texts, groups = _planted(seed=2)
     groups[0] = "solo"  # a planted group of one: no mates, recall 0

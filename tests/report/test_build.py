@@ -7,7 +7,7 @@ import shutil
 import jsonschema
 import pytest
 
-from memaudit.report import load_schema
+from memaudit.report.build import load_schema
 from tests.conftest import ROOT
 
 V1_RUN = ROOT / "fixtures" / "runs" / "v1-foundation"

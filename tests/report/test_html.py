@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from memaudit.report_html import render_html
+from memaudit.report.html import render_html
 
 SCRIPT_TEXT = "Q: how do I greet? A: <script>alert(1)</script> & say hi"
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from memaudit.config import ModelConfig, RunConfig, TrainConfig
+from memaudit.data.records import Record
 from memaudit.errors import MemauditError
-from memaudit.records import Record
-from memaudit.rundir import RunDir
+from memaudit.store.rundir import RunDir
 
 
 def _cfg(**train):

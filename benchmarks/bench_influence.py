@@ -90,18 +90,15 @@ def floor_products(losses: np.ndarray, inclusion: np.ndarray) -> dict[str, float
 
 def run_step(step: str, data: Path, top_k: int) -> dict:
     """One measurement, in this (fresh) process."""
+    from memaudit.config import FindingsConfig
     from memaudit.data.records import Record
     from memaudit.estimate.analysis import group_summary
     from memaudit.estimate.influence import InfluenceResult
     from memaudit.estimate.registry import influence_rows, run_estimator
-    from memaudit.findings.build import (
-        FindingsConfig,
-        find_clusters,
-        link_thresholds,
-        membership_scores,
-        risky_unique_records,
-        score_against_groups,
-    )
+    from memaudit.findings.clusters import find_clusters, link_thresholds
+    from memaudit.findings.ground_truth import score_against_groups
+    from memaudit.findings.membership import membership_scores
+    from memaudit.findings.risky import risky_unique_records
 
     d = {name: np.load(data / f"{name}.npy") for name in ("losses", "inclusion", "groups", "texts")}
     losses, inclusion = d["losses"], d["inclusion"]

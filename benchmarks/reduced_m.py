@@ -37,17 +37,15 @@ from common import machine
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+from memaudit.config import FindingsConfig
 from memaudit.convergence.adaptive import round_sizes
 from memaudit.convergence.diagnostics import ConvergenceConfig, diagnose, split_half_reliability
 from memaudit.estimate.registry import run_estimator
-from memaudit.findings.build import (
-    FindingsConfig,
-    find_clusters,
-    membership_scores,
-    risky_unique_records,
-    score_against_groups,
-)
-from memaudit.report.build import extraction_metrics
+from memaudit.findings.build import extraction_metrics
+from memaudit.findings.clusters import find_clusters
+from memaudit.findings.ground_truth import score_against_groups
+from memaudit.findings.membership import membership_scores
+from memaudit.findings.risky import risky_unique_records
 from memaudit.store.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from memaudit.config import ModelConfig, RunConfig, resolve_model_name
+from memaudit.config import FindingsConfig, ModelConfig, RunConfig, resolve_model_name
 from memaudit.data.records import Record, RecordFormat, file_sha256, load_records
 from memaudit.errors import MemauditError
 from memaudit.estimate.analysis import Analysis, analyze_run
-from memaudit.findings.build import FindingsConfig
+from memaudit.findings.build import Findings
 from memaudit.store.rundir import RunDir
 
 
@@ -149,7 +149,7 @@ class Audit:
     ) -> list[int]:
         """Train every member (of ``members``) the run directory lacks; return the indices
         trained now. Members that fail on every attempt are recorded and left pending."""
-        from memaudit.ensemble.member import train_ensemble
+        from memaudit.ensemble.driver import train_ensemble
         from memaudit.report.terminal import ensemble_progress
 
         prepared = prepared or self.prepare()
@@ -267,15 +267,18 @@ class Audit:
         findings: FindingsConfig | None = None,
         show: bool = False,
         analysis: Analysis | None = None,
+        built: Findings | None = None,
     ) -> dict[str, Any]:
         """Build the report from the run directory (no training), write the requested files
-        (json, html) and, with ``show``, print the terminal view. Returns the report dict."""
+        (json, html) and, with ``show``, print the terminal view. Returns the report dict.
+        ``built``: findings already built for ``analysis`` (the last round's), reused as is."""
+        from memaudit.findings.build import build_findings
         from memaudit.report.build import build_report, write_reports
 
         analysis = analysis or self.analyze()
-        report, flagged = build_report(
-            self.run_dir, analysis, findings or self.config.findings, redact=redact
-        )
+        if built is None:
+            built = build_findings(self.run_dir, analysis, findings or self.config.findings)
+        report, flagged = build_report(self.run_dir, analysis, built, redact=redact)
         written = write_reports(self.run_dir, report, flagged, set(formats))
         if show:
             from memaudit.report.terminal import print_report
@@ -286,24 +289,30 @@ class Audit:
         return report
 
     def run(self, progress: bool = False) -> dict[str, Any]:
-        """Train what is missing (in rounds with ``auto``), estimate, diagnose convergence and
-        write the reports; returns the report dict."""
+        """Train what is missing (in rounds with ``auto``), estimate, build the findings,
+        diagnose convergence and write the reports; returns the report dict. The findings are
+        built once per round; the report renders the last round's."""
         from memaudit.convergence import adaptive
 
+        on_round = None
+        if progress:
+            from memaudit.report.terminal import print_round
+
+            on_round = print_round
         prepared = self.prepare()
         with self.run_dir.lock():
             try:
                 if self.config.ensemble.auto:
-                    _, analysis = adaptive.run_adaptive(self, prepared, progress=progress)
+                    _, last = adaptive.run_adaptive(self, prepared, progress, on_round)
                 else:
                     self.train(prepared, progress=progress)
-                    diag, _, analysis, _ = adaptive.check(self)
-                    adaptive.write_history(self, [diag], f"fixed --models {diag.n_models}")
+                    last = adaptive.check(self)
+                    n = last.diagnostics.n_models
+                    adaptive.write_history(self, [last.diagnostics], f"fixed --models {n}")
             finally:
                 self.close()
-            # The report reads convergence.json, written after the last check: rebuild it, but
-            # from the analysis already made.
-            report = self.report(show=progress, analysis=analysis)
+            # The report reads convergence.json, written after the last check.
+            report = self.report(show=progress, analysis=last.analysis, built=last.findings)
             if progress:
                 from memaudit.report.terminal import print_status
 

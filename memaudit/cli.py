@@ -150,7 +150,7 @@ def _findings_config(base, **given):
     """Thresholds from the options given, the rest from ``base`` (saved with the run)."""
     from dataclasses import replace
 
-    from memaudit.findings.build import FindingsConfig
+    from memaudit.config import FindingsConfig
 
     given = {k: v for k, v in given.items() if v is not None}
     try:
@@ -175,7 +175,7 @@ def _ensemble_config(models, max_models, first_round, design, seed):
 
 
 def _convergence_config(min_reliability, max_flag_change):
-    from memaudit.convergence.diagnostics import ConvergenceConfig
+    from memaudit.config import ConvergenceConfig
 
     given = {
         k: v

@@ -8,12 +8,11 @@ no dropout; AdamW without weight decay; linear decay; loss over the whole record
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from memaudit.convergence.diagnostics import ConvergenceConfig
 from memaudit.errors import MemauditError
-from memaudit.findings.build import FindingsConfig
 
 MODEL_ALIASES = {
     "gpt-neo-1.3B": "EleutherAI/gpt-neo-1.3B",
@@ -142,6 +141,140 @@ class AnalysisConfig:
             raise MemauditError(f"--estimator: {self.estimator!r} is not one of adjusted, plain")
         if self.covariates < 0:
             raise MemauditError("--covariates: must be 0 or more")
+
+
+@dataclass(frozen=True)
+class FindingsConfig:
+    # A link t <- i (i != t) needs I[t, i] / se[t, i] >= link_z (or the link_fwer threshold,
+    # whichever is higher): the influence must stand out from its own noise. Each target's
+    # top-k is a maximum over N noisy candidates, so this is far above the usual 2; on the
+    # bundled r64 ensemble (M = 64) planted pairs have a median z of 4.0 (plain) or 5.0
+    # (adjusted), chance pairs stay below 3.5.
+    link_z: float = 4.0
+    # ... and I[t, i] >= link_fraction * (the largest influence on t, usually t's own): a
+    # near-duplicate substitutes for t, so its influence is comparable to t's self-influence,
+    # whereas a record that merely helps (same template, same topic) is a small fraction of it.
+    # r64: planted pairs at a median of 0.7 of the largest, chance pairs at 0.2 (max 0.64).
+    link_fraction: float = 0.5
+    # Multiple testing: the z threshold is raised to the one-sided Student-t quantile (df =
+    # M - 3) at link_fwer / (N (N - 1)), so that over all ordered pairs the chance of even one
+    # false link stays near link_fwer. 4.6 at N = M = 64, 6.8 at N = 300, M = 24, 6.4 at
+    # N = 20,000, M = 1,000; a fixed 4 would let N = 20,000 make thousands of chance links and
+    # merge them into one giant cluster. None: link_z alone.
+    link_fwer: float | None = 0.05
+    # Without losses and inclusion, find_clusters sees only the plain difference of means,
+    # which credits i with t's own self-influence in proportion to how much their inclusion
+    # columns overlap by chance (up to a correlation of 0.84 among 300 columns at M = 24). Then
+    # link_fraction is raised to sqrt(2 ln(N (N - 1) / 2) / M), the typical largest chance
+    # correlation between two of the N columns (0.49 at N = M = 64, 0.94 at N = 300, M = 24).
+    chance_overlap_guard: bool = True
+    # With losses and inclusion, each target's link candidates are its strongest influencers
+    # after removing the swing of its loss with its own inclusion, and they are tested jointly:
+    # one least-squares fit of L[t] on its own inclusion and the candidates' (so a planted
+    # record's group-mates do not add noise to each other's estimates). More candidates cost
+    # residual degrees of freedom (M - candidates - 2).
+    link_candidates: int = 8
+    # The paper's reading of the margin, made symmetric: with the regression-adjusted
+    # estimator, t and i are also linked when both have a Top-1 margin below mutual_margin
+    # (several records compete for the top of their influence lists) and each is among the
+    # other's mutual_top strongest other influencers. It finds near-duplicate groups whose
+    # pairwise effects are too small for the z rule (in a group of 5 copies each copy's own
+    # effect mostly saturates once another copy is in). It is a heuristic, not a test: measured
+    # on the bundled demo (M = 32, 20 planted groups of 5) pair precision 1.00 with 16 of 20
+    # groups found; on 8 synthetic ensembles with groups of 4 (tests/test_findings.py) mean pair
+    # precision 0.94 (worst 0.61: two groups merged) and 79% of groups found. Adjusted margins of
+    # unique records were all >= 4 on the demo (median 16), 95% of near-duplicated ones < 4.
+    # Not used with the plain estimator, whose unique-record margins sit near 1-2 at small M.
+    mutual_links: bool = True
+    mutual_margin: float = 4.0
+    mutual_top: int = 3
+    # ... and, for a pair of such records, the larger of I[t, i] / (largest influence on t) and
+    # I[i, t] / (largest on i) is at least mutual_fraction. None: 0 for text, 0.6 for images.
+    # Images need it because most of them have low margins (images of one class help each
+    # other: median unique margin 2.7 at M = 64 on the image demo, against 16 for text), so
+    # mutual top-3 lists also pair look-alikes (two white cars, two cargo ships). A planted copy
+    # substitutes for its mate (all 16 planted pairs found: fractions >= 0.63), look-alikes
+    # less (23 of 25 such pairs < 0.6). Image demo, M = 64: link precision 0.47 -> 0.84
+    # against the planted pairs, recall 0.80 kept; of the 3 unplanted links left, one is a
+    # natural CIFAR-10 near-duplicate (the same cat photo, twice in the training set). Text
+    # needs none: in a group of 5 copies one copy's own effect on a mate is small (saturation).
+    mutual_fraction: float | None = None
+    # Character n-gram TF-IDF cosine >= this marks a link as a "textual" near-duplicate (the
+    # planted one-token edits score 0.8-0.95; unrelated records of one template, 0.1-0.3).
+    lexical_threshold: float = 0.5
+    # Images: pixel_similarity >= this marks a link as a "visual" near-duplicate (planted copies:
+    # median 0.96, 95% above 0.74; random CIFAR-10 pairs 0.09 +- 0.28, 0.7% above 0.7).
+    pixel_threshold: float = 0.7
+    # A unique record is flagged when its self-influence is at or above this quantile of all
+    # finite self-influences (0.9: the top 10%) and significantly positive (self / se >= link_z)
+    self_influence_quantile: float = 0.9
+    # ... or when it is extractable: mean BLEU when trained on minus when not >= bleu_gain
+    bleu_gain: float = 0.3
+    # ... or when its membership-inference AUC (see membership_scores) is >= mia_auc
+    mia_auc: float = 0.9
+    # How many clusters a report shows; find_clusters returns every cluster, so that cluster_of
+    # and score_against_groups see all of them.
+    top_clusters: int = 10
+    # The most unique records risky_unique_records returns.
+    top_records: int = 10
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.link_z) and self.link_z > 0):
+            raise ValueError(f"link_z must be a positive number, got {self.link_z!r}")
+        if self.link_fwer is not None and not 0.0 < self.link_fwer < 1.0:
+            raise ValueError(f"link_fwer must be in (0, 1) or None, got {self.link_fwer!r}")
+        for name in (
+            "link_fraction",
+            "lexical_threshold",
+            "pixel_threshold",
+            "self_influence_quantile",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if self.mutual_fraction is not None and not 0.0 <= self.mutual_fraction <= 1.0:
+            raise ValueError(f"mutual_fraction must be in [0, 1], got {self.mutual_fraction!r}")
+        if not self.mutual_margin > 1.0:
+            raise ValueError(f"mutual_margin must be > 1, got {self.mutual_margin!r}")
+        for name in ("top_clusters", "top_records", "mutual_top"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ConvergenceConfig:
+    # Split-half reliability (Spearman rank correlation between two disjoint halves of the
+    # models, Spearman-Brown corrected to the full count) of self-influence AND of the margin
+    # must reach this. 0.9: another ensemble of the same size would rank records nearly alike.
+    min_reliability: float = 0.9
+    # 1 - Jaccard(flagged set now, flagged set of the previous round) must be <= this: at most
+    # about 15% of the flagged records came or went in the last round (which added >= 25% more
+    # models, memaudit.convergence.adaptive.round_sizes). Measured on the reduced-M benchmark
+    # (rounds of 16): 0.51, 0.29, 0.13 from 16 to 64 models, then 0.04 between 64 and 128.
+    max_flag_change: float = 0.15
+    # Bootstrap resamples over models for the margins' standard errors and 90% CIs; with 200
+    # each percentile of the interval rests on 10 resamples beyond it.
+    bootstrap: int = 200
+    # Two records whose inclusion patterns differ in <= this fraction of the used models (or,
+    # after complementing one, agree on >= 1 - this) cannot be told apart. At M = 64 two random
+    # patterns come this close with probability ~1e-11, so only real coincidences are reported;
+    # at M = 16 it is 5e-4 per pair, about 100,000 pairs among N = 20,000: too few models.
+    pattern_distance: float = 0.1
+    # Seed of the random half-splits and the bootstrap resamples (results are reproducible).
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_reliability) and -1.0 <= self.min_reliability <= 1.0):
+            raise ValueError(f"min_reliability must be in [-1, 1], got {self.min_reliability!r}")
+        for name in ("max_flag_change", "pattern_distance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        for name in ("bootstrap", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
 
 
 @dataclass(frozen=True)

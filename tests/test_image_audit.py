@@ -92,7 +92,7 @@ def test_lowest_margins_are_planted_pairs(planted_run):
     # Recall of the planted pairs among the 2 * PAIRS lowest margins (from the run directory).
     from memaudit.config import AnalysisConfig
     from memaudit.estimate.analysis import analyze_run
-    from memaudit.findings.build import centred_margins
+    from memaudit.findings.clusters import centred_margins
 
     analysis = analyze_run(Audit.open(out).run_dir, AnalysisConfig())
     adj = centred_margins(

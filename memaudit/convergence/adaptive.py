@@ -12,19 +12,15 @@ ones, and a rerun resumes like any other run. Every round's diagnostics go to
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from memaudit.convergence.diagnostics import Diagnostics, diagnose
+from memaudit.data.partition import inclusion_matrix
+from memaudit.estimate.analysis import Analysis
+from memaudit.findings.build import Findings, build_findings
 from memaudit.store.io import atomic_write_json
-
-
-def flagged_records(report: dict[str, Any]) -> set[int]:
-    """The records a report flags: members of its shown clusters and its risky unique records."""
-    by_id = {c["id"]: c for c in report["clusters"]}
-    flagged = {m for cid in report["findings"]["clusters"] for m in by_id[cid]["members"]}
-    return flagged | {f["index"] for f in report["findings"]["records"]}
-
 
 # Each round adds at least the first round's models and at least this share of the models so
 # far: 16, 32, 48, 64, 80, 100, 125, ... Doubling (16, 32, 64, 128) overshoots by up to 2x and
@@ -42,21 +38,27 @@ def round_sizes(first: int, maximum: int) -> list[int]:
     return sizes
 
 
-def check(audit, previous: tuple[Diagnostics, set[int]] | None = None):
-    """Estimate, build the findings and diagnose the ensemble as the run directory holds it.
+@dataclass
+class Round:
+    """One round's estimate, findings and diagnostics: what the next round and the report read."""
 
-    Returns (diagnostics, flagged set, analysis, report)."""
-    from memaudit.report.build import build_report
+    analysis: Analysis
+    findings: Findings
+    diagnostics: Diagnostics
 
+
+def check(audit, previous: Round | None = None) -> Round:
+    """Estimate, build the findings once and diagnose the ensemble as the run directory holds
+    it, comparing the flagged set with ``previous`` round's."""
     analysis = audit.analyze()
-    report, _ = build_report(audit.run_dir, analysis, audit.config.findings)
-    flagged = flagged_records(report)
+    findings = build_findings(audit.run_dir, analysis, audit.config.findings)
+    flagged = findings.flagged()
     diag = diagnose(
         analysis.losses,
         audit.run_dir.inclusion(),
         flagged,
-        previous=previous[0] if previous else None,
-        previous_flagged=previous[1] if previous else None,
+        previous=previous.diagnostics if previous else None,
+        previous_flagged=previous.findings.flagged() if previous else None,
         model_mask=analysis.valid,
         cfg=audit.config.convergence,
         top_k=audit.config.analysis.top_k,
@@ -64,7 +66,7 @@ def check(audit, previous: tuple[Diagnostics, set[int]] | None = None):
         estimator=audit.config.analysis.estimator,
         covariates=audit.config.analysis.covariates,
     )
-    return diag, flagged, analysis, report
+    return Round(analysis, findings, diag)
 
 
 def write_history(audit, history: list[Diagnostics], stopped_by: str) -> dict[str, Any]:
@@ -88,29 +90,28 @@ def stop_reason(diag: Diagnostics, at_cap: bool) -> str:
     return f"{diag.n_models} models"
 
 
-def run_adaptive(audit, prepared, progress: bool = False):
-    """Train round after round until the diagnostics converge or the cap is reached.
+def run_adaptive(
+    audit, prepared, progress: bool = False, on_round: Callable[[Diagnostics], None] | None = None
+) -> tuple[list[Diagnostics], Round]:
+    """Train round after round until the diagnostics converge or the cap is reached; after
+    each round ``on_round`` gets its diagnostics (the terminal prints them).
 
-    Returns (diagnostics of every round, the last round's analysis)."""
-    from memaudit.data.partition import inclusion_matrix
-
+    Returns (diagnostics of every round, the last round)."""
     ens = audit.config.ensemble
     history: list[Diagnostics] = []
-    previous = None
+    last: Round | None = None
     sizes = round_sizes(ens.models, ens.max_models)
     for m in sizes:
         prepared.inclusion = inclusion_matrix(len(prepared.records), ens, n_models=m)
         audit.run_dir.save_inclusion(prepared.inclusion)
         audit.train(prepared, progress=progress)
-        diag, flagged, analysis, _ = check(audit, previous)
-        history.append(diag)
+        now = check(audit, last)
+        history.append(now.diagnostics)
         at_cap = m == sizes[-1]
-        write_history(audit, history, stop_reason(diag, at_cap))
-        if progress:
-            from memaudit.report.terminal import print_round
-
-            print_round(diag)
-        if diag.converged or at_cap:
+        write_history(audit, history, stop_reason(now.diagnostics, at_cap))
+        if on_round:
+            on_round(now.diagnostics)
+        last = now
+        if now.diagnostics.converged or at_cap:
             break
-        previous = (diag, flagged)
-    return history, analysis
+    return history, last

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.stats import rankdata
 
+from memaudit.config import ConvergenceConfig
 from memaudit.estimate.influence import InfluenceResult
 from memaudit.estimate.registry import influence_rows, run_estimator
 
@@ -49,41 +50,6 @@ _BLOCK_BYTES = 256 * 1024 * 1024
 # influence_block keeps about this many (rows x N) float64 arrays alive at once.
 _INFLUENCE_WORK_ARRAYS = 12
 _CI_LEVEL = 0.90  # two-sided percentile interval for the margins
-
-
-@dataclass(frozen=True)
-class ConvergenceConfig:
-    # Split-half reliability (Spearman rank correlation between two disjoint halves of the
-    # models, Spearman-Brown corrected to the full count) of self-influence AND of the margin
-    # must reach this. 0.9: another ensemble of the same size would rank records nearly alike.
-    min_reliability: float = 0.9
-    # 1 - Jaccard(flagged set now, flagged set of the previous round) must be <= this: at most
-    # about 15% of the flagged records came or went in the last round (which added >= 25% more
-    # models, memaudit.convergence.adaptive.round_sizes). Measured on the reduced-M benchmark
-    # (rounds of 16): 0.51, 0.29, 0.13 from 16 to 64 models, then 0.04 between 64 and 128.
-    max_flag_change: float = 0.15
-    # Bootstrap resamples over models for the margins' standard errors and 90% CIs; with 200
-    # each percentile of the interval rests on 10 resamples beyond it.
-    bootstrap: int = 200
-    # Two records whose inclusion patterns differ in <= this fraction of the used models (or,
-    # after complementing one, agree on >= 1 - this) cannot be told apart. At M = 64 two random
-    # patterns come this close with probability ~1e-11, so only real coincidences are reported;
-    # at M = 16 it is 5e-4 per pair, about 100,000 pairs among N = 20,000: too few models.
-    pattern_distance: float = 0.1
-    # Seed of the random half-splits and the bootstrap resamples (results are reproducible).
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.min_reliability) and -1.0 <= self.min_reliability <= 1.0):
-            raise ValueError(f"min_reliability must be in [-1, 1], got {self.min_reliability!r}")
-        for name in ("max_flag_change", "pattern_distance"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        for name in ("bootstrap", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
 
 
 @dataclass

@@ -109,7 +109,7 @@ def load_images(
         path = Path(data)
         if not path.exists():
             raise MemauditError(f"{path}: no such file or folder")
-        loaded = _load_folder(path, resize) if path.is_dir() else _load_npz(path, resize)
+        loaded = _load_folder(path, resize) if path.is_dir() else load_npz(path, resize)
     if len(loaded) < 2:
         raise MemauditError(f"{data or dataset}: {len(loaded)} images; an audit needs at least 2")
     return loaded
@@ -166,7 +166,13 @@ def _load_folder(root: Path, resize: int | None) -> ImageData:
     )
 
 
-def _load_npz(path: Path, resize: int | None) -> ImageData:
+def stored_images(run) -> ImageData | None:
+    """An image run's pixels and labels as its run directory holds them (``images.npz``)."""
+    path = run.file("images.npz")
+    return load_npz(path, None) if path.exists() else None
+
+
+def load_npz(path: Path, resize: int | None) -> ImageData:
     import zipfile
 
     try:

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from memaudit.errors import MemauditError
+from memaudit.store.record import Record
+
+__all__ = ["Record", "RecordFormat", "load_records", "file_sha256", "iter_json_lines"]
 
 PRESETS = {
     # NQ-open: {"question": str, "answer": [str, ...]}; the paper's "Q: {question} A: {answer}".
@@ -22,20 +25,6 @@ PRESETS = {
 }
 ID_FIELD = "id"
 GROUP_FIELD = "group"
-
-
-@dataclass(frozen=True)
-class Record:
-    index: int
-    id: str
-    text: str
-    prompt: str | None  # None: plain text, the whole record is scored and continued
-    group: str | None  # planted near-duplicate group, when the data carries one
-    line: int
-
-    @property
-    def completion(self) -> str | None:
-        return None if self.prompt is None else self.text[len(self.prompt) :]
 
 
 @dataclass(frozen=True)

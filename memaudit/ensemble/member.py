@@ -1,4 +1,4 @@
-"""Train the ensemble: every member that the run directory does not already hold.
+"""One ensemble member: train it on its half of the records, evaluate it on every record.
 
 Member j trains on column j of P with seed ``model_seed(seed, j)`` and is evaluated on all
 records. Computing a member (:func:`compute_member`) is a pure function of the configuration,
@@ -15,8 +15,6 @@ wraps the language-model path; memaudit.ensemble.vision.ImageTask the image path
 from __future__ import annotations
 
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,7 +28,6 @@ from memaudit.ensemble.evaluate import record_losses
 from memaudit.ensemble.extract import extract_member, extraction, extraction_targets
 from memaudit.ensemble.models import MemberFactory
 from memaudit.ensemble.train import TrainingDiverged, TrainStats, train_member
-from memaudit.store.rundir import RunDir
 
 
 class MemberTask(Protocol):
@@ -61,17 +58,6 @@ class TextTask:
 
     def evaluate(self, model) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return record_losses(model, self.tokens, self.cfg.eval_batch_size, self.device), {}
-
-
-@dataclass
-class EnsembleProgress:
-    """Callbacks for a progress display; all optional."""
-
-    on_start: Callable[[int, int], None] | None = None  # (to train, already done)
-    on_step: Callable[[int, int, float], None] | None = None  # (step, total, loss)
-    on_model: Callable[[int, dict], None] | None = None  # (j, metadata)
-    on_failure: Callable[[int, int, str], None] | None = None  # (j, attempt, error)
-    on_note: Callable[[str], None] | None = None  # how the executor runs them (one line)
 
 
 @dataclass
@@ -186,86 +172,8 @@ def finish_member(
     return MemberResult(j, losses, meta, found, arrays)
 
 
-def pending_models(
-    run: RunDir, candidates, n_extract: int = 0, arrays: tuple[str, ...] = ()
-) -> list[int]:
-    """The members of ``candidates`` without a valid result; the first n_extract also need
-    their extraction, and every member the task's extra ``arrays``."""
-    return [
-        j
-        for j in candidates
-        if run.model_meta(j, need_extraction=j < n_extract, need_arrays=arrays) is None
-    ]
-
-
 def describe_error(exc: BaseException) -> str:
     """One line: the exception's type and first line (a Ray error names the original one)."""
     cause = getattr(exc, "cause", None) or exc
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
-
-
-def train_ensemble(
-    run: RunDir,
-    cfg: RunConfig,
-    inclusion: np.ndarray,
-    tokens: TokenizedRecords,
-    factory: MemberFactory,
-    device: torch.device,
-    dtype: torch.dtype,
-    progress: EnsembleProgress | None = None,
-    tokenizer=None,
-    executor=None,
-    members: list[int] | None = None,
-    retries: int = 2,
-    task: MemberTask | None = None,
-) -> list[int]:
-    """Compute every pending member (of ``members``, default all) with ``executor`` (default:
-    in this process), write each result as it arrives, and return the indices written now.
-
-    A member whose computation fails is retried up to ``retries`` times (it is identified by
-    its index and seed, so a retry is identical to a first try); one that still fails gets a
-    ``models/NNNNN.failed.json`` and stays pending for the next run, while the rest finish.
-    The first ``cfg.extract.models`` members also decode every record (extractability), since
-    members are not kept; a tokenizer is needed for that. ``task`` defaults to the text path
-    (tokens and factory); an image run passes its memaudit.ensemble.vision.ImageTask.
-    """
-    from memaudit.ensemble.executors import LocalExecutor
-
-    progress = progress or EnsembleProgress()
-    task = task or TextTask(tokens, factory, cfg, device)
-    n_extract = cfg.extract.models if tokenizer is not None else 0
-    candidates = range(inclusion.shape[1]) if members is None else members
-    todo = pending_models(run, candidates, n_extract, task.arrays)
-    if progress.on_start:
-        progress.on_start(len(todo), len(candidates) - len(todo))
-    if executor is None:
-        ctx = MemberContext(cfg, tokens, factory, device, dtype, tokenizer, task=task)
-        executor = LocalExecutor(ctx)
-    if todo and progress.on_note and hasattr(executor, "plan"):
-        progress.on_note(executor.plan(len(todo)).describe())
-    written: list[int] = []
-    pending, attempts = list(todo), dict.fromkeys(todo, 0)
-    while pending:
-        failed = []
-        for j, outcome in executor.map(pending, inclusion, progress.on_step):
-            if isinstance(outcome, MemberResult):
-                run.save_model(j, outcome.losses, outcome.meta, outcome.extraction, outcome.arrays)
-                written.append(j)
-                if progress.on_model:
-                    progress.on_model(j, outcome.meta)
-                continue
-            attempts[j] += 1
-            error = describe_error(outcome)
-            if progress.on_failure:
-                progress.on_failure(j, attempts[j], error)
-            if attempts[j] <= retries:
-                failed.append(j)
-            else:
-                run.save_failure(j, attempts[j], error, _trace(outcome))
-        pending = sorted(failed)
-    return sorted(written)
-
-
-def _trace(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]

@@ -1,881 +1,96 @@
-"""From influence estimates to findings a user can act on.
+"""The findings stage: from an analysis (influence estimates) to findings a user can act on.
 
 Two kinds of risk come out of one ensemble:
 
-* clusters: records that influence each other significantly, i.e. near-duplicates (textual, or
-  only visible through the model). Duplication makes content extractable while hiding it from
-  self-influence (the paper's central result), so the clusters are reported separately;
-* risky unique records: records in no cluster that the models memorise on their own (high,
-  significant self-influence), that become extractable when trained on (BLEU gain), or whose
-  membership the in/out losses give away (membership-inference AUC).
+* clusters (memaudit.findings.clusters): records that influence each other significantly, i.e.
+  near-duplicates (textual, or only visible through the model). Duplication makes content
+  extractable while hiding it from self-influence (the paper's central result), so the clusters
+  are reported separately;
+* risky unique records (memaudit.findings.risky): records in no cluster that the models
+  memorise on their own, that become extractable when trained on, or whose membership the
+  in/out losses give away (memaudit.findings.membership).
 
-Only each target's top-k influencers are read, so everything here scales to N = 20,000 without
-an N x N matrix. Missing inputs (no BLEU, no membership scores) skip their flags and reasons
-rather than reporting zeros; NaN influences, standard errors and margins never link or flag.
+:func:`build_findings` runs once per analysis; the adaptive rounds read its flagged set and the
+report renders the last round's findings, so nothing is computed twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.stats import rankdata
-from scipy.stats import t as student_t
 
-from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
-from memaudit.estimate.adjusted import design
-from memaudit.estimate.influence import InfluenceResult, estimate
-
-
-@dataclass(frozen=True)
-class FindingsConfig:
-    # A link t <- i (i != t) needs I[t, i] / se[t, i] >= link_z (or the link_fwer threshold,
-    # whichever is higher): the influence must stand out from its own noise. Each target's
-    # top-k is a maximum over N noisy candidates, so this is far above the usual 2; on the
-    # bundled r64 ensemble (M = 64) planted pairs have a median z of 4.0 (plain) or 5.0
-    # (adjusted), chance pairs stay below 3.5.
-    link_z: float = 4.0
-    # ... and I[t, i] >= link_fraction * (the largest influence on t, usually t's own): a
-    # near-duplicate substitutes for t, so its influence is comparable to t's self-influence,
-    # whereas a record that merely helps (same template, same topic) is a small fraction of it.
-    # r64: planted pairs at a median of 0.7 of the largest, chance pairs at 0.2 (max 0.64).
-    link_fraction: float = 0.5
-    # Multiple testing: the z threshold is raised to the one-sided Student-t quantile (df =
-    # M - 3) at link_fwer / (N (N - 1)), so that over all ordered pairs the chance of even one
-    # false link stays near link_fwer. 4.6 at N = M = 64, 6.8 at N = 300, M = 24, 6.4 at
-    # N = 20,000, M = 1,000; a fixed 4 would let N = 20,000 make thousands of chance links and
-    # merge them into one giant cluster. None: link_z alone.
-    link_fwer: float | None = 0.05
-    # Without losses and inclusion, find_clusters sees only the plain difference of means,
-    # which credits i with t's own self-influence in proportion to how much their inclusion
-    # columns overlap by chance (up to a correlation of 0.84 among 300 columns at M = 24). Then
-    # link_fraction is raised to sqrt(2 ln(N (N - 1) / 2) / M), the typical largest chance
-    # correlation between two of the N columns (0.49 at N = M = 64, 0.94 at N = 300, M = 24).
-    chance_overlap_guard: bool = True
-    # With losses and inclusion, each target's link candidates are its strongest influencers
-    # after removing the swing of its loss with its own inclusion, and they are tested jointly:
-    # one least-squares fit of L[t] on its own inclusion and the candidates' (so a planted
-    # record's group-mates do not add noise to each other's estimates). More candidates cost
-    # residual degrees of freedom (M - candidates - 2).
-    link_candidates: int = 8
-    # The paper's reading of the margin, made symmetric: with the regression-adjusted
-    # estimator, t and i are also linked when both have a Top-1 margin below mutual_margin
-    # (several records compete for the top of their influence lists) and each is among the
-    # other's mutual_top strongest other influencers. It finds near-duplicate groups whose
-    # pairwise effects are too small for the z rule (in a group of 5 copies each copy's own
-    # effect mostly saturates once another copy is in). It is a heuristic, not a test: measured
-    # on the bundled demo (M = 32, 20 planted groups of 5) pair precision 1.00 with 16 of 20
-    # groups found; on 8 synthetic ensembles with groups of 4 (tests/test_findings.py) mean pair
-    # precision 0.94 (worst 0.61: two groups merged) and 79% of groups found. Adjusted margins of
-    # unique records were all >= 4 on the demo (median 16), 95% of near-duplicated ones < 4.
-    # Not used with the plain estimator, whose unique-record margins sit near 1-2 at small M.
-    mutual_links: bool = True
-    mutual_margin: float = 4.0
-    mutual_top: int = 3
-    # ... and, for a pair of such records, the larger of I[t, i] / (largest influence on t) and
-    # I[i, t] / (largest on i) is at least mutual_fraction. None: 0 for text, 0.6 for images.
-    # Images need it because most of them have low margins (images of one class help each
-    # other: median unique margin 2.7 at M = 64 on the image demo, against 16 for text), so
-    # mutual top-3 lists also pair look-alikes (two white cars, two cargo ships). A planted copy
-    # substitutes for its mate (all 16 planted pairs found: fractions >= 0.63), look-alikes
-    # less (23 of 25 such pairs < 0.6). Image demo, M = 64: link precision 0.47 -> 0.84
-    # against the planted pairs, recall 0.80 kept; of the 3 unplanted links left, one is a
-    # natural CIFAR-10 near-duplicate (the same cat photo, twice in the training set). Text
-    # needs none: in a group of 5 copies one copy's own effect on a mate is small (saturation).
-    mutual_fraction: float | None = None
-    # Character n-gram TF-IDF cosine >= this marks a link as a "textual" near-duplicate (the
-    # planted one-token edits score 0.8-0.95; unrelated records of one template, 0.1-0.3).
-    lexical_threshold: float = 0.5
-    # Images: pixel_similarity >= this marks a link as a "visual" near-duplicate (planted copies:
-    # median 0.96, 95% above 0.74; random CIFAR-10 pairs 0.09 +- 0.28, 0.7% above 0.7).
-    pixel_threshold: float = 0.7
-    # A unique record is flagged when its self-influence is at or above this quantile of all
-    # finite self-influences (0.9: the top 10%) and significantly positive (self / se >= link_z)
-    self_influence_quantile: float = 0.9
-    # ... or when it is extractable: mean BLEU when trained on minus when not >= bleu_gain
-    bleu_gain: float = 0.3
-    # ... or when its membership-inference AUC (see membership_scores) is >= mia_auc
-    mia_auc: float = 0.9
-    # How many clusters a report shows; find_clusters returns every cluster, so that cluster_of
-    # and score_against_groups see all of them.
-    top_clusters: int = 10
-    # The most unique records risky_unique_records returns.
-    top_records: int = 10
-
-    def __post_init__(self) -> None:
-        if not (np.isfinite(self.link_z) and self.link_z > 0):
-            raise ValueError(f"link_z must be a positive number, got {self.link_z!r}")
-        if self.link_fwer is not None and not 0.0 < self.link_fwer < 1.0:
-            raise ValueError(f"link_fwer must be in (0, 1) or None, got {self.link_fwer!r}")
-        for name in (
-            "link_fraction",
-            "lexical_threshold",
-            "pixel_threshold",
-            "self_influence_quantile",
-        ):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if self.mutual_fraction is not None and not 0.0 <= self.mutual_fraction <= 1.0:
-            raise ValueError(f"mutual_fraction must be in [0, 1], got {self.mutual_fraction!r}")
-        if not self.mutual_margin > 1.0:
-            raise ValueError(f"mutual_margin must be > 1, got {self.mutual_margin!r}")
-        for name in ("top_clusters", "top_records", "mutual_top"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Membership inference from the ensemble's own in/out losses
-
-
-def membership_scores(
-    losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Per record t: 'mia_auc' = P(loss of an out-model > loss of an in-model) (ties count 1/2),
-    i.e. how well the loss separates models that trained on t from models that did not, from the
-    in/out losses the ensemble already has (no extra training); 'mia_dprime' = (mean_out -
-    mean_in) / sqrt((var_in + var_out) / 2) (ddof = 1). Also 'n_in' and 'n_out', the models
-    behind each score. Non-finite losses are left out; 'mia_auc' is NaN where a side has no
-    models, 'mia_dprime' where a side has fewer than two or both variances are zero.
-    Vectorised (ranks per row), no Python loop over records."""
-    losses = np.asarray(losses, dtype=np.float64)
-    inclusion = np.asarray(inclusion)
-    if losses.ndim != 2 or inclusion.shape != losses.shape:
-        raise ValueError(
-            f"losses and inclusion must be N x M arrays of one shape, got {losses.shape} and "
-            f"{inclusion.shape}"
-        )
-    if model_mask is not None:
-        model_mask = np.asarray(model_mask, dtype=bool)
-        if model_mask.shape != (losses.shape[1],):
-            raise ValueError(
-                f"model_mask must have shape ({losses.shape[1]},), got {model_mask.shape}"
-            )
-        losses, inclusion = losses[:, model_mask], inclusion[:, model_mask]
-    # Row blocks of about 16 MB per work array: every statistic is per row, and the whole
-    # N x M at once would hold about ten float64 copies of L (1.6 GB at N = 20,000, M = 1,000).
-    step = max(1, 2_000_000 // max(1, losses.shape[1]))
-    parts = [
-        _membership_rows(losses[lo : lo + step], inclusion[lo : lo + step])
-        for lo in range(0, len(losses), step)
-    ]
-    if not parts:
-        return _membership_rows(losses, inclusion)
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-def _membership_rows(losses: np.ndarray, inclusion: np.ndarray) -> dict[str, np.ndarray]:
-    ok = np.isfinite(losses)
-    inc = inclusion.astype(bool) & ok
-    out = ~inclusion.astype(bool) & ok
-    n_in = inc.sum(axis=1)
-    n_out = out.sum(axis=1)
-
-    # Missing losses rank above every finite one, so the finite values' average ranks are
-    # exactly their ranks among themselves (Mann-Whitney U from the out-models' rank sum).
-    ranks = rankdata(np.where(ok, losses, np.inf), method="average", axis=1)
-    rank_out = np.where(out, ranks, 0.0).sum(axis=1)
-    u_out = rank_out - n_out * (n_out + 1) / 2.0
-    pairs = (n_in * n_out).astype(np.float64)
-    auc = np.full(len(losses), np.nan)
-    np.divide(u_out, pairs, out=auc, where=pairs > 0)
-
-    def side(mask: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        vals = np.where(mask, losses, 0.0)
-        mean = np.full(len(losses), np.nan)
-        np.divide(vals.sum(axis=1), n, out=mean, where=n > 0)
-        dev = np.where(mask, losses - np.nan_to_num(mean)[:, None], 0.0)
-        var = np.full(len(losses), np.nan)
-        np.divide((dev * dev).sum(axis=1), n - 1, out=var, where=n > 1)
-        return mean, var
-
-    mean_in, var_in = side(inc, n_in)
-    mean_out, var_out = side(out, n_out)
-    pooled = np.sqrt((var_in + var_out) / 2.0)  # NaN propagates from an undefined side
-    dprime = np.full(len(losses), np.nan)
-    np.divide(mean_out - mean_in, pooled, out=dprime, where=np.isfinite(pooled) & (pooled > 0))
-    return {"mia_auc": auc, "mia_dprime": dprime, "n_in": n_in, "n_out": n_out}
-
-
-# ---------------------------------------------------------------------------------------------
-# Lexical similarity
-
-
-def lexical_similarity(texts: Sequence[str], pairs: np.ndarray) -> np.ndarray:
-    """Cosine of character n-gram TF-IDF vectors (scikit-learn TfidfVectorizer, analyzer='char_wb',
-    ngram_range=(3, 5), fit on all texts) for each (a, b) row of pairs (K x 2 int). Sparse rows;
-    never an N x N dense matrix."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if len(pairs) == 0:
-        return np.zeros(0)
-    if pairs.min() < 0 or pairs.max() >= len(texts):
-        raise ValueError(f"pairs index outside 0..{len(texts) - 1}")
-    try:
-        # Rows come out L2-normalised, so a row-wise dot product is the cosine.
-        x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform(texts).tocsr()
-    except ValueError:  # no n-gram at all (e.g. only whitespace): only identity is similar
-        return np.array([float(texts[a] == texts[b]) for a, b in pairs])
-    sim = np.asarray(x[pairs[:, 0]].multiply(x[pairs[:, 1]]).sum(axis=1)).ravel()
-    return np.clip(sim, 0.0, 1.0)  # rounding can leave 1 + 1e-16
-
-
-def pixel_similarity(images: np.ndarray, pairs: np.ndarray, size: int = 8) -> np.ndarray:
-    """Image similarity for each (a, b) row of pairs: the cosine of the two images after
-    area-downsampling to size x size and standardising each image (mean 0, norm 1 over its
-    pixels and channels), the larger of b and b mirrored. Downsampling makes a shift or crop of
-    a few pixels, JPEG noise and a brightness or contrast change cost little, and the mirror
-    makes a flip free: the edits of a scraped duplicate. Measured on the bundled CIFAR-10
-    fixture: random pairs 0.09 +- 0.28 (0.7% above 0.7), planted copies (memaudit.data.plant_images)
-    median 0.96, 95% above 0.74."""
-    import torch
-    import torch.nn.functional as F
-
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if len(pairs) == 0:
-        return np.zeros(0)
-    used = np.unique(pairs)
-    x = torch.from_numpy(np.ascontiguousarray(images[used])).permute(0, 3, 1, 2).double()
-    x = F.adaptive_avg_pool2d(x, size)
-    x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-    x = x / x.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
-    pos = np.searchsorted(used, pairs)
-    a, b = x[pos[:, 0]], x[pos[:, 1]]
-    plain = (a * b).sum(dim=(1, 2, 3))
-    mirrored = (a * b.flip(3)).sum(dim=(1, 2, 3))
-    return np.clip(torch.maximum(plain, mirrored).numpy(), -1.0, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Clusters of records that influence each other
+from memaudit.config import FindingsConfig
+from memaudit.data.images import stored_images
+from memaudit.ensemble.extract import aggregate
+from memaudit.estimate.analysis import Analysis
+from memaudit.findings.clusters import Cluster, find_clusters, link_thresholds
+from memaudit.findings.membership import membership_scores
+from memaudit.findings.risky import RecordFinding, risky_unique_records
+from memaudit.store.rundir import RunDir
 
 
 @dataclass
-class Link:
-    target: int  # t: the record whose loss drops
-    source: int  # i: the training record that lowers it
-    influence: float  # I[t, i]
-    se: float
-    z: float  # influence / se
-    lexical_similarity: float | None  # None for images
-    basis: str = "evidence"  # "evidence": the z rule; "mutual": mutual low-margin competitors
-    pixel_similarity: float | None = None  # images: see pixel_similarity
+class Findings:
+    """Everything flagged in one analysis, with what the flags rest on."""
+
+    config: FindingsConfig
+    clusters: list[Cluster]  # every cluster, ranked; the report shows the first top_clusters
+    cluster_of: np.ndarray  # (N,) cluster id per record, -1 for none
+    risky: list[RecordFinding]  # risky unique records, ranked
+    membership: dict[str, np.ndarray]  # membership_scores: mia_auc, mia_dprime, n_in, n_out
+    extraction: dict[str, np.ndarray]  # extraction_metrics; {} when no model decoded
+    n_extract: int  # models whose extraction was read
+    link_z: float  # the z threshold links were held to
+    link_fraction: float  # and the fraction of the largest influence
 
     @property
-    def similarity(self) -> float:
-        return (
-            self.pixel_similarity
-            if self.pixel_similarity is not None
-            else (self.lexical_similarity)
-        )
+    def shown_clusters(self) -> list[Cluster]:
+        return self.clusters[: self.config.top_clusters]
+
+    def flagged(self) -> set[int]:
+        """Members of the shown clusters and the risky unique records."""
+        members = {int(m) for c in self.shown_clusters for m in c.members}
+        return members | {int(f.index) for f in self.risky}
 
 
-@dataclass
-class Cluster:
-    id: int  # rank by risk_score, 0 = riskiest
-    members: list[int]
-    links: list[Link]
-    kind: str  # "textual" | "visual" | "influence" | "mixed" (which links are near-duplicates)
-    min_margin: float | None  # lowest defined Top-1 influence margin among the members
-    max_bleu_gain: float | None  # None when no BLEU gain was given (or none finite)
-    risk_score: float
-    reasons: list[str] = field(default_factory=list)
+def extraction_metrics(run: RunDir, inclusion: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """Per-record in/out BLEU and exact match over the models that decoded; ({}, 0) if none."""
+    models, results = run.extraction(inclusion.shape[1])
+    if not models:
+        return {}, 0
+
+    def column(key: str) -> np.ndarray:
+        return np.array([[np.nan if v is None else v for v in r[key]] for r in results]).T
+
+    return aggregate(column("bleu"), column("exact"), inclusion[:, models]), len(models)
 
 
-def cluster_risk(size: int, min_margin: float | None, max_bleu_gain: float | None) -> float:
-    """risk = log2(size) + 1 / lowest margin + highest BLEU gain (clipped to [0, 1]).
-
-    More copies mean more exposure and each doubling weighs the same; a margin near 1 says a
-    member's own inclusion no longer dominates (the paper's near-duplicate signature), so its
-    inverse (in (0, 1], margins are >= 1) adds up to one unit; measured extractability adds up
-    to one unit. An undefined margin or missing BLEU adds nothing.
-    """
-    score = float(np.log2(size))
-    if min_margin is not None and min_margin > 0:
-        score += min(1.0, 1.0 / min_margin)
-    if max_bleu_gain is not None:
-        score += float(np.clip(max_bleu_gain, 0.0, 1.0))
-    return score
-
-
-def _n_records(result: InfluenceResult) -> int:
-    return len(result.self_influence)
-
-
-def _optional_array(values: np.ndarray | None, n: int, name: str) -> np.ndarray | None:
-    if values is None:
-        return None
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
-    return arr
-
-
-def joint_influence(
-    losses: np.ndarray,
-    inclusion: np.ndarray,
-    targets: np.ndarray,
-    candidates: np.ndarray,
-    model_mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Influence of each target's own inclusion and of its candidates, estimated jointly, with
-    standard errors: minus the coefficients of the least-squares fit
-    L[t, j] ~ 1 + P[t, j] + sum_k P[c_k, j] over the used models (residual variance with
-    M - m - 2 degrees of freedom). Returns two (K, m + 1) arrays; column 0 is the target itself.
-
-    Why: with few models two random inclusion columns can agree on most models, and then the
-    plain difference of means credits i with t's self-influence (at z up to 9 on a 24-model
-    ensemble); and a planted record's group-mates each swing its loss, adding noise to every
-    other mate's estimate. Holding the target's and the other candidates' inclusion fixed
-    removes both. Candidates of -1 (padding), or whose column repeats or complements an earlier
-    regressor, are not identifiable: NaN. O(K M m^2) in chunks.
-    """
-    losses = np.asarray(losses, dtype=np.float64)
-    inc = np.asarray(inclusion)
-    if model_mask is not None:
-        used = np.asarray(model_mask, dtype=bool)
-        losses, inc = losses[:, used], inc[:, used]
-    targets = np.asarray(targets, dtype=np.int64)
-    candidates = np.asarray(candidates, dtype=np.int64).reshape(len(targets), -1)
-    k_all, m = candidates.shape
-    n_models = losses.shape[1]
-    infl = np.full((k_all, m + 1), np.nan)
-    se = np.full((k_all, m + 1), np.nan)
-    dof = n_models - m - 2
-    if dof < 1:
-        return infl, se
-    step = max(1, 4_000_000 // (n_models * (m + 2)))
-    for lo in range(0, k_all, step):
-        t, c = targets[lo : lo + step], candidates[lo : lo + step]
-        # Regressors: intercept, own inclusion, candidates; a regressor that repeats or
-        # complements an earlier one (or is constant) cannot be told apart from it, so it is
-        # dropped rather than split an effect between the two (see adjusted.design).
-        xt, keep, gram = design(inc, np.column_stack([t, c]))
-        kept = np.concatenate([np.ones((len(t), 1), dtype=bool), keep], axis=1)
-        y = losses[t]
-        inv = np.linalg.pinv(gram, hermitian=True)
-        xty = np.matmul(xt, y[:, :, None])
-        xty *= kept[:, :, None]
-        beta = np.matmul(inv, xty)[:, :, 0] * kept
-        res = y - np.matmul(beta[:, None, :], xt)[:, 0]
-        s2 = (res * res).sum(axis=1) / dof
-        var = s2[:, None] * np.einsum("kii->ki", inv)
-        ok = keep & (var[:, 1:] > 0)
-        infl[lo : lo + step] = np.where(ok, -beta[:, 1:], np.nan)
-        se[lo : lo + step] = np.where(ok, np.sqrt(np.where(ok, var[:, 1:], 1.0)), np.nan)
-    return infl, se
-
-
-def adjusted_influence(
-    losses: np.ndarray,
-    inclusion: np.ndarray,
-    targets: np.ndarray,
-    sources: np.ndarray,
-    model_mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Influence of sources[k] on targets[k] with the target's own inclusion held fixed: the
-    one-candidate case of :func:`joint_influence`."""
-    infl, se = joint_influence(losses, inclusion, targets, np.asarray(sources)[:, None], model_mask)
-    return infl[:, 1], se[:, 1]
-
-
-def link_candidates(
-    losses: np.ndarray, inclusion: np.ndarray, m: int, model_mask: np.ndarray | None = None
-) -> np.ndarray:
-    """(N, m) each target's strongest other influencers once its own inclusion is removed.
-
-    Centring each row of L within its own inclusion strata takes out the target's
-    self-influence, which otherwise dominates the noise of every I[t, i] at small M; the
-    difference of means of what is left ranks the candidates. Blockwise, like the estimator.
-    """
-    inc = np.asarray(inclusion).astype(bool)
-    losses = np.asarray(losses, dtype=np.float64)
-    used = np.ones(inc.shape[1], dtype=bool) if model_mask is None else np.asarray(model_mask)
-    centred = _centred_copy(losses, inc, used)
-    # Only the ranking is used: the influence alone, half the matrix product.
-    top = estimate(centred, inc, top_k=min(m + 1, len(inc)), model_mask=used, with_se=False).top_idx
-    others = np.where(top == np.arange(len(top))[:, None], -1, top)
-    # Keep m per row, self removed, order preserved, -1 padding last.
-    order = np.argsort(others < 0, axis=1, kind="stable")
-    return np.take_along_axis(others, order, axis=1)[:, :m]
-
-
-def centred_margins(
-    losses: np.ndarray,
-    inclusion: np.ndarray,
-    model_mask: np.ndarray | None = None,
-    min_z: float = 3.0,
-) -> dict[str, np.ndarray]:
-    """A Top-1 margin whose denominator is cleared of t's own inclusion swing (the "centred
-    margin"), for ranking targets as the paper's image experiment does.
-
-    The plain margin divides the largest influence on t by the second-largest; for a record
-    without near-duplicates that is a noise maximum, and at small M the noise is dominated by
-    t's own self-influence leaking through columns of P that overlap t's by chance (see
-    :func:`link_candidates`), so unique records get margins near 1 as well. Here the
-    numerator is t's self-influence (difference of means) and the denominator the largest
-    influence on t from another record after centring L[t] within t's own inclusion strata:
-    ``centred_margin = self-influence / that``; undefined (NaN) unless both are positive and
-    the larger of the two is significant (influence / standard error >= min_z): for an image
-    the models classify right whether or not they train on it, both are noise and their ratio
-    says nothing. With M = 1,000 it agrees with the plain margin. Measured on 320 CIFAR-10
-    images with 20 planted pairs, M = 64 (the 12 lowest targets whose top other influencer is
-    their planted copy): plain margin 6, regression-adjusted estimator's margin 5, centred
-    margin without the significance rule 4, with it 11.
-
-    Returns 'centred_margin', 'self_influence', 'self_se', 'other' (the strongest other
-    influencer, -1 if none), 'other_influence' and 'other_se' (its centred influence and
-    standard error), all (N,)."""
-    inc = np.asarray(inclusion).astype(bool)
-    losses = np.asarray(losses, dtype=np.float64)
-    n = len(losses)
-    used = np.ones(inc.shape[1], dtype=bool) if model_mask is None else np.asarray(model_mask)
-    plain = estimate(losses, inc, top_k=1, model_mask=used)
-    centred = _centred_copy(losses, inc, used)
-    est = estimate(centred, inc, top_k=min(2, n), model_mask=used)
-    idx, val, se = est.top_idx, est.top_val, est.top_se
-    pick = np.where(idx[:, 0] == np.arange(n), 1, 0)  # skip t itself (~0 after centring)
-    pick = np.minimum(pick, idx.shape[1] - 1)
-    rows = np.arange(n)
-    other = idx[rows, pick]
-    other_val = np.where(other >= 0, val[rows, pick], np.nan)
-    other_se = np.where(other >= 0, se[rows, pick], np.nan)
-    self_infl, self_se = plain.self_influence, plain.self_se
-    with np.errstate(invalid="ignore", divide="ignore"):
-        significant = (self_infl / self_se >= min_z) | (other_val / other_se >= min_z)
-        ok = (other_val > 0) & (self_infl > 0) & significant  # NaN compares False
-        margin = np.where(ok, self_infl / np.where(ok, other_val, 1.0), np.nan)
-    return {
-        "centred_margin": margin,
-        "self_influence": self_infl,
-        "self_se": self_se,
-        "other": other,
-        "other_influence": other_val,
-        "other_se": other_se,
-    }
-
-
-def link_thresholds(
-    cfg: FindingsConfig, n_records: int, n_models: int, adjusted: bool
-) -> tuple[float, float]:
-    """The (z, fraction) a link must reach for N records and M models: cfg.link_z and
-    cfg.link_fraction, raised by cfg.link_fwer and (plain estimator only) the chance-overlap
-    guard, as documented in FindingsConfig."""
-    z, fraction = cfg.link_z, cfg.link_fraction
-    pairs = n_records * (n_records - 1)
-    dof = n_models - (cfg.link_candidates + 2 if adjusted else 3)
-    if cfg.link_fwer is not None and pairs > 0:
-        z = max(z, float(student_t.isf(cfg.link_fwer / pairs, max(dof, 1))))
-    if cfg.chance_overlap_guard and not adjusted and pairs > 2 and n_models > 0:
-        fraction = max(fraction, float(np.sqrt(2.0 * np.log(pairs / 2) / n_models)))
-    return z, fraction
-
-
-def _centred_copy(losses: np.ndarray, inc: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """L with the used columns of each row centred within its own inclusion strata, in row
-    blocks (the whole matrix at once holds about six N x M float64 temporaries)."""
-    centred = losses.copy()
-    step = max(1, 2_000_000 // max(1, losses.shape[1]))
-    for lo in range(0, len(losses), step):
-        rows = slice(lo, lo + step)
-        centred[rows, used] = _centre_within(
-            losses[rows][:, used], inc[rows][:, used].astype(np.float64)
-        )
-    return centred
-
-
-def _centre_within(v: np.ndarray, strata: np.ndarray) -> np.ndarray:
-    """Subtract, row by row, the mean of v within each stratum (0/1) of strata."""
-    n1 = strata.sum(axis=1, keepdims=True)
-    n0 = strata.shape[1] - n1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        m1 = np.nan_to_num((v * strata).sum(axis=1, keepdims=True) / n1)
-        m0 = np.nan_to_num((v * (1 - strata)).sum(axis=1, keepdims=True) / n0)
-    return v - np.where(strata > 0, m1, m0)
-
-
-def find_links(
-    result: InfluenceResult,
-    cfg: FindingsConfig,
-    losses: np.ndarray | None = None,
-    inclusion: np.ndarray | None = None,
-    model_mask: np.ndarray | None = None,
-) -> np.ndarray:
-    """(t, i, influence, se, z, basis) rows of every link that passes a rule in FindingsConfig
-    (basis 0: the z rule; 1: mutual low-margin competitors, adjusted estimator only).
-
-    Thresholds from :func:`link_thresholds`. Without losses, the candidates are each target's
-    top-k influencers with their plain estimates. With losses and inclusion, the candidates come
-    from :func:`link_candidates` and are estimated jointly by :func:`joint_influence`, and the
-    fraction is taken of the largest effect in that fit.
-    """
-    idx, val, se = result.top_idx, result.top_val, result.top_se
-    n = _n_records(result)
-    if (losses is None) != (inclusion is None):
-        raise ValueError("give both losses and inclusion, or neither")
-    min_z, min_fraction = link_thresholds(cfg, n, result.n_models, losses is not None)
-    # The largest influence on t over all i is the first top-k entry (descending order).
-    largest = result.top_val[:, :1]
-    if losses is not None:
-        m = max(1, min(cfg.link_candidates, result.n_models - 5, n - 1))
-        idx = link_candidates(losses, inclusion, m, model_mask)
-        joint, joint_se = joint_influence(losses, inclusion, np.arange(n), idx, model_mask)
-        val, se = joint[:, 1:], joint_se[:, 1:]
-        # Compare with the largest effect in the same fit (usually the target's own).
-        largest = np.nanmax(np.where(np.isfinite(joint), joint, -np.inf), axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = np.where((se > 0) & np.isfinite(se), val / se, np.nan)
-        # NaN compares False: padded entries, undefined se or an undefined largest never link.
-        ok = (
-            (idx >= 0)
-            & (idx != np.arange(n)[:, None])
-            & (val > 0)
-            & (z >= min_z)
-            & (val >= min_fraction * largest)
-        )
-    t, c = np.nonzero(ok)
-    rows = np.column_stack([t, idx[t, c], val[t, c], se[t, c], z[t, c], np.zeros(len(t))])
-    if cfg.mutual_links and result.estimator == ADJUSTED_NAME:
-        rows = np.concatenate([rows, _mutual_links(result, cfg, rows)])
-    return rows
-
-
-# FindingsConfig.mutual_fraction for image runs when it is not set (see there).
-IMAGE_MUTUAL_FRACTION = 0.6
-
-
-def mutual_fraction(cfg: FindingsConfig, is_image: bool) -> float:
-    """cfg.mutual_fraction, or its per-modality default when it is None."""
-    if cfg.mutual_fraction is not None:
-        return cfg.mutual_fraction
-    return IMAGE_MUTUAL_FRACTION if is_image else 0.0
-
-
-def _mutual_links(result: InfluenceResult, cfg: FindingsConfig, taken: np.ndarray) -> np.ndarray:
-    """Rows (t, i, I[t, i], se, z, 1) for pairs of low-margin records that are each among the
-    other's cfg.mutual_top strongest other influencers (see FindingsConfig), both directions,
-    except pairs already linked in ``taken``."""
-    n = _n_records(result)
-    low = result.margin_defined & (result.margin < cfg.mutual_margin)
-    idx = result.top_idx[:, : cfg.mutual_top + 1]
-    own = np.arange(n)[:, None]
-    # Each target's first mutual_top other influencers (its own entry skipped).
-    other = (idx >= 0) & (idx != own)
-    rank = np.cumsum(other, axis=1)
-    keep = other & (rank <= cfg.mutual_top) & low[:, None]
-    t, c = np.nonzero(keep)
-    i = idx[t, c]
-    keep_i = low[i]
-    t, c, i = t[keep_i], c[keep_i], i[keep_i]
-    # Pairs as keys a * n + b: t -> i is mutual when i -> t is an edge too, and is new unless
-    # taken holds it in either direction (np.isin: sorted, no Python set of N k pairs).
-    edge = t * n + i
-    done_t, done_i = taken[:, 0].astype(np.int64), taken[:, 1].astype(np.int64)
-    done = np.concatenate([done_t * n + done_i, done_i * n + done_t])
-    mutual = np.isin(i * n + t, edge)
-    sel = mutual & ~np.isin(edge, done)
-    if cfg.mutual_fraction:
-        # Each direction's share of its target's largest influence; the pair keeps the larger.
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = result.top_val[t, c] / result.top_val[t, 0]
-        share = np.where(np.isfinite(share) & (share > 0), share, 0.0)
-        order = np.argsort(edge)
-        at = np.minimum(np.searchsorted(edge[order], i * n + t), len(edge) - 1)
-        reverse = np.where(mutual, share[order][at], 0.0)
-        sel &= np.maximum(share, reverse) >= cfg.mutual_fraction
-    if not sel.any():
-        return np.empty((0, 6))
-    t, c, i = t[sel], c[sel], i[sel]
-    val, se = result.top_val[t, c], result.top_se[t, c]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = np.where(se > 0, val / se, np.nan)
-    return np.column_stack([t, i, val, se, z, np.ones(len(t))])
-
-
-def find_clusters(
-    result: InfluenceResult,
-    texts: Sequence[str],
-    cfg: FindingsConfig | None = None,
-    bleu_gain: np.ndarray | None = None,
-    *,
-    losses: np.ndarray | None = None,
-    inclusion: np.ndarray | None = None,
-    model_mask: np.ndarray | None = None,
-    images: np.ndarray | None = None,
-) -> tuple[list[Cluster], np.ndarray]:
-    """Links from each target's top-k list only (so it scales to N = 20,000); undirected graph;
-    clusters = connected components with >= 2 records. Returns clusters ranked by
-    :func:`cluster_risk` (rank 0 = riskiest; ties: smallest member first) and cluster_of (N,)
-    int, the cluster id of each record, -1 for unclustered records. Cluster ids follow the
-    ranking. Each cluster's ``reasons`` are sentences such as "5 records linked by influence
-    (z >= 4.2)", "lowest margin 1.12", "textual near-duplicates (similarity 0.93)", "BLEU gain
-    up to 0.41". With ``images`` (uint8 N x H x W x 3) links carry :func:`pixel_similarity`
-    instead of the lexical one, and near-duplicate clusters are "visual"."""
+def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None = None) -> Findings:
+    """Membership scores, clusters and risky unique records of ``analysis``. Writes nothing."""
     cfg = cfg or FindingsConfig()
-    n = _n_records(result)
-    if len(texts) != n:
-        raise ValueError(f"texts has {len(texts)} entries for {n} records")
-    bleu = _optional_array(bleu_gain, n, "bleu_gain")
-
-    cfg = replace(cfg, mutual_fraction=mutual_fraction(cfg, images is not None))
-    rows = find_links(result, cfg, losses, inclusion, model_mask)
-    t_idx = rows[:, 0].astype(np.int64)
-    i_idx = rows[:, 1].astype(np.int64)
-    graph = coo_matrix((np.ones(len(rows)), (t_idx, i_idx)), shape=(n, n)).tocsr()
-    _, labels = connected_components(graph, directed=False)
-    sizes = np.bincount(labels, minlength=n)
-    comp_ids = np.flatnonzero(sizes >= 2)
-    pairs = np.column_stack([t_idx, i_idx])
-    sim = lexical_similarity(texts, pairs) if images is None else pixel_similarity(images, pairs)
-
-    # Members and links of every component in O(N + K), no per-cluster scan of all records.
-    order = np.argsort(labels, kind="stable")
-    starts = np.searchsorted(labels[order], comp_ids)
-    link_order = np.argsort(labels[t_idx], kind="stable")
-    link_starts = np.searchsorted(labels[t_idx][link_order], comp_ids, side="left")
-    link_ends = np.searchsorted(labels[t_idx][link_order], comp_ids, side="right")
-    margin = np.where(result.margin_defined & np.isfinite(result.margin), result.margin, np.nan)
-
-    clusters: list[Cluster] = []
-    for c, comp in enumerate(comp_ids):
-        members = order[starts[c] : starts[c] + sizes[comp]]
-        links = [
-            Link(
-                target=int(t_idx[k]),
-                source=int(i_idx[k]),
-                influence=float(rows[k, 2]),
-                se=float(rows[k, 3]),
-                z=float(rows[k, 4]),
-                lexical_similarity=float(sim[k]) if images is None else None,
-                basis="mutual" if rows[k, 5] else "evidence",
-                pixel_similarity=float(sim[k]) if images is not None else None,
-            )
-            for k in link_order[link_starts[c] : link_ends[c]]
-        ]
-        clusters.append(_make_cluster(members, links, margin, bleu, cfg, images is not None))
-
-    clusters.sort(key=lambda cl: (-cl.risk_score, cl.members[0]))
-    cluster_of = np.full(n, -1, dtype=np.int64)
-    for rank, cl in enumerate(clusters):
-        cl.id = rank
-        cluster_of[cl.members] = rank
-    return clusters, cluster_of
-
-
-def _finite_extreme(values: np.ndarray | None, members: np.ndarray, fn: Any) -> float | None:
-    if values is None:
-        return None
-    v = values[members]
-    v = v[np.isfinite(v)]
-    return float(fn(v)) if v.size else None
-
-
-def _make_cluster(
-    members: np.ndarray,
-    links: list[Link],
-    margin: np.ndarray,
-    bleu: np.ndarray | None,
-    cfg: FindingsConfig,
-    visual: bool = False,
-) -> Cluster:
-    sims = np.array([lk.similarity for lk in links])
-    textual = sims >= (cfg.pixel_threshold if visual else cfg.lexical_threshold)
-    word = "visual" if visual else "textual"
-    kind = word if textual.all() else ("influence" if not textual.any() else "mixed")
-    min_margin = _finite_extreme(margin, members, np.min)
-    max_bleu = _finite_extreme(bleu, members, np.max)
-    evidence = [lk.z for lk in links if lk.basis == "evidence"]
-    n_mutual = len(links) - len(evidence)
-    how = [f"{len(evidence)} link(s) at z >= {min(evidence):.1f}"] if evidence else []
-    if n_mutual:
-        how.append(
-            f"{n_mutual} between low-margin records (< {cfg.mutual_margin:g}) that are each "
-            "other's top influencers"
-        )
-    reasons = [f"{len(members)} records linked by influence: {' and '.join(how)}"]
-    if min_margin is not None:
-        reasons.append(f"lowest margin {min_margin:.2f}")
-    what = "pixel similarity" if visual else "similarity"
-    if kind == word:
-        reasons.append(f"{word} near-duplicates ({what} {sims.min():.2f})")
-    elif kind == "mixed":
-        reasons.append(
-            f"partly {word} near-duplicates ({int(textual.sum())} of {len(links)} links, "
-            f"{what} {sims.min():.2f}-{sims.max():.2f})"
-        )
-    else:
-        # Worth saying: the model treats them as duplicates though the texts differ.
-        reasons.append(f"no {word} near-duplicate ({what} at most {sims.max():.2f})")
-    if max_bleu is not None:
-        reasons.append(f"BLEU gain up to {max_bleu:.2f}")
-    return Cluster(
-        id=-1,
-        members=[int(m) for m in np.sort(members)],
-        links=links,
-        kind=kind,
-        min_margin=min_margin,
-        max_bleu_gain=max_bleu,
-        risk_score=cluster_risk(len(members), min_margin, max_bleu),
-        reasons=reasons,
+    records, res = analysis.records, analysis.result
+    inclusion = run.inclusion()
+    losses = np.nan_to_num(analysis.losses)
+    extraction, n_extract = extraction_metrics(run, inclusion)
+    bleu_gain = extraction.get("bleu_gain")
+    is_image = run.read_config()["config"].get("image") is not None
+    pixels = stored_images(run) if is_image else None
+    mia = membership_scores(losses, inclusion, analysis.valid)
+    clusters, cluster_of = find_clusters(
+        res,
+        [r.text for r in records],
+        cfg,
+        bleu_gain,
+        losses=losses,
+        inclusion=inclusion,
+        model_mask=analysis.valid,
+        images=None if pixels is None else pixels.images,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Risky unique records
-
-
-@dataclass
-class RecordFinding:
-    index: int
-    risk_score: float
-    reasons: list[str]
-
-
-def risky_unique_records(
-    result: InfluenceResult,
-    cluster_of: np.ndarray,
-    cfg: FindingsConfig | None = None,
-    bleu_gain: np.ndarray | None = None,
-    mia_auc: np.ndarray | None = None,
-) -> list[RecordFinding]:
-    """Unique (unclustered) records flagged for high self-influence (at or above the
-    cfg.self_influence_quantile of all finite self-influences, and significantly positive:
-    self / self_se >= cfg.link_z), extractability (bleu_gain >= cfg.bleu_gain) or membership
-    inference (mia_auc >= cfg.mia_auc); each flag is a reason sentence with its number.
-
-    Ranked by risk = (self-influence percentile in [0, 1]) + (BLEU gain clipped to [0, 1]) +
-    (membership advantage 2 * AUC - 1 clipped to [0, 1]); every given measure counts, flagged or
-    not, and a missing one adds nothing. Ties: smaller index first. At most cfg.top_records.
-    """
-    cfg = cfg or FindingsConfig()
-    n = _n_records(result)
-    cluster_of = np.asarray(cluster_of)
-    if cluster_of.shape != (n,):
-        raise ValueError(f"cluster_of must have shape ({n},), got {cluster_of.shape}")
-    bleu = _optional_array(bleu_gain, n, "bleu_gain")
-    auc = _optional_array(mia_auc, n, "mia_auc")
-    unique = cluster_of < 0
-
-    self_infl = result.self_influence
-    finite = np.isfinite(self_infl)
-    pct = np.zeros(n)
-    z_self = np.full(n, np.nan)
-    flag_self = np.zeros(n, dtype=bool)
-    if finite.any():
-        # Percentile among all finite self-influences: "top 10%" means of the whole dataset.
-        pct[finite] = rankdata(self_infl[finite], method="max") / finite.sum()
-        cut = np.quantile(self_infl[finite], cfg.self_influence_quantile)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z_self = self_infl / result.self_se
-        flag_self = finite & (self_infl >= cut) & (z_self >= cfg.link_z)
-    # A missing measure is all-NaN: NaN never flags (compares False) and adds 0 to the score.
-    bleu = np.full(n, np.nan) if bleu is None else bleu
-    auc = np.full(n, np.nan) if auc is None else auc
-    flag_bleu = bleu >= cfg.bleu_gain
-    flag_auc = auc >= cfg.mia_auc
-    score = (
-        pct
-        + np.clip(np.nan_to_num(bleu), 0.0, 1.0)
-        + np.clip(2.0 * np.nan_to_num(auc, nan=0.5) - 1.0, 0.0, 1.0)
+    link_z, link_fraction = link_thresholds(
+        cfg, len(records), int(analysis.valid.sum()), adjusted=True
     )
-
-    flagged = np.flatnonzero(unique & (flag_self | flag_bleu | flag_auc))
-    flagged = flagged[np.lexsort((flagged, -score[flagged]))][: cfg.top_records]
-    top_share = round(100 * (1 - cfg.self_influence_quantile))
-    findings = []
-    for t in flagged:
-        reasons = []
-        if flag_self[t]:
-            reasons.append(
-                f"self-influence {self_infl[t]:.2f} (top {top_share}%, z = {z_self[t]:.1f}): "
-                "memorised on its own"
-            )
-        if flag_bleu[t]:
-            reasons.append(f"BLEU gain {bleu[t]:.2f} when trained on: extractable")
-        if flag_auc[t]:
-            reasons.append(f"membership-inference AUC {auc[t]:.2f}")
-        findings.append(RecordFinding(index=int(t), risk_score=float(score[t]), reasons=reasons))
-    return findings
-
-
-# ---------------------------------------------------------------------------------------------
-# Scoring against planted ground truth
-
-
-def _pairs(counts: np.ndarray) -> int:
-    counts = counts.astype(np.int64)
-    return int((counts * (counts - 1) // 2).sum())
-
-
-def score_against_groups(cluster_of: np.ndarray, groups: Sequence[str | None]) -> dict[str, Any]:
-    """Ground truth from `memaudit plant`: pair precision (pairs of records in one cluster that
-    share a planted group / pairs in one cluster) and recall (/ pairs in one planted group), the
-    share of planted groups recovered exactly (one cluster holds exactly the group) and by
-    majority (one cluster holds more than half of the group, and the group is more than half of
-    that cluster), the share found (some cluster holds two or more of the group's records and
-    nothing else: the group was detected, perhaps in fragments), the share of clusters that are
-    pure (all records from one planted group), and the counts behind each number. Groups with a
-    single record have no pair to recover and are not counted. A ratio with a zero denominator
-    is None."""
-    cluster_of = np.asarray(cluster_of, dtype=np.int64)
-    if len(groups) != len(cluster_of):
-        raise ValueError(f"{len(groups)} groups for {len(cluster_of)} records")
-    lookup = {g: k for k, g in enumerate(sorted({g for g in groups if g is not None}))}
-    gid = np.array([-1 if g is None else lookup[g] for g in groups], dtype=np.int64)
-
-    clustered = cluster_of >= 0
-    grouped = gid >= 0
-    pairs_pred = _pairs(np.unique(cluster_of[clustered], return_counts=True)[1])
-    pairs_true = _pairs(np.unique(gid[grouped], return_counts=True)[1])
-    both = clustered & grouped
-    joint, joint_n = np.unique(
-        np.column_stack([cluster_of[both], gid[both]]), axis=0, return_counts=True
+    risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"])
+    return Findings(
+        cfg, clusters, cluster_of, risky, mia, extraction, n_extract, link_z, link_fraction
     )
-    pairs_correct = _pairs(joint_n)
-
-    cluster_size = dict(zip(*np.unique(cluster_of[clustered], return_counts=True), strict=True))
-    group_size = dict(zip(*np.unique(gid[grouped], return_counts=True), strict=True))
-    real_groups = {g for g, s in group_size.items() if s >= 2}
-    exact, majority, found = set(), set(), set()
-    pure = set()
-    for (c, g), k in zip(joint, joint_n, strict=True):
-        if k == cluster_size[c]:
-            pure.add(int(c))
-        if g not in real_groups:
-            continue
-        if k == cluster_size[c] and k >= 2:
-            found.add(int(g))
-        if k == group_size[g] == cluster_size[c]:
-            exact.add(int(g))
-        if 2 * k > group_size[g] and 2 * k > cluster_size[c]:
-            majority.add(int(g))
-
-    def ratio(a: int, b: int) -> float | None:
-        return a / b if b else None
-
-    return {
-        "pair_precision": ratio(pairs_correct, pairs_pred),
-        "pair_recall": ratio(pairs_correct, pairs_true),
-        "pairs_correct": pairs_correct,
-        "pairs_predicted": pairs_pred,
-        "pairs_true": pairs_true,
-        "groups": len(real_groups),
-        "groups_exact": len(exact),
-        "groups_majority": len(majority),
-        "share_exact": ratio(len(exact), len(real_groups)),
-        "share_majority": ratio(len(majority), len(real_groups)),
-        "groups_found": len(found),
-        "share_found": ratio(len(found), len(real_groups)),
-        "clusters": len(cluster_size),
-        "clusters_pure": len(pure),
-        "cluster_purity": ratio(len(pure), len(cluster_size)),
-        "clustered_records": int(clustered.sum()),
-        "ungrouped_records_clustered": int((clustered & ~grouped).sum()),
-    }

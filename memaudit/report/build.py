@@ -17,19 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from memaudit.ensemble.extract import aggregate
+from memaudit.config import FindingsConfig
 from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
 from memaudit.estimate.analysis import Analysis, describe, influence_row
 from memaudit.estimate.registry import influence_rows
-from memaudit.findings.build import (
-    FindingsConfig,
-    find_clusters,
-    link_thresholds,
-    membership_scores,
-    mutual_fraction,
-    risky_unique_records,
-    score_against_groups,
-)
+from memaudit.findings.build import Findings, build_findings
+from memaudit.findings.clusters import mutual_fraction
+from memaudit.findings.ground_truth import score_against_groups
 from memaudit.store.io import atomic_write_json, atomic_write_text
 from memaudit.store.rundir import RunDir, package_versions
 
@@ -52,46 +46,28 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def extraction_metrics(run: RunDir, inclusion: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
-    """Per-record in/out BLEU and exact match over the models that decoded; ({}, 0) if none."""
-    models, results = run.extraction(inclusion.shape[1])
-    if not models:
-        return {}, 0
-
-    def column(key: str) -> np.ndarray:
-        return np.array([[np.nan if v is None else v for v in r[key]] for r in results]).T
-
-    return aggregate(column("bleu"), column("exact"), inclusion[:, models]), len(models)
-
-
 def build_report(
-    run: RunDir, analysis: Analysis, cfg: FindingsConfig | None = None, redact: bool = False
+    run: RunDir,
+    analysis: Analysis,
+    findings: Findings | FindingsConfig | None = None,
+    redact: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(report dict, flagged) where flagged holds the influence among flagged records, in
-    cluster order, for the HTML heatmap."""
-    cfg = cfg or FindingsConfig()
+    cluster order, for the HTML heatmap. ``findings``: the findings stage's result for this
+    analysis (built here from a FindingsConfig, or the defaults, when not given)."""
+    if not isinstance(findings, Findings):
+        findings = build_findings(run, analysis, findings)
+    cfg = findings.config
     saved = run.read_config()
     records, res = analysis.records, analysis.result
     n = len(records)
     inclusion = run.inclusion()
     losses = analysis.losses
-    extraction, n_extract = extraction_metrics(run, inclusion)
-    bleu_gain = extraction.get("bleu_gain")
+    extraction, n_extract = findings.extraction, findings.n_extract
     is_image = saved["config"].get("image") is not None
-    pixels = run.images() if is_image else None
-    mia = membership_scores(np.nan_to_num(losses), inclusion, analysis.valid)
-    clusters, cluster_of = find_clusters(
-        res,
-        [r.text for r in records],
-        cfg,
-        bleu_gain,
-        losses=np.nan_to_num(losses),
-        inclusion=inclusion,
-        model_mask=analysis.valid,
-        images=None if pixels is None else pixels.images,
-    )
-    link_z, link_fraction = link_thresholds(cfg, n, int(analysis.valid.sum()), adjusted=True)
-    risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"])
+    mia = findings.membership
+    clusters, cluster_of, risky = findings.clusters, findings.cluster_of, findings.risky
+    link_z, link_fraction = findings.link_z, findings.link_fraction
 
     def metric(name: str, t: int) -> float | None:
         return _num(extraction[name][t]) if extraction else None

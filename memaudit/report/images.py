@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from memaudit.data.images import stored_images
 from memaudit.estimate.analysis import Analysis
 from memaudit.estimate.influence import influence_block
-from memaudit.findings.build import centred_margins, pixel_similarity
+from memaudit.findings.clusters import centred_margins
+from memaudit.findings.similarity import pixel_similarity
 from memaudit.store.rundir import RunDir
 
 LOWEST_MARGIN_TARGETS = 12  # how many targets the report lists (the paper showed six)
@@ -86,7 +88,7 @@ def image_report(
     """(per-record columns, the lowest-margin list for report.json, the HTML's side data: the
     influence rows of the lowest-margin targets, and thumbnails of them, their top influencers
     and ``thumbnails_of``, e.g. the shown clusters' members)."""
-    data = run.images()
+    data = stored_images(run)
     res, records = analysis.result, analysis.records
     n = len(records)
     correct = run.collect_array("correct", n, inclusion.shape[1])

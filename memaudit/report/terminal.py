@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from memaudit.config import RunConfig
-from memaudit.ensemble.member import EnsembleProgress
+from memaudit.ensemble.driver import EnsembleProgress
 from memaudit.estimate.analysis import Analysis
 
 console = Console(stderr=True, width=None)

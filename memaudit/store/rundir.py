@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import RunConfig
-from memaudit.data.records import Record
 from memaudit.errors import MemauditError
 from memaudit.store.io import (
     atomic_save_npy,
@@ -52,6 +51,7 @@ from memaudit.store.io import (
     read_json,
     sha256_bytes,
 )
+from memaudit.store.record import Record
 
 FORMAT_VERSION = 1
 _PACKAGES = ("memaudit", "torch", "transformers", "peft", "numpy", "scipy", "safetensors")
@@ -377,15 +377,6 @@ class RunDir:
 
     def save_images(self, data) -> None:
         data.save(self.file("images.npz"))
-
-    def images(self):
-        """The image run's pixels and labels (memaudit.data.images.ImageData), or None."""
-        path = self.file("images.npz")
-        if not path.exists():
-            return None
-        from memaudit.data.images import _load_npz
-
-        return _load_npz(path, None)
 
     def model_metas(self, n_models: int) -> list[dict[str, Any] | None]:
         return [self.model_meta(j) for j in range(n_models)]

@@ -4,7 +4,7 @@ import numpy as np
 
 from memaudit.data.images import load_images
 from memaudit.data.plant_images import plant_images
-from memaudit.findings.build import pixel_similarity
+from memaudit.findings.similarity import pixel_similarity
 from tests.data.test_images import FIXTURE, _folder
 
 

@@ -384,11 +384,11 @@ def test_ray_worker_killed_mid_run_still_gives_identical_results(
         failures = []
         audit = Audit(_config(data), out, executor=ExecutorConfig("ray", cpus=1, retries=1))
         prepared = audit.prepare()
-        from memaudit.ensemble import member as ensemble
+        from memaudit.ensemble import driver
 
-        hooks = ensemble.EnsembleProgress(on_failure=lambda *a: failures.append(a))
+        hooks = driver.EnsembleProgress(on_failure=lambda *a: failures.append(a))
         executor = audit._get_executor(prepared)
-        ensemble.train_ensemble(
+        driver.train_ensemble(
             audit.run_dir,
             audit.config,
             prepared.inclusion,

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from memaudit.config import FindingsConfig
 from memaudit.estimate.influence import InfluenceResult, estimate
-from memaudit.findings.build import (
-    FindingsConfig,
+from memaudit.findings.clusters import (
     adjusted_influence,
     cluster_risk,
     find_clusters,
-    lexical_similarity,
     link_thresholds,
-    membership_scores,
-    risky_unique_records,
-    score_against_groups,
 )
+from memaudit.findings.ground_truth import score_against_groups
+from memaudit.findings.membership import membership_scores
+from memaudit.findings.risky import risky_unique_records
+from memaudit.findings.similarity import lexical_similarity
 
 # ---------------------------------------------------------------------------------------------
 # membership_scores
@@ -448,7 +448,7 @@ def test_mutual_fraction_drops_look_alikes_and_keeps_substitutes():
 def test_joint_influence_equals_least_squares_per_target():
     """The batched fit equals one np.linalg.lstsq per target; a repeated, complementary or
     padding candidate is NaN and the fit goes on without it."""
-    from memaudit.findings.build import joint_influence
+    from memaudit.findings.clusters import joint_influence
 
     rng = np.random.default_rng(11)
     n, m = 14, 60

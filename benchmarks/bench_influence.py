@@ -94,7 +94,7 @@ def run_step(step: str, data: Path, top_k: int) -> dict:
     from memaudit.data.records import Record
     from memaudit.estimate.analysis import group_summary
     from memaudit.estimate.influence import InfluenceResult
-    from memaudit.estimate.registry import influence_rows, run_estimator
+    from memaudit.estimate.registry import get_estimator
     from memaudit.findings.clusters import find_clusters, link_thresholds
     from memaudit.findings.ground_truth import score_against_groups
     from memaudit.findings.membership import membership_scores
@@ -108,7 +108,7 @@ def run_step(step: str, data: Path, top_k: int) -> dict:
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     if step in ("plain", "adjusted"):
-        res = run_estimator(step, losses, inclusion, top_k=top_k)
+        res = get_estimator(step).estimate(losses, inclusion, top_k=top_k)
         res.save(data / f"{step}.npz")
         info = {"self_influence_mean": float(np.nanmean(res.self_influence))}
     else:
@@ -128,7 +128,7 @@ def run_step(step: str, data: Path, top_k: int) -> dict:
         summary = group_summary(records, res)
         flagged = [i for c in clusters[: cfg.top_clusters] for i in c.members]
         flagged += [f.index for f in risky if f.index not in flagged]
-        influence_rows(res.estimator, losses, inclusion, np.array(flagged))
+        get_estimator(res.estimator).rows(losses, inclusion, np.array(flagged))
         info = {
             "clusters": len(clusters),
             "links": sum(len(c.links) for c in clusters),

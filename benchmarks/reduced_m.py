@@ -40,7 +40,7 @@ from sklearn.metrics import roc_auc_score
 from memaudit.config import FindingsConfig
 from memaudit.convergence.adaptive import round_sizes
 from memaudit.convergence.diagnostics import ConvergenceConfig, diagnose, split_half_reliability
-from memaudit.estimate.registry import run_estimator
+from memaudit.estimate.registry import get_estimator
 from memaudit.findings.build import extraction_metrics
 from memaudit.findings.clusters import find_clusters
 from memaudit.findings.ground_truth import score_against_groups
@@ -148,7 +148,7 @@ def _pairs(cluster_of: np.ndarray) -> set[tuple[int, int]]:
 def evaluate_one(ctx: dict, cols: np.ndarray, estimator: str) -> dict:
     """Every metric for the models ``cols`` with one estimator."""
     losses, inclusion, texts = ctx["losses"][:, cols], ctx["inclusion"][:, cols], ctx["texts"]
-    res = run_estimator(estimator, losses, inclusion, top_k=10)
+    res = get_estimator(estimator).estimate(losses, inclusion, top_k=10)
     clusters, cluster_of = find_clusters(
         res, texts, FindingsConfig(), ctx["bleu_gain"], losses=losses, inclusion=inclusion
     )
@@ -249,12 +249,11 @@ def paper_table(ctx: dict, ref: dict) -> dict:
 def estimators_agree(ctx: dict, cols: np.ndarray) -> dict:
     """Validation of the adjusted estimator on the reference models: the same quantity as the
     plain difference of means (entries compared over the full N x N matrices)."""
-    from memaudit.estimate.registry import influence_rows
 
     losses, inclusion = ctx["losses"][:, cols], ctx["inclusion"][:, cols]
     rows = np.arange(losses.shape[0])
-    plain = influence_rows("plain", losses, inclusion, rows)
-    adj = influence_rows("adjusted", losses, inclusion, rows)
+    plain = get_estimator("plain").rows(losses, inclusion, rows)
+    adj = get_estimator("adjusted").rows(losses, inclusion, rows)
     groups = np.array([g or "" for g in ctx["groups"]])
     mates = (
         (groups[:, None] == groups[None, :])

@@ -42,7 +42,7 @@ from scipy.stats import rankdata
 
 from memaudit.config import ConvergenceConfig
 from memaudit.estimate.influence import InfluenceResult
-from memaudit.estimate.registry import influence_rows, run_estimator
+from memaudit.estimate.registry import DEFAULT, get_estimator
 
 # Float64 budget for one (records x N) block of bootstrap influences, and for one block of the
 # Hamming-distance Gram matrix (float32); keeps N = 20,000 far from a dense N x N.
@@ -167,7 +167,7 @@ def split_half_reliability(
     top_k: int = 10,
     seed: int = 0,
     n_splits: int = 5,
-    estimator: str = "plain",
+    estimator: str = DEFAULT,
     covariates: int = 4,
 ) -> tuple[float | None, float | None]:
     """(reliability of self-influence, reliability of the margin) of the full ensemble.
@@ -203,8 +203,7 @@ def split_half_reliability(
             mask[np.concatenate([units[u] for u in half])] = True
             # Self-influence and margins only: no standard errors (a third less product).
             results.append(
-                run_estimator(
-                    estimator,
+                get_estimator(estimator).estimate(
                     losses,
                     inclusion,
                     covariates,
@@ -251,7 +250,7 @@ def bootstrap_margins(
     model_mask: np.ndarray | None = None,
     n_boot: int = 200,
     seed: int = 0,
-    estimator: str = "plain",
+    estimator: str = DEFAULT,
     covariates: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap standard errors and 90% CIs of the margins of ``records``.
@@ -292,9 +291,10 @@ def bootstrap_margins(
         return se, ci
     used = _used_models(losses.shape[1], model_mask)
     units = _model_units(inclusion, used)
+    by = get_estimator(estimator)
 
     def rows_of(lm: np.ndarray, pm: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return influence_rows(estimator, lm, pm, rows, covariates=covariates)
+        return by.rows(lm, pm, rows, covariates=covariates)
 
     full = np.full(rec.size, np.nan)
     lu, pu = losses[:, used], inclusion[:, used]
@@ -427,7 +427,7 @@ def diagnose(
     cfg: ConvergenceConfig = ConvergenceConfig(),  # noqa: B008 (frozen, so sharing is safe)
     top_k: int = 10,
     result: InfluenceResult | None = None,
-    estimator: str = "plain",
+    estimator: str | None = None,
     covariates: int = 4,
 ) -> Diagnostics:
     """All diagnostics for the ensemble as it stands.
@@ -441,6 +441,8 @@ def diagnose(
     cfg.bootstrap full estimates). Indistinguishable pairs are reported, not a criterion: they
     are a property of the design that more models dissolve, and reliability already suffers.
     ``result``: the estimate on these models if the caller has it (saves one full estimate).
+    ``estimator`` (option or result name): None runs the estimator of ``result``, or the
+    project's default without one, so the diagnostics judge the estimates the run reports.
     Cost: about 5 full estimates (the half splits) plus cfg.bootstrap passes over the flagged
     rows.
     """
@@ -450,13 +452,14 @@ def diagnose(
     flagged = {int(t) for t in flagged}
     if any(t < 0 or t >= n for t in flagged):
         raise ValueError(f"flagged records must be indices in [0, {n})")
+    if estimator is None:
+        estimator = result.estimator if result is not None else DEFAULT
+    by = get_estimator(estimator)
     if result is None:
-        result = run_estimator(
-            estimator, losses, inclusion, covariates, top_k=top_k, model_mask=model_mask
-        )
+        result = by.estimate(losses, inclusion, covariates, top_k=top_k, model_mask=model_mask)
     elif result.self_se.shape != (n,):
         raise ValueError(f"result has {result.self_se.shape[0]} records, losses have {n}")
-    named = {"estimator": estimator, "covariates": covariates}
+    named = {"estimator": by.option, "covariates": covariates}
     rel_self, rel_margin = split_half_reliability(
         losses, inclusion, model_mask=model_mask, top_k=top_k, seed=cfg.seed, **named
     )

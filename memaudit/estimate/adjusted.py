@@ -44,7 +44,6 @@ import numpy as np
 from memaudit.estimate.influence import InfluenceResult, _top_k, estimate, influence_block
 
 ESTIMATOR_NAME = "regression-adjusted"
-ESTIMATORS = {"adjusted": ESTIMATOR_NAME, "plain": "difference-of-means"}
 
 # Elements of one chunk's design array (k targets x M models x S covariates), about 64 MB.
 _CHUNK_ELEMENTS = 8_000_000

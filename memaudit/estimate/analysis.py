@@ -16,7 +16,7 @@ from memaudit.config import AnalysisConfig
 from memaudit.data.records import Record
 from memaudit.errors import MemauditError
 from memaudit.estimate.influence import InfluenceResult
-from memaudit.estimate.registry import run_estimator
+from memaudit.estimate.registry import get_estimator
 from memaudit.store.io import atomic_write_json
 from memaudit.store.rundir import RunDir
 
@@ -122,8 +122,7 @@ def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
             "at least 2 are needed (rerun `memaudit run` to train the rest)"
         )
     dense = run.file("influence_dense.npy") if len(records) <= cfg.dense_max else None
-    result = run_estimator(
-        cfg.estimator,
+    result = get_estimator(cfg.estimator).estimate(
         np.nan_to_num(losses),
         inclusion,
         covariates=cfg.covariates,

@@ -16,9 +16,9 @@ from scipy.sparse.csgraph import connected_components
 from scipy.stats import t as student_t
 
 from memaudit.config import FindingsConfig
-from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
 from memaudit.estimate.adjusted import design
 from memaudit.estimate.influence import InfluenceResult, estimate
+from memaudit.estimate.registry import get_estimator
 from memaudit.findings.similarity import lexical_similarity, pixel_similarity
 
 
@@ -274,7 +274,8 @@ def find_links(
     model_mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """(t, i, influence, se, z, basis) rows of every link that passes a rule in FindingsConfig
-    (basis 0: the z rule; 1: mutual low-margin competitors, adjusted estimator only).
+    (basis 0: the z rule; 1: mutual low-margin competitors, where the estimator allows it:
+    Estimator.mutual_links).
 
     Thresholds from :func:`link_thresholds`. Without losses, the candidates are each target's
     top-k influencers with their plain estimates. With losses and inclusion, the candidates come
@@ -307,7 +308,7 @@ def find_links(
         )
     t, c = np.nonzero(ok)
     rows = np.column_stack([t, idx[t, c], val[t, c], se[t, c], z[t, c], np.zeros(len(t))])
-    if cfg.mutual_links and result.estimator == ADJUSTED_NAME:
+    if cfg.mutual_links and get_estimator(result.estimator).mutual_links:
         rows = np.concatenate([rows, _mutual_links(result, cfg, rows)])
     return rows
 

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import FindingsConfig
-from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED_NAME
 from memaudit.estimate.analysis import Analysis, describe, influence_row
-from memaudit.estimate.registry import influence_rows
+from memaudit.estimate.registry import get_estimator
 from memaudit.findings.build import Findings, build_findings
 from memaudit.findings.clusters import mutual_fraction
 from memaudit.findings.ground_truth import score_against_groups
@@ -77,7 +76,9 @@ def build_report(
         from memaudit.report.images import image_report
 
         shown = [m for c in clusters[: cfg.top_clusters] for m in c.members]
-        image_columns, lowest, image_side = image_report(run, analysis, inclusion, redact, shown)
+        image_columns, lowest, image_side = image_report(
+            run, analysis, inclusion, redact, shown, covariates=_covariates(saved)
+        )
 
     rows = []
     for t, r in enumerate(records):
@@ -174,8 +175,7 @@ def build_report(
     flagged_idx += [f.index for f in risky if f.index not in flagged_idx]
     flagged: dict[str, Any] = {"indices": flagged_idx, "matrix": None}
     if flagged_idx:
-        block = influence_rows(
-            res.estimator,
+        block = get_estimator(res.estimator).rows(
             np.nan_to_num(losses),
             inclusion,
             np.array(flagged_idx),
@@ -240,19 +240,23 @@ def _notes(
     cfg: FindingsConfig | None = None,
 ) -> list[str]:
     n_ok = int(analysis.valid.sum())
-    fraction = mutual_fraction(cfg or FindingsConfig(), is_image)
+    res = analysis.result
+    cfg = cfg or FindingsConfig()
+    fraction = mutual_fraction(cfg, is_image)
+    # The mutual rule is named only where find_links applied it.
+    mutual = cfg.mutual_links and get_estimator(res.estimator).mutual_links
     notes = [
         f"Near-duplicate links need z >= {link_z:.2f} (adjusted for the number of record "
         "pairs tested) and a large share of the target's largest influence"
         + (
-            ", or (regression-adjusted estimator) two records with low margins that are each "
+            f", or ({res.estimator} estimator) two records with low margins that are each "
             "other's top influencers"
             + (
                 f" and one of which carries at least {fraction:g} of the other's largest influence."
                 if fraction
                 else "."
             )
-            if analysis.result.estimator == ADJUSTED_NAME
+            if mutual
             else "."
         )
     ]

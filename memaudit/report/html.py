@@ -1,10 +1,12 @@
 """The audit report as one self-contained HTML file.
 
 ``render_html(report, flagged)`` renders the ``report.json`` dict (schema ``memaudit-report``
-1.0) as a single HTML page that works offline: inline CSS, plots as inline SVG (their raster
-parts as ``data:`` URIs), no scripts, no external fonts, stylesheets or images, no network
-addresses at all. Record texts are untrusted data: every one of them is HTML-escaped, and when
-the report is redacted no text is shown (ids and text hashes instead).
+1.x: every minor version, each adding optional fields it shows when present; see
+``memaudit.report.build.SCHEMA_VERSION``) as a single HTML page that works offline: inline
+CSS, plots as inline SVG (their raster parts as ``data:`` URIs), no scripts, no external
+fonts, stylesheets or images, no network addresses at all. Record texts are untrusted data:
+every one of them is HTML-escaped, and when the report is redacted no text is shown (ids and
+text hashes instead).
 
 Plots are drawn on local ``matplotlib.figure.Figure`` objects (no pyplot, no backend switch);
 matplotlib settings are changed only inside ``rc_context`` blocks, which restore them.
@@ -1097,8 +1099,9 @@ def _unique_section(report: dict[str, Any], has_bleu: bool) -> str:
         return "".join(out)
     shown = flagged[:MAX_UNIQUE_RECORDS]
     out.append(
-        "<p class='lead'>Records outside every cluster that the audit still flags, e.g. for a "
-        "high self-influence (the model memorises them on their own) or an undefined margin.</p>"
+        "<p class='lead'>Records outside every cluster that the audit still flags: for a high, "
+        "significant self-influence (the model memorises them on their own), for becoming "
+        "extractable when trained on (BLEU gain), or for a high membership-inference AUC.</p>"
     )
     extra_heads = "<th>BLEU gain</th>" if has_bleu else ""
     mia = any(_num((recs.get(f.get("index")) or {}).get("mia_auc")) is not None for f in shown)
@@ -1281,7 +1284,7 @@ article.cluster,figure.plot{break-inside:avoid}}
 
 
 def render_html(report: dict, flagged: dict | None = None) -> str:
-    """Render the report dict (schema "memaudit-report" 1.0) as one self-contained HTML page.
+    """Render the report dict (schema "memaudit-report" 1.x) as one self-contained HTML page.
 
     report: the report.json dict. flagged: {"indices": [record indices ordered by cluster],
     "matrix": array (len x len), influence I[t, i] among them (rows targets)}, or None when not

@@ -19,7 +19,7 @@ import numpy as np
 
 from memaudit.data.images import stored_images
 from memaudit.estimate.analysis import Analysis
-from memaudit.estimate.influence import influence_block
+from memaudit.estimate.registry import get_estimator
 from memaudit.findings.clusters import centred_margins
 from memaudit.findings.similarity import pixel_similarity
 from memaudit.store.rundir import RunDir
@@ -84,10 +84,12 @@ def image_report(
     inclusion: np.ndarray,
     redact: bool,
     thumbnails_of: list[int] | tuple[int, ...] = (),
+    covariates: int = 4,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], dict[str, Any]]:
     """(per-record columns, the lowest-margin list for report.json, the HTML's side data: the
     influence rows of the lowest-margin targets, and thumbnails of them, their top influencers
-    and ``thumbnails_of``, e.g. the shown clusters' members)."""
+    and ``thumbnails_of``, e.g. the shown clusters' members). The influence rows are the run's
+    estimator's (``covariates``: the run's --covariates, for the adjusted one)."""
     data = stored_images(run)
     res, records = analysis.result, analysis.records
     n = len(records)
@@ -104,8 +106,13 @@ def image_report(
     order = order[np.lexsort((order, margin_adj[order]))][:LOWEST_MARGIN_TARGETS]
     block = None
     if len(order):
-        block, _ = influence_block(
-            np.nan_to_num(analysis.losses), inclusion, order, model_mask=analysis.valid
+        # The rows by the run's estimator, as the report labels them (and as res.margin is).
+        block = get_estimator(res.estimator).rows(
+            np.nan_to_num(analysis.losses),
+            inclusion,
+            order,
+            model_mask=analysis.valid,
+            covariates=covariates,
         )
     pairs = np.array([[t, other[t]] for t in order if other[t] >= 0], dtype=np.int64)
     sims = pixel_similarity(data.images, pairs) if data is not None else np.full(len(pairs), np.nan)

@@ -69,8 +69,8 @@ def first_models(m_total: int, m: int) -> np.ndarray:
 
 
 def test_reliability_rises_with_models_and_is_high_at_large_m():
-    few = split_half_reliability(*ensemble(60, 16))
-    many = split_half_reliability(*ensemble(60, 256))
+    few = split_half_reliability(*ensemble(60, 16), estimator="plain")
+    many = split_half_reliability(*ensemble(60, 256), estimator="plain")
     assert None not in few and None not in many
     assert many[0] > 0.9
     assert many[0] > few[0] + 0.1
@@ -84,13 +84,15 @@ def test_reliability_predicts_agreement_with_an_independent_ensemble():
     runs = [ensemble(n, m, seed=11, sigma=sigma, draw=k) for k in (0, 1)]
     a, b = (estimate(*run).self_influence for run in runs)
     actual = np.corrcoef(rankdata(a), rankdata(b))[0, 1]
-    predicted = np.mean([split_half_reliability(*run)[0] for run in runs])
+    predicted = np.mean([split_half_reliability(*run, estimator="plain")[0] for run in runs])
     assert 0.5 < actual < 0.75
     assert predicted == pytest.approx(actual, abs=0.08)
 
 
 def test_reliability_near_zero_without_any_effect():
-    rel_self, rel_margin = split_half_reliability(*ensemble(200, 128, effect=False))
+    rel_self, rel_margin = split_half_reliability(
+        *ensemble(200, 128, effect=False), estimator="plain"
+    )
     assert abs(rel_self) < 0.2
     assert abs(rel_margin) < 0.2
 
@@ -132,7 +134,7 @@ def test_bootstrap_ci_covers_the_margin_of_all_models():
     losses, p = ensemble(40, 128, seed=1)
     full = estimate(losses, p).margin
     records = list(range(40))
-    se, ci = bootstrap_margins(losses, p, records, n_boot=60, seed=2)
+    se, ci = bootstrap_margins(losses, p, records, n_boot=60, seed=2, estimator="plain")
     ok = np.isfinite(ci[:, 0])
     assert ok.sum() >= 38 and (se[ok] > 0).all()
     assert ((ci[ok, 0] <= full[ok]) & (full[ok] <= ci[ok, 1])).all()
@@ -146,7 +148,7 @@ def test_bootstrap_ci_shrinks_with_m():
     widths = []
     for m in (128, 1024):
         losses, p = ensemble(40, m, seed=1)
-        se, ci = bootstrap_margins(losses, p, records, n_boot=60, seed=2)
+        se, ci = bootstrap_margins(losses, p, records, n_boot=60, seed=2, estimator="plain")
         assert np.isfinite(se).all() and np.isfinite(ci).all()
         widths.append(np.median(ci[:, 1] - ci[:, 0]))
     assert widths[1] < 0.6 * widths[0]  # 1 / sqrt(8) = 0.35 expected
@@ -156,7 +158,9 @@ def test_bootstrap_ci_mostly_covers_the_large_m_margin_of_mates():
     records = list(range(8))
     losses, p = ensemble(40, 2048, seed=5)
     target = estimate(losses, p).margin[records]  # near the limit s / d (or d / s)
-    _, ci = bootstrap_margins(losses, p, records, first_models(2048, 256), n_boot=60)
+    _, ci = bootstrap_margins(
+        losses, p, records, first_models(2048, 256), n_boot=60, estimator="plain"
+    )
     covered = (ci[:, 0] <= target) & (target <= ci[:, 1])
     assert covered.sum() >= 6
 
@@ -164,10 +168,10 @@ def test_bootstrap_ci_mostly_covers_the_large_m_margin_of_mates():
 def test_bootstrap_undefined_margin_is_nan():
     losses, p = ensemble(20, 32)
     losses[3] = 1.0  # constant loss: every influence on record 3 is 0, no runner-up > 0
-    se, ci = bootstrap_margins(losses, p, [3, 10], n_boot=20)
+    se, ci = bootstrap_margins(losses, p, [3, 10], n_boot=20, estimator="plain")
     assert np.isnan(se[0]) and np.isnan(ci[0]).all()
     assert np.isfinite(se[1]) and np.isfinite(ci[1]).all()
-    se, ci = bootstrap_margins(losses, p, [], n_boot=20)
+    se, ci = bootstrap_margins(losses, p, [], n_boot=20, estimator="plain")
     assert se.shape == (0,) and ci.shape == (0, 2)
 
 
@@ -228,12 +232,14 @@ def flagged_of(losses: np.ndarray, p: np.ndarray, mask: np.ndarray) -> set[int]:
 
 
 CFG = ConvergenceConfig(bootstrap=40)
+# The cases below were calibrated on the paper's plain difference of means.
+PLAIN = {"estimator": "plain"}
 
 
 def test_first_round_never_converges():
     losses, p = ensemble(60, 1024)
     flagged = flagged_of(losses, p, None)
-    diag = diagnose(losses, p, flagged, cfg=CFG)
+    diag = diagnose(losses, p, flagged, cfg=CFG, estimator="plain")
     assert diag.n_models == 1024
     assert diag.reliability_self > 0.9 and diag.reliability_margin > 0.9
     assert diag.flag_change is None and not diag.converged
@@ -255,7 +261,9 @@ def test_converges_at_large_m_with_stable_flags_and_reports_changes():
     for m in (16, 512, 1024):
         mask = first_models(1024, m)
         flagged = flagged_of(losses, p, mask)
-        rounds[m] = diagnose(losses, p, flagged, previous, previous_flagged, mask, CFG)
+        rounds[m] = diagnose(
+            losses, p, flagged, previous, previous_flagged, mask, CFG, estimator="plain"
+        )
         previous, previous_flagged = rounds[m], flagged
     small, mid, large = rounds[16], rounds[512], rounds[1024]
     assert not small.converged and small.reliability_margin < 0.5
@@ -280,20 +288,20 @@ def test_not_converged_when_the_flagged_set_changes():
     losses, p = ensemble(60, 1024)
     flagged = flagged_of(losses, p, None)
     others = set(range(60)) - flagged
-    diag = diagnose(losses, p, flagged, previous_flagged=set(list(others)[:6]), cfg=CFG)
+    diag = diagnose(losses, p, flagged, previous_flagged=set(list(others)[:6]), cfg=CFG, **PLAIN)
     assert diag.flag_change == 1.0 and not diag.converged
     met = {c["name"]: c["met"] for c in diag.criteria}
     assert met == {"reliability_self": True, "reliability_margin": True, "flag_change": False}
     # One record of six swapped: 1 - 5/7 = 0.29 > 0.15.
     swapped = set(list(flagged)[1:]) | {next(iter(others))}
-    assert not diagnose(losses, p, flagged, previous_flagged=swapped, cfg=CFG).converged
+    assert not diagnose(losses, p, flagged, previous_flagged=swapped, cfg=CFG, **PLAIN).converged
 
 
 def test_diagnostics_to_dict_is_plain_json():
     losses, p = ensemble(30, 16)
     p[7] = p[3]  # an indistinguishable pair
     losses[5] = 2.0  # record 5: undefined margin, so no CI
-    diag = diagnose(losses, p, {1, 5}, cfg=CFG)
+    diag = diagnose(losses, p, {1, 5}, cfg=CFG, **PLAIN)
     assert (3, 7, 0.0) in diag.indistinguishable
     assert diag.n_indistinguishable >= 1
     assert 5 not in diag.margin_ci and 1 in diag.margin_ci
@@ -311,3 +319,22 @@ def test_config_rejects_bad_tolerances():
         ConvergenceConfig(bootstrap=-1)
     with pytest.raises(ValueError, match="pattern_distance"):
         ConvergenceConfig(pattern_distance=float("nan"))
+
+
+def test_diagnose_runs_the_estimator_of_its_result_or_the_default():
+    """Without ``estimator`` the diagnostics judge the estimates the run reports: those of the
+    given result, or (no result) the project's default, the adjusted estimator."""
+    from memaudit.estimate.registry import DEFAULT, get_estimator
+
+    losses, p = ensemble(30, 32)
+    cfg = ConvergenceConfig(bootstrap=10)
+
+    def reliabilities(**kw):
+        d = diagnose(losses, p, {0, 1, 4}, cfg=cfg, **kw)
+        return d.reliability_self, d.reliability_margin, d.margin_ci
+
+    plain = get_estimator("plain").estimate(losses, p)
+    assert reliabilities(result=plain) == reliabilities(result=plain, estimator="plain")
+    assert reliabilities(result=plain) != reliabilities(result=plain, estimator="adjusted")
+    assert DEFAULT == "adjusted"
+    assert reliabilities() == reliabilities(estimator="adjusted")

@@ -12,7 +12,7 @@ from memaudit.estimate.adjusted import (
     fit_covariates,
 )
 from memaudit.estimate.influence import influence_matrix
-from memaudit.estimate.registry import run_estimator
+from memaudit.estimate.registry import get_estimator
 
 
 def dense(result, n):
@@ -134,7 +134,7 @@ def test_margin_separates_near_duplicates_at_small_m():
     grouped[:9] = True
     auc = {}
     for name in ("plain", "adjusted"):
-        res = run_estimator(name, losses, inc, top_k=5)
+        res = get_estimator(name).estimate(losses, inc, top_k=5)
         assert res.estimator == (ESTIMATOR_NAME if name == "adjusted" else "difference-of-means")
         margin = np.where(res.margin_defined, res.margin, np.inf)
         auc[name] = roc_auc_score(~grouped, margin)
@@ -185,22 +185,20 @@ def test_repeated_inclusion_columns_are_skipped_not_split():
 def test_unknown_and_known_names(name):
     rng = np.random.default_rng(6)
     losses, inc = simulate(20, rng, _drops(rng))
-    assert run_estimator(name, losses, inc).n_models == 20
+    assert get_estimator(name).estimate(losses, inc).n_models == 20
     with pytest.raises(ValueError, match="unknown estimator"):
-        run_estimator("magic", losses, inc)
+        get_estimator("magic")
 
 
-def test_influence_rows_by_either_name_match_the_full_estimates():
-    from memaudit.estimate.registry import influence_rows
-
+def test_rows_by_either_name_match_the_full_estimates():
     rng = np.random.default_rng(7)
     losses, inc = simulate(40, rng, _drops(rng))
     mask = np.arange(40) % 4 != 0
     rows = np.array([1, 9, 20])
     for option, name in (("adjusted", ESTIMATOR_NAME), ("plain", "difference-of-means")):
-        full = dense(run_estimator(option, losses, inc, top_k=N, model_mask=mask), N)
+        full = dense(get_estimator(option).estimate(losses, inc, top_k=N, model_mask=mask), N)
         for key in (option, name):
-            got = influence_rows(key, losses, inc, rows, model_mask=mask)
+            got = get_estimator(key).rows(losses, inc, rows, model_mask=mask)
             np.testing.assert_allclose(got, full[rows], atol=1e-9)
 
 

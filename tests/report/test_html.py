@@ -466,3 +466,20 @@ def test_degenerate_reports_render():
     assert re.search(r"<mark[^>]*>y</mark>", page)
     mismatched = render_html(rep, {"indices": [0, 1], "matrix": np.zeros((3, 3))})
     assert "does not match" in mismatched
+
+
+def test_texts_say_what_the_code_does(page):
+    """Docstrings name the schema the page renders; the unique-records lead names the flags
+    risky_unique_records raises (self-influence, BLEU gain, membership AUC) and no other: an
+    undefined margin flags nothing."""
+    import memaudit.report.html as html_module
+    from memaudit.report.build import SCHEMA_VERSION
+
+    major = SCHEMA_VERSION.split(".")[0]
+    for doc in (html_module.__doc__, html_module.render_html.__doc__):
+        assert f"{major}.x" in " ".join(doc.split()) and "1.0)" not in doc
+    section = page[page.index("id='unique'") :]
+    lead = section[section.index("<p class='lead'>") : section.index("</p>")]
+    assert "undefined margin" not in lead
+    for flag in ("self-influence", "BLEU gain", "membership-inference AUC"):
+        assert flag in lead

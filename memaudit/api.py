@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import FindingsConfig, ModelConfig, RunConfig, resolve_model_name
-from memaudit.data.records import Record, RecordFormat, file_sha256, load_records
+from memaudit.data.records import Record, RecordFormat, load_records
 from memaudit.errors import MemauditError
 from memaudit.estimate.analysis import Analysis, analyze_run
 from memaudit.findings.build import Findings
+from memaudit.modality import TEXT, Modality, modality_of
+from memaudit.store.io import sha256_file
 from memaudit.store.rundir import RunDir
 
 
@@ -43,7 +45,10 @@ class Prepared:
     dtype: Any
     inclusion: np.ndarray
     resumed: bool
-    task: Any = None  # the image path's memaudit.ensemble.vision.ImageTask; None: text
+    # The member task (memaudit.ensemble.member.MemberTask): the image path's ImageTask; None:
+    # the text path's TextTask over tokens and factory, made where it is needed.
+    task: Any = None
+    modality: Modality = TEXT
 
 
 class Audit:
@@ -67,6 +72,11 @@ class Audit:
         All checks that can fail on user input run before the directory is touched, so a bad
         input leaves nothing behind.
         """
+        prepare = {"text": self._prepare_text, "image": self._prepare_images}
+        return prepare[modality_of(self.config).name]()
+
+    def _prepare_text(self) -> Prepared:
+        """prepare() for a text run: records, a tokenizer and a pretrained base model."""
         from memaudit.data.partition import inclusion_matrix
         from memaudit.data.tokens import tokenize_records
         from memaudit.ensemble.models import (
@@ -79,10 +89,8 @@ class Audit:
         )
 
         cfg = self.config
-        if cfg.is_image:
-            return self._prepare_images()
         records = load_records(cfg.data, RecordFormat(cfg.preset, cfg.template))
-        data_sha = file_sha256(cfg.data)
+        data_sha = sha256_file(cfg.data)
         device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.train.dtype, device)
         tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
@@ -138,7 +146,16 @@ class Audit:
             self.run_dir.save_images(data)
         self.run_dir.save_inclusion(inclusion)
         return Prepared(
-            records, None, None, None, device, torch.float32, inclusion, resumed, task=task
+            records,
+            None,
+            None,
+            None,
+            device,
+            torch.float32,
+            inclusion,
+            resumed,
+            task=task,
+            modality=task.modality,
         )
 
     def train(
@@ -208,10 +225,11 @@ class Audit:
         shard on another machine has it: the dataset file is not needed."""
         from memaudit.ensemble.member import member_context
 
-        if self.config.is_image:
+        modality = modality_of(self.config)
+        if not modality.shards:
             raise MemauditError(
-                "memaudit train --shard: image runs train with `memaudit run` for now "
-                "(shards and Ray are text-only in this release)"
+                f"memaudit train --shard: {modality.name} runs train with `memaudit run` for "
+                "now (shards and Ray are text-only in this release)"
             )
         records = self.run_dir.records()
         ctx = member_context(self.config, records)

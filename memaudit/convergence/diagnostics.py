@@ -41,14 +41,11 @@ import numpy as np
 from scipy.stats import rankdata
 
 from memaudit.config import ConvergenceConfig
+from memaudit.estimate.budget import BLOCK_BYTES, influence_block_rows
 from memaudit.estimate.influence import InfluenceResult
 from memaudit.estimate.registry import DEFAULT, get_estimator
+from memaudit.store.io import finite_or_none
 
-# Float64 budget for one (records x N) block of bootstrap influences, and for one block of the
-# Hamming-distance Gram matrix (float32); keeps N = 20,000 far from a dense N x N.
-_BLOCK_BYTES = 256 * 1024 * 1024
-# influence_block keeps about this many (rows x N) float64 arrays alive at once.
-_INFLUENCE_WORK_ARRAYS = 12
 _CI_LEVEL = 0.90  # two-sided percentile interval for the margins
 
 
@@ -99,7 +96,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
+        return finite_or_none(obj)
     if isinstance(obj, np.ndarray):
         return _jsonable(obj.tolist())
     return obj
@@ -320,8 +317,8 @@ def bootstrap_margins(
 
 
 def _row_blocks(n_rows: int, n_records: int) -> list[tuple[int, int]]:
-    """Blocks of target rows whose (rows x N) influence work arrays stay near _BLOCK_BYTES."""
-    step = max(1, _BLOCK_BYTES // (8 * _INFLUENCE_WORK_ARRAYS * n_records))
+    """Blocks of target rows whose (rows x N) influence work arrays stay near the budget."""
+    step = influence_block_rows(n_records)
     return [(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
 
 
@@ -363,7 +360,7 @@ def indistinguishable_pairs(
     thr = math.floor(max_fraction * m + 1e-9)  # largest admissible number of differing models
     if block_rows is None:
         # Per entry: the float32 Gram value and two bool masks (plus slack).
-        block_rows = max(1, _BLOCK_BYTES // (8 * n))
+        block_rows = max(1, BLOCK_BYTES // (8 * n))
     # d <= thr  <=>  x_i . x_j = M - 2 d >= M - 2 thr;  d >= M - thr  <=>  x_i . x_j <= -(M - 2 thr)
     min_dot = float(m - 2 * thr)
     keep_i = np.empty(0, dtype=np.int64)

@@ -7,7 +7,6 @@ problem is a :class:`MemauditError` naming the file and line, raised before anyt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import string
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 from memaudit.errors import MemauditError
 from memaudit.store.record import Record
 
-__all__ = ["Record", "RecordFormat", "load_records", "file_sha256", "iter_json_lines"]
+__all__ = ["Record", "RecordFormat", "load_records", "iter_json_lines"]
 
 PRESETS = {
     # NQ-open: {"question": str, "answer": [str, ...]}; the paper's "Q: {question} A: {answer}".
@@ -184,11 +183,3 @@ def load_records(path: str | Path, fmt: RecordFormat | None = None) -> list[Reco
     if not records:
         raise MemauditError(f"{path}: empty file (no records)")
     return records
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -39,6 +39,8 @@ from memaudit.config import RunConfig
 from memaudit.ensemble import member as ensemble
 from memaudit.ensemble import member_packs as packed
 from memaudit.errors import MemauditError
+from memaudit.modality import modality_of
+from memaudit.store.io import sha256_bytes
 
 EXECUTORS = ("local", "ray")
 PACKAGE = Path(__file__).resolve().parents[1]  # the memaudit package, as shipped to Ray workers
@@ -201,13 +203,11 @@ class LocalExecutor:
         self.ctx, self.threads, self.workers = ctx, threads, workers
 
     def plan(self, pending: int) -> LocalPlan:
+        modality = self.ctx.member_task().modality
+        if not modality.forks:  # e.g. image tasks hold their own model
+            return LocalPlan(1, self.threads, f"{modality.name} runs train in this process")
         factory = self.ctx.factory
-        trainable = 0
-        if factory is not None:
-            trainable = sum(p.numel() * p.element_size() for p in factory._params.values())
-        image = self.ctx.task is not None and not isinstance(self.ctx.task, ensemble.TextTask)
-        if image:  # image tasks hold their own model; the fork path is text-only for now
-            return LocalPlan(1, self.threads, "image runs train in this process")
+        trainable = factory.trainable_bytes if factory is not None else 0
         return plan_local(self.workers, self.threads, pending, self.ctx.device, trainable)
 
     def map(self, members: list[int], inclusion: np.ndarray, on_step=None) -> Iterator[Outcome]:
@@ -381,9 +381,9 @@ class RayExecutor:
 
             cfg = replace(cfg, model=replace(cfg.model, name=str(model_dir.resolve())))
         cfg_dict = cfg.to_dict()
-        key = hashlib.sha256(
+        key = sha256_bytes(
             json.dumps([cfg_dict, [asdict(r) for r in self.records]], sort_keys=True).encode()
-        ).hexdigest()
+        )
         self.args = (key, ray.put(cfg_dict), ray.put(self.records))
         self.task = task
 
@@ -454,9 +454,10 @@ def make_executor(ecfg: ExecutorConfig | None, ctx_factory, cfg: RunConfig, reco
     """The executor for ``ecfg``; ``ctx_factory()`` gives the local context when needed."""
     ecfg = ecfg or ExecutorConfig()
     if ecfg.kind == "ray":
-        if cfg.is_image:
+        modality = modality_of(cfg)
+        if not modality.ray:
             raise MemauditError(
-                "--executor ray: image runs train with the local executor for now "
+                f"--executor ray: {modality.name} runs train with the local executor for now "
                 "(Ray and shards are text-only in this release)"
             )
         return RayExecutor(ecfg, cfg, records)

@@ -28,12 +28,14 @@ from memaudit.ensemble.evaluate import record_losses
 from memaudit.ensemble.extract import extract_member, extraction, extraction_targets
 from memaudit.ensemble.models import MemberFactory
 from memaudit.ensemble.train import TrainingDiverged, TrainStats, train_member
+from memaudit.modality import TEXT, Modality
 
 
 class MemberTask(Protocol):
     """What the ensemble loop needs from a modality."""
 
     arrays: tuple[str, ...]  # names of the extra per-record arrays evaluate() returns
+    modality: Modality  # what the rest of the pipeline may ask of it
 
     def fresh(self) -> Any: ...
 
@@ -46,6 +48,7 @@ class TextTask:
     """The language-model path: shared starting weights, train.train_member, record_losses."""
 
     arrays: tuple[str, ...] = ()
+    modality = TEXT
 
     def __init__(self, tokens, factory, cfg: RunConfig, device: torch.device) -> None:
         self.tokens, self.factory, self.cfg, self.device = tokens, factory, cfg, device

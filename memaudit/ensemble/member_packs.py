@@ -419,11 +419,10 @@ def _pad(tokens: TokenizedRecords, chunks: list[np.ndarray], device: torch.devic
 
 # -- the ensemble loop's side ----------------------------------------------------------------
 def pack_size(ctx, n_members: int) -> tuple[int, str]:
-    """(K, why) for ``n_members`` pending members; only text members pack (not images)."""
-    from memaudit.ensemble.member import TextTask
-
-    if ctx.task is not None and not isinstance(ctx.task, TextTask):
-        return 1, "image models are not packed"
+    """(K, why) for ``n_members`` pending members; only a modality that packs (text) packs."""
+    modality = ctx.member_task().modality
+    if not modality.packs:
+        return 1, f"{modality.name} models are not packed"
     k, why = choose_pack(ctx.cfg, ctx.factory.model, ctx.device, n_members)
     if k == 1 and why.startswith("not packed"):
         _announce(why)  # a model that cannot be packed: say why, once

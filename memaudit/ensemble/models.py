@@ -217,6 +217,8 @@ class MemberFactory:
         }
         self.n_trainable = sum(p.numel() for p in self._params.values())
         self.n_params = sum(p.numel() for p in model.parameters())
+        # Bytes of the trained weights: what each forked worker's copy of them costs.
+        self.trainable_bytes = sum(p.numel() * p.element_size() for p in self._params.values())
 
     @torch.no_grad()
     def fresh(self):

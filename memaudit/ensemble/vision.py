@@ -38,6 +38,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 
 from memaudit.ensemble.train import TrainingDiverged, TrainStats
 from memaudit.errors import MemauditError
+from memaudit.modality import IMAGE
 
 # name -> (description for the terminal and docs)
 VISION_MODELS = {
@@ -109,6 +110,7 @@ class ImageTask:
     image."""
 
     arrays = ("correct",)  # per-model arrays saved beside the losses (models/NNNNN.correct.npy)
+    modality = IMAGE
 
     def __init__(
         self,

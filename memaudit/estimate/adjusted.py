@@ -41,12 +41,10 @@ import os
 
 import numpy as np
 
-from memaudit.estimate.influence import InfluenceResult, _top_k, estimate, influence_block
+from memaudit.estimate.budget import COVARIATE_FIT_ELEMENTS, fit_chunk
+from memaudit.estimate.influence import InfluenceResult, estimate, influence_block, top_k_rows
 
 ESTIMATOR_NAME = "regression-adjusted"
-
-# Elements of one chunk's design array (k targets x M models x S covariates), about 64 MB.
-_CHUNK_ELEMENTS = 8_000_000
 
 
 def covariate_count(n_models: int, requested: int) -> int:
@@ -100,7 +98,7 @@ def fit_covariates(
     s = sets.shape[1]
     resid = np.empty_like(losses)
     coef = np.full((n, s), np.nan)
-    step = max(1, _CHUNK_ELEMENTS // (m * (s + 1)))
+    step = fit_chunk(COVARIATE_FIT_ELEMENTS, m * (s + 1))  # design: k targets x M x (S + 1)
     for lo in range(0, n, step):
         c = sets[lo : lo + step]
         xt, keep, gram = design(inc, c)
@@ -206,5 +204,5 @@ def adjusted_block(
 
     for _ in range(rounds if c else 0):
         infl, _se = corrected(sets)
-        sets = _next_sets(_top_k(infl, min(losses.shape[0], c + 1))[0], rows, c)
+        sets = _next_sets(top_k_rows(infl, min(losses.shape[0], c + 1))[0], rows, c)
     return corrected(sets)

@@ -18,6 +18,7 @@ from memaudit.errors import MemauditError
 from memaudit.estimate.influence import InfluenceResult
 from memaudit.estimate.registry import get_estimator
 from memaudit.store.io import atomic_write_json
+from memaudit.store.io import finite_or_none as _nan_to_none
 from memaudit.store.rundir import RunDir
 
 MARGIN_RULE = (
@@ -34,10 +35,6 @@ class Analysis:
     valid: np.ndarray  # (M,) bool: models with a valid loss column
     losses: np.ndarray  # L (N x M) it was computed from, NaN in invalid columns
     summary: dict[str, Any]
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if not np.isfinite(x) else float(x)
 
 
 def describe(values: np.ndarray) -> dict[str, Any]:

@@ -20,15 +20,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from memaudit.estimate.budget import influence_block_rows
 from memaudit.store.io import atomic_path
 
 ESTIMATOR_NAME = "difference-of-means"
-
-# Budget for the float64 work arrays of one block of targets (see _auto_block_rows).
-_BLOCK_BYTES = 256 * 1024 * 1024
-# Number of (rows x N) float64 arrays alive at once inside _block_stats, with slack for
-# the top-k selection temporaries.
-_WORK_ARRAYS = 12
 
 
 @dataclass
@@ -199,7 +194,7 @@ def _block_stats(
     s_in = prod[:b]
     s_out = sum_all[:b] - s_in
 
-    # In-place arithmetic keeps the number of live (B, N) arrays small (see _WORK_ARRAYS);
+    # In-place arithmetic keeps the number of live (B, N) arrays small (see budget.WORK_ARRAYS);
     # the NaN factors make undefined entries NaN without any masking.
     if not with_se:  # the same operations as below, in place: fewer passes over memory
         s_out *= prep.inv_out
@@ -254,7 +249,7 @@ def influence_matrix(
     return _block_stats(prep, np.arange(prep.n_records))[0]
 
 
-def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k_rows(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-row top-k of ``values`` ignoring NaN; ties: larger value, then smaller index.
 
     Returns (idx, val) of shape (B, k) with -1 / NaN padding when a row has fewer than k
@@ -348,9 +343,8 @@ def _apply_corrections(
 
 
 def _auto_block_rows(n_records: int, n_models: int) -> int:
-    """Rows per block so a block's float64 work arrays stay under about _BLOCK_BYTES."""
-    per_row = 8 * (_WORK_ARRAYS * n_records + 3 * n_models)
-    return int(max(1, min(n_records, _BLOCK_BYTES // per_row)))
+    """Rows per block so a block's float64 work arrays stay under about budget.BLOCK_BYTES."""
+    return min(n_records, influence_block_rows(n_records, n_models))
 
 
 def estimate(
@@ -418,7 +412,7 @@ def estimate(
             if se is not None:
                 self_se[rows] = se[np.arange(rows.size), rows]
             # One selection serves both top-k and the margin (which needs the top two).
-            idx, val = _top_k(infl, k_sel)
+            idx, val = top_k_rows(infl, k_sel)
             margin[rows], margin_defined[rows] = _margin(val[:, :2])
             top1_is_self[rows] = idx[:, 0] == rows  # padding (-1) never matches
             idx, val = idx[:, :k], val[:, :k]

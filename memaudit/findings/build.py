@@ -27,6 +27,7 @@ from memaudit.estimate.analysis import Analysis
 from memaudit.findings.clusters import Cluster, find_clusters, link_thresholds
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.risky import RecordFinding, risky_unique_records
+from memaudit.modality import saved_modality
 from memaudit.store.rundir import RunDir
 
 
@@ -74,8 +75,8 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     losses = np.nan_to_num(analysis.losses)
     extraction, n_extract = extraction_metrics(run, inclusion)
     bleu_gain = extraction.get("bleu_gain")
-    is_image = run.read_config()["config"].get("image") is not None
-    pixels = stored_images(run) if is_image else None
+    modality = saved_modality(run.read_config())
+    pixels = stored_images(run) if modality.stores_pixels else None
     mia = membership_scores(losses, inclusion, analysis.valid)
     clusters, cluster_of = find_clusters(
         res,
@@ -86,6 +87,7 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         inclusion=inclusion,
         model_mask=analysis.valid,
         images=None if pixels is None else pixels.images,
+        modality=modality,
     )
     link_z, link_fraction = link_thresholds(
         cfg, len(records), int(analysis.valid.sum()), adjusted=True

@@ -17,9 +17,11 @@ from scipy.stats import t as student_t
 
 from memaudit.config import FindingsConfig
 from memaudit.estimate.adjusted import design
+from memaudit.estimate.budget import JOINT_FIT_ELEMENTS, fit_chunk, row_block
 from memaudit.estimate.influence import InfluenceResult, estimate
 from memaudit.estimate.registry import get_estimator
-from memaudit.findings.similarity import lexical_similarity, pixel_similarity
+from memaudit.findings.similarity import link_similarity
+from memaudit.modality import TEXT, Modality
 
 
 @dataclass
@@ -116,7 +118,7 @@ def joint_influence(
     dof = n_models - m - 2
     if dof < 1:
         return infl, se
-    step = max(1, 4_000_000 // (n_models * (m + 2)))
+    step = fit_chunk(JOINT_FIT_ELEMENTS, n_models * (m + 2))
     for lo in range(0, k_all, step):
         t, c = targets[lo : lo + step], candidates[lo : lo + step]
         # Regressors: intercept, own inclusion, candidates; a regressor that repeats or
@@ -247,7 +249,7 @@ def _centred_copy(losses: np.ndarray, inc: np.ndarray, used: np.ndarray) -> np.n
     """L with the used columns of each row centred within its own inclusion strata, in row
     blocks (the whole matrix at once holds about six N x M float64 temporaries)."""
     centred = losses.copy()
-    step = max(1, 2_000_000 // max(1, losses.shape[1]))
+    step = row_block(losses.shape[1])
     for lo in range(0, len(losses), step):
         rows = slice(lo, lo + step)
         centred[rows, used] = _centre_within(
@@ -313,15 +315,11 @@ def find_links(
     return rows
 
 
-# FindingsConfig.mutual_fraction for image runs when it is not set (see there).
-IMAGE_MUTUAL_FRACTION = 0.6
-
-
-def mutual_fraction(cfg: FindingsConfig, is_image: bool) -> float:
+def mutual_fraction(cfg: FindingsConfig, modality: Modality) -> float:
     """cfg.mutual_fraction, or its per-modality default when it is None."""
     if cfg.mutual_fraction is not None:
         return cfg.mutual_fraction
-    return IMAGE_MUTUAL_FRACTION if is_image else 0.0
+    return modality.mutual_fraction
 
 
 def _mutual_links(result: InfluenceResult, cfg: FindingsConfig, taken: np.ndarray) -> np.ndarray:
@@ -375,6 +373,7 @@ def find_clusters(
     inclusion: np.ndarray | None = None,
     model_mask: np.ndarray | None = None,
     images: np.ndarray | None = None,
+    modality: Modality = TEXT,
 ) -> tuple[list[Cluster], np.ndarray]:
     """Links from each target's top-k list only (so it scales to N = 20,000); undirected graph;
     clusters = connected components with >= 2 records. Returns clusters ranked by
@@ -382,15 +381,16 @@ def find_clusters(
     int, the cluster id of each record, -1 for unclustered records. Cluster ids follow the
     ranking. Each cluster's ``reasons`` are sentences such as "5 records linked by influence
     (z >= 4.2)", "lowest margin 1.12", "textual near-duplicates (similarity 0.93)", "BLEU gain
-    up to 0.41". With ``images`` (uint8 N x H x W x 3) links carry :func:`pixel_similarity`
-    instead of the lexical one, and near-duplicate clusters are "visual"."""
+    up to 0.41". Links carry the ``modality``'s similarity (memaudit.findings.similarity): for
+    images, the pixel similarity of ``images`` (uint8 N x H x W x 3), and near-duplicate
+    clusters are "visual"; the default mutual_fraction is the modality's."""
     cfg = cfg or FindingsConfig()
     n = n_records(result)
     if len(texts) != n:
         raise ValueError(f"texts has {len(texts)} entries for {n} records")
     bleu = optional_array(bleu_gain, n, "bleu_gain")
 
-    cfg = replace(cfg, mutual_fraction=mutual_fraction(cfg, images is not None))
+    cfg = replace(cfg, mutual_fraction=mutual_fraction(cfg, modality))
     rows = find_links(result, cfg, losses, inclusion, model_mask)
     t_idx = rows[:, 0].astype(np.int64)
     i_idx = rows[:, 1].astype(np.int64)
@@ -399,7 +399,7 @@ def find_clusters(
     sizes = np.bincount(labels, minlength=n)
     comp_ids = np.flatnonzero(sizes >= 2)
     pairs = np.column_stack([t_idx, i_idx])
-    sim = lexical_similarity(texts, pairs) if images is None else pixel_similarity(images, pairs)
+    sim = link_similarity(modality, pairs, texts, images)
 
     # Members and links of every component in O(N + K), no per-cluster scan of all records.
     order = np.argsort(labels, kind="stable")
@@ -419,13 +419,13 @@ def find_clusters(
                 influence=float(rows[k, 2]),
                 se=float(rows[k, 3]),
                 z=float(rows[k, 4]),
-                lexical_similarity=float(sim[k]) if images is None else None,
                 basis="mutual" if rows[k, 5] else "evidence",
-                pixel_similarity=float(sim[k]) if images is not None else None,
+                # lexical_similarity None for images, pixel_similarity None for text
+                **{"lexical_similarity": None, modality.similarity_field: float(sim[k])},
             )
             for k in link_order[link_starts[c] : link_ends[c]]
         ]
-        clusters.append(_make_cluster(members, links, margin, bleu, cfg, images is not None))
+        clusters.append(_make_cluster(members, links, margin, bleu, cfg, modality))
 
     clusters.sort(key=lambda cl: (-cl.risk_score, cl.members[0]))
     cluster_of = np.full(n, -1, dtype=np.int64)
@@ -449,11 +449,11 @@ def _make_cluster(
     margin: np.ndarray,
     bleu: np.ndarray | None,
     cfg: FindingsConfig,
-    visual: bool = False,
+    modality: Modality = TEXT,
 ) -> Cluster:
     sims = np.array([lk.similarity for lk in links])
-    textual = sims >= (cfg.pixel_threshold if visual else cfg.lexical_threshold)
-    word = "visual" if visual else "textual"
+    textual = sims >= getattr(cfg, modality.threshold_field)
+    word = modality.near_duplicate
     kind = word if textual.all() else ("influence" if not textual.any() else "mixed")
     min_margin = _finite_extreme(margin, members, np.min)
     max_bleu = _finite_extreme(bleu, members, np.max)
@@ -468,7 +468,7 @@ def _make_cluster(
     reasons = [f"{len(members)} records linked by influence: {' and '.join(how)}"]
     if min_margin is not None:
         reasons.append(f"lowest margin {min_margin:.2f}")
-    what = "pixel similarity" if visual else "similarity"
+    what = modality.similarity_label
     if kind == word:
         reasons.append(f"{word} near-duplicates ({what} {sims.min():.2f})")
     elif kind == "mixed":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from memaudit.estimate.budget import row_block
+
 
 def membership_scores(
     losses: np.ndarray, inclusion: np.ndarray, model_mask: np.ndarray | None = None
@@ -31,9 +33,8 @@ def membership_scores(
                 f"model_mask must have shape ({losses.shape[1]},), got {model_mask.shape}"
             )
         losses, inclusion = losses[:, model_mask], inclusion[:, model_mask]
-    # Row blocks of about 16 MB per work array: every statistic is per row, and the whole
-    # N x M at once would hold about ten float64 copies of L (1.6 GB at N = 20,000, M = 1,000).
-    step = max(1, 2_000_000 // max(1, losses.shape[1]))
+    # Row blocks (budget.ROW_BLOCK_ELEMENTS): every statistic is per row.
+    step = row_block(losses.shape[1])
     parts = [
         _membership_rows(losses[lo : lo + step], inclusion[lo : lo + step])
         for lo in range(0, len(losses), step)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from memaudit.modality import Modality
+
 
 def lexical_similarity(texts: Sequence[str], pairs: np.ndarray) -> np.ndarray:
     """Cosine of character n-gram TF-IDF vectors (scikit-learn TfidfVectorizer, analyzer='char_wb',
@@ -52,3 +54,15 @@ def pixel_similarity(images: np.ndarray, pairs: np.ndarray, size: int = 8) -> np
     plain = (a * b).sum(dim=(1, 2, 3))
     mirrored = (a * b.flip(3)).sum(dim=(1, 2, 3))
     return np.clip(torch.maximum(plain, mirrored).numpy(), -1.0, 1.0)
+
+
+def link_similarity(
+    modality: Modality, pairs: np.ndarray, texts: Sequence[str], images: np.ndarray | None
+) -> np.ndarray:
+    """Each (a, b) row's similarity as the modality measures it: lexical for text, pixel for
+    images (``images``: uint8 N x H x W x 3, needed then)."""
+    if modality.similarity == "pixel":
+        if images is None:
+            raise ValueError(f"{modality.name} runs need the images for pixel similarity")
+        return pixel_similarity(images, pairs)
+    return lexical_similarity(texts, pairs)

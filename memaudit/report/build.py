@@ -8,7 +8,6 @@ its sha256 and id in every output, since an audit report can leak the data it au
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -23,7 +22,9 @@ from memaudit.estimate.registry import get_estimator
 from memaudit.findings.build import Findings, build_findings
 from memaudit.findings.clusters import mutual_fraction
 from memaudit.findings.ground_truth import score_against_groups
-from memaudit.store.io import atomic_write_json, atomic_write_text
+from memaudit.modality import TEXT, Modality, saved_modality
+from memaudit.store.io import atomic_write_json, atomic_write_text, sha256_text
+from memaudit.store.io import finite_or_none as _num
 from memaudit.store.rundir import RunDir, package_versions
 
 SCHEMA_NAME = "memaudit-report"
@@ -35,14 +36,6 @@ def load_schema() -> dict[str, Any]:
     major = SCHEMA_VERSION.split(".")[0]
     text = resources.files("memaudit.report.schemas").joinpath(f"report-{major}.json").read_text()
     return json.loads(text)
-
-
-def _num(x: Any) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def build_report(
@@ -63,7 +56,7 @@ def build_report(
     inclusion = run.inclusion()
     losses = analysis.losses
     extraction, n_extract = findings.extraction, findings.n_extract
-    is_image = saved["config"].get("image") is not None
+    modality = saved_modality(saved)
     mia = findings.membership
     clusters, cluster_of, risky = findings.clusters, findings.cluster_of, findings.risky
     link_z, link_fraction = findings.link_z, findings.link_fraction
@@ -72,7 +65,7 @@ def build_report(
         return _num(extraction[name][t]) if extraction else None
 
     image_columns: dict[str, np.ndarray] = {}
-    if is_image:
+    if modality.classifies:  # accuracy in/out, lowest-margin pairs with thumbnails
         from memaudit.report.images import image_report
 
         shown = [m for c in clusters[: cfg.top_clusters] for m in c.members]
@@ -87,7 +80,7 @@ def build_report(
                 "index": t,
                 "id": r.id,
                 "text": None if redact else r.text,
-                "text_sha256": _sha(r.text),
+                "text_sha256": sha256_text(r.text),
                 "prompt": None if redact else r.prompt,
                 "group": r.group,
                 "cluster": int(cluster_of[t]) if cluster_of[t] >= 0 else None,
@@ -127,7 +120,7 @@ def build_report(
         "schema": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "modality": "image" if is_image else "text",
+        "modality": modality.name,
         "redacted": redact,
         "versions": package_versions(),
         "run_versions": saved.get("versions", {}),
@@ -160,10 +153,10 @@ def build_report(
                 for f in risky
             ],
         },
-        "notes": _notes(analysis, n_extract, link_z, len(clusters), is_image, cfg),
+        "notes": _notes(analysis, n_extract, link_z, len(clusters), modality, cfg),
         "convergence": _convergence(run),
     }
-    if is_image:
+    if modality.classifies:
         report["lowest_margin"] = lowest
         if not lowest:
             from memaudit.report.images import NO_MARGIN_NOTE
@@ -183,7 +176,7 @@ def build_report(
             covariates=_covariates(saved),
         )
         flagged["matrix"] = block[:, flagged_idx]
-    if is_image:
+    if modality.classifies:
         flagged["image"] = image_side
     return report, flagged
 
@@ -236,13 +229,13 @@ def _notes(
     n_extract: int,
     link_z: float,
     n_clusters: int,
-    is_image: bool = False,
+    modality: Modality = TEXT,
     cfg: FindingsConfig | None = None,
 ) -> list[str]:
     n_ok = int(analysis.valid.sum())
     res = analysis.result
     cfg = cfg or FindingsConfig()
-    fraction = mutual_fraction(cfg, is_image)
+    fraction = mutual_fraction(cfg, modality)
     # The mutual rule is named only where find_links applied it.
     mutual = cfg.mutual_links and get_estimator(res.estimator).mutual_links
     notes = [
@@ -278,7 +271,7 @@ def _notes(
             "with the same number of models, and weak near-duplicate links may be "
             "missed."
         )
-    if is_image:
+    if not modality.decodes:
         from memaudit.report.images import EXTRACTABILITY_NOTE
 
         notes.append(EXTRACTABILITY_NOTE)

@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from memaudit.modality import MODALITIES, TEXT
+from memaudit.store.io import finite_or_none as _num
+
 MAX_CLUSTER_PANELS = 20
 MAX_UNIQUE_RECORDS = 25
 MAX_LINKS_PER_CLUSTER = 30
@@ -66,17 +69,6 @@ _RC = {
 
 def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def _num(x: Any) -> float | None:
-    """A finite float, or None."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -962,7 +954,7 @@ def _lowest_margin_section(report: dict[str, Any], flagged: dict | None) -> str:
 
 def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | None = None) -> str:
     recs = _record_map(report)
-    image = report.get("modality") == "image"
+    modality = MODALITIES.get(report.get("modality"), TEXT)
     thumbs = ((flagged or {}).get("image") or {}).get("thumbnails") or {}
     redacted = bool(report.get("redacted"))
     ordered = _cluster_order(report)
@@ -1032,7 +1024,7 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | No
                 continue
             if not _has_text(rec, redacted):
                 text = _redacted_text(rec)
-            elif image:
+            elif modality.stores_pixels:
                 text = _thumb(thumbs, idx, "member-thumb") + _esc(rec["text"])
             elif k == 0 or base_text is None:
                 text = _render_text(rec["text"])
@@ -1077,7 +1069,7 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | No
                 "<details class='links' open><summary>Influence links "
                 f"({len(links)})</summary><table class='data'><thead><tr>"
                 "<th>source → target</th><th>influence I[t, i]</th><th>z</th>"
-                f"<th>{'pixel' if image else 'lexical'} similarity</th><th>rule</th></tr></thead>"
+                f"<th>{modality.similarity} similarity</th><th>rule</th></tr></thead>"
                 f"<tbody>{''.join(lrows)}</tbody></table>{more}</details>"
             )
         out.append("</article>")

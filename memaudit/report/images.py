@@ -22,6 +22,7 @@ from memaudit.estimate.analysis import Analysis
 from memaudit.estimate.registry import get_estimator
 from memaudit.findings.clusters import centred_margins
 from memaudit.findings.similarity import pixel_similarity
+from memaudit.store.io import finite_or_none as _num
 from memaudit.store.rundir import RunDir
 
 LOWEST_MARGIN_TARGETS = 12  # how many targets the report lists (the paper showed six)
@@ -64,10 +65,6 @@ def png_data_uri(img: np.ndarray, size: int = THUMBNAIL_SIZE) -> str:
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _num(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def _q(values: np.ndarray) -> dict[str, float | None]:

@@ -27,6 +27,7 @@ from rich.text import Text
 from memaudit.config import RunConfig
 from memaudit.ensemble.driver import EnsembleProgress
 from memaudit.estimate.analysis import Analysis
+from memaudit.modality import MODALITIES, TEXT
 
 console = Console(stderr=True, width=None)
 
@@ -37,9 +38,10 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
         yield EnsembleProgress()
         return
     n = len(prepared.records)
-    if prepared.task is not None:  # an image run: trained from scratch, no tokens
+    modality = prepared.modality
+    if not modality.pretrained:  # trained from scratch: the task holds the model
         console.print(
-            f"[bold]memaudit[/] {n} images, {prepared.inclusion.shape[1]} models, "
+            f"[bold]memaudit[/] {n} {modality.unit}, {prepared.inclusion.shape[1]} models, "
             f"{config.model.name} ({prepared.task.n_params:,} parameters, from scratch), "
             f"{prepared.device}/float32"
         )
@@ -247,13 +249,13 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     ens, cfg = report["ensemble"], report["config"]
     records = report["records"]
     extraction = ens["extract_models"]
-    image = report.get("modality") == "image"
+    modality = MODALITIES.get(report.get("modality"), TEXT)
     head = (
         f"[bold]memaudit report[/]  {ens['n_records']} records · {ens['n_models_used']}/"
         f"{ens['n_models']} models · {ens['estimator']} · {cfg['model']['name']} "
         + (
             "(from scratch) · extractability does not apply to images"
-            if image
+            if not modality.decodes
             else f"({cfg['model']['finetune']}) · "
             + (f"extraction by {extraction} models" if extraction else "no extraction")
         )

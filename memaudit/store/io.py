@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -72,5 +73,32 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+# -- the one place for content hashes and JSON numbers --------------------------------------------
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """sha256 of a text's UTF-8 bytes (a redacted report's stand-in for a record's text)."""
+    return sha256_bytes(text.encode("utf-8"))
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (a dataset can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def finite_or_none(x: Any) -> float | None:
+    """``x`` as a float when it is a finite number, else None: JSON has no NaN or infinity, and
+    a missing value stays missing instead of becoming zero. Booleans and non-numbers: None."""
+    if x is None or isinstance(x, (bool, np.bool_)):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None

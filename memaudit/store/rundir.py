@@ -48,6 +48,7 @@ from memaudit.store.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    finite_or_none,
     read_json,
     sha256_bytes,
 )
@@ -441,9 +442,7 @@ def _jsonable(obj: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in obj.items():
         if isinstance(value, np.ndarray):
-            value = [
-                None if isinstance(v, float) and not np.isfinite(v) else v for v in value.tolist()
-            ]
+            value = [finite_or_none(v) if isinstance(v, float) else v for v in value.tolist()]
         out[key] = value
     return out
 

@@ -90,34 +90,6 @@ def test_packed_equals_one_at_a_time_float32(setup, finetune, loss_atol):
     _compare(factory, tokens, subsets, cfg, param_atol=2 * cfg.lr, loss_atol=loss_atol)
 
 
-def test_lora_packing_matches_peft_before_training(setup):
-    """The batched layer computes peft's base(x) + B(A(x)) * alpha / r for each member."""
-    from memaudit.ensemble.lora_batched import BatchedLora, find_lora_layers
-
-    tokens, _ = setup
-    factory = _factory("lora", torch.float64)
-    model = factory.fresh().eval()
-    sites = find_lora_layers(model)
-    assert len(sites) == 6  # q_proj, v_proj, c_fc in 2 layers
-    torch.manual_seed(1)
-    for site in sites:  # non-zero B, so that the adapters matter
-        torch.nn.init.normal_(site.layer.lora_B["default"].weight, std=0.1)
-    lora = BatchedLora(model, sites, 2)
-    with torch.no_grad():
-        for name, p in lora.params.items():
-            if "lora_B" in name:
-                p[1].mul_(-1)  # member 1 gets different adapters
-    ids = tokens.batch([0, 1], CPU)["input_ids"][:, :8]
-    with torch.no_grad(), lora.active():
-        both = model(input_ids=torch.cat([ids, ids])).logits
-    for i in range(2):
-        lora.load(i)
-        with torch.no_grad():
-            alone = model(input_ids=ids).logits
-        torch.testing.assert_close(both[2 * i : 2 * i + 2], alone, atol=1e-10, rtol=0)
-    assert not torch.allclose(both[:2], both[2:])
-
-
 def test_choose_pack():
     factory = _factory("full", torch.float32)
     run = lambda pack: RunConfig(data="x", model=ModelConfig("m"), pack=pack)  # noqa: E731

@@ -1,508 +1,69 @@
-"""Findings: membership scores, lexical similarity, clusters, risky unique records, scoring."""
+"""The findings stage: build_findings is its parts (clusters, risky records, membership) put
+together once, on a stored text run and a synthetic image run."""
 
 from __future__ import annotations
 
-import dataclasses
+import shutil
 
 import numpy as np
-import pytest
-from sklearn.metrics import roc_auc_score
 
-from memaudit.config import FindingsConfig
-from memaudit.estimate.influence import InfluenceResult, estimate
-from memaudit.findings.clusters import (
-    adjusted_influence,
-    cluster_risk,
-    find_clusters,
-    link_thresholds,
-)
-from memaudit.findings.ground_truth import score_against_groups
+from memaudit.config import AnalysisConfig, FindingsConfig
+from memaudit.estimate.analysis import analyze_run
+from memaudit.findings.build import build_findings, extraction_metrics
+from memaudit.findings.clusters import find_clusters, link_thresholds
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.risky import risky_unique_records
-from memaudit.findings.similarity import lexical_similarity
+from memaudit.store.rundir import RunDir
+from tests.conftest import ROOT
+from tests.report.test_images import image_run
 
-# ---------------------------------------------------------------------------------------------
-# membership_scores
-
-
-def _brute_membership(losses, inclusion):
-    auc, dprime = [], []
-    for lt, pt in zip(losses, inclusion, strict=True):
-        ok = np.isfinite(lt)
-        lin, lout = lt[ok & pt], lt[ok & ~pt]
-        if len(lin) and len(lout):
-            # label 1 = out-model: AUC = P(out loss > in loss), ties 1/2
-            y = np.r_[np.zeros(len(lin)), np.ones(len(lout))]
-            auc.append(roc_auc_score(y, np.r_[lin, lout]))
-        else:
-            auc.append(np.nan)
-        if len(lin) > 1 and len(lout) > 1:
-            pooled = np.sqrt((lin.var(ddof=1) + lout.var(ddof=1)) / 2)
-            dprime.append((lout.mean() - lin.mean()) / pooled if pooled > 0 else np.nan)
-        else:
-            dprime.append(np.nan)
-    return np.array(auc), np.array(dprime)
+V1_RUN = ROOT / "fixtures" / "runs" / "v1-foundation"
 
 
-def test_membership_scores_match_brute_force_with_ties():
-    rng = np.random.default_rng(0)
-    n, m = 40, 30
-    inclusion = rng.random((n, m)) < 0.5
-    # Rounded losses make many ties; a real in/out shift makes AUCs spread over (0.5, 1].
-    losses = np.round(rng.normal(size=(n, m)) - rng.random((n, 1)) * inclusion, 1)
-    got = membership_scores(losses, inclusion)
-    auc, dprime = _brute_membership(losses, inclusion)
-    np.testing.assert_allclose(got["mia_auc"], auc, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(got["mia_dprime"], dprime, rtol=1e-10)
-    assert got["mia_auc"].std() > 0.05  # not a degenerate all-0.5 case
-    np.testing.assert_array_equal(got["n_in"], inclusion.sum(axis=1))
+def test_text_run_findings_are_their_parts(tmp_path):
+    shutil.copytree(V1_RUN, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    analysis = analyze_run(run, AnalysisConfig())
+    # Loose enough that 6 models give clusters and risky records to compare.
+    cfg = FindingsConfig(link_z=2.0, link_fwer=None, mia_auc=0.7, top_clusters=2)
+    found = build_findings(run, analysis, cfg)
 
-
-def test_membership_scores_nan_losses_mask_and_empty_sides():
-    rng = np.random.default_rng(1)
-    n, m = 12, 20
-    inclusion = rng.random((n, m)) < 0.5
-    inclusion[0] = True  # no out-models: AUC undefined
-    inclusion[1] = False  # no in-models
-    inclusion[2] = False
-    inclusion[2, 3] = True  # one in-model: AUC defined, d' undefined (no variance)
-    losses = rng.normal(size=(n, m)) - 0.5 * inclusion
-    losses[3, :5] = np.nan  # missing losses are left out, not ranked
-    losses[4, 7] = np.inf
-    mask = np.ones(m, dtype=bool)
-    mask[-2:] = False
-    got = membership_scores(losses, inclusion, model_mask=mask)
-    auc, dprime = _brute_membership(losses[:, mask], inclusion[:, mask])
-    assert np.isnan(got["mia_auc"][:2]).all()
-    assert np.isfinite(got["mia_auc"][2]) and np.isnan(got["mia_dprime"][2])
-    np.testing.assert_allclose(got["mia_auc"], auc, atol=1e-12)
-    np.testing.assert_allclose(got["mia_dprime"], dprime, rtol=1e-10)
-    with pytest.raises(ValueError):
-        membership_scores(losses, inclusion[:, :5])
-
-
-# ---------------------------------------------------------------------------------------------
-# lexical_similarity
-
-TEXTS = [
-    "Q: who wrote the novel pride and prejudice A: Jane Austen",
-    "Q: who wrote the novel pride and prejudice A: Jane Austen",
-    "Q: who wrote the novel pride and prejudice A: Jane Dublin",
-    "Q: what is the boiling point of water at sea level A: 100 degrees Celsius",
-    "Q: how many moons does mars have A: two",
-]
-
-
-def test_lexical_similarity_identical_edited_unrelated():
-    sim = lexical_similarity(TEXTS, np.array([[0, 1], [0, 2], [0, 3], [3, 4], [2, 2]]))
-    assert sim.shape == (5,)
-    assert sim[0] == pytest.approx(1.0) and sim[4] == pytest.approx(1.0)
-    assert sim[1] > 0.75  # one-token edit
-    assert sim[2] < 0.3 and sim[3] < 0.3  # unrelated (shared "Q: ... A:" template only)
-    assert lexical_similarity(TEXTS, np.zeros((0, 2), dtype=int)).shape == (0,)
-    with pytest.raises(ValueError):
-        lexical_similarity(TEXTS, np.array([[0, 5]]))
-
-
-# ---------------------------------------------------------------------------------------------
-# find_clusters on a planted synthetic ensemble
-
-WORDS = [
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf",
-    "hotel", "india", "juliet", "kilo", "lima", "mike",
-]  # fmt: skip
-
-
-def _planted(seed=0, n_unique=30, sizes=(5, 3, 2), m=400):
-    """L[t, j] = base + noise - a P[t, j] - b sum of P over t's group-mates."""
-    rng = np.random.default_rng(seed)
-    n = n_unique + sum(sizes)
-    groups: list[str | None] = [None] * n_unique
-    texts = [
-        f"Q: fact number {k} about {rng.choice(WORDS)} A: {rng.choice(WORDS)} {k * 7}"
-        for k in range(n_unique)
-    ]
-    for g, size in enumerate(sizes):
-        groups += [f"g{g}"] * size
-        if g == len(sizes) - 1:  # the last group: near-duplicates the text does not show
-            texts += [f"{' '.join(rng.choice(WORDS, 6))} number {100 + g}{c}" for c in range(size)]
-        else:
-            base = f"Q: the planted question {g} about {WORDS[g]} A: answer {WORDS[g + 1]} {g}"
-            texts += [
-                base.replace("answer", ["answer", "reply", "ans", "result", "x"][c])
-                for c in range(size)
-            ]
-    inclusion = rng.random((n, m)) < 0.5
-    losses = 3.0 + rng.normal(0.0, 0.3, size=(n, 1)) + rng.normal(0.0, 0.3, size=(n, m))
-    losses -= 1.0 * inclusion
-    grp = np.array([g or "" for g in groups])
-    for t in range(n):
-        if grp[t]:
-            mates = np.flatnonzero((grp == grp[t]) & (np.arange(n) != t))
-            losses[t] -= 0.8 * inclusion[mates].sum(axis=0)
-    return losses, inclusion, texts, groups
-
-
-def test_find_clusters_recovers_planted_groups_and_ranks_by_score():
-    losses, inclusion, texts, groups = _planted()
-    result = estimate(losses, inclusion, top_k=8)
-    clusters, cluster_of = find_clusters(result, texts, FindingsConfig())
-
-    score = score_against_groups(cluster_of, groups)
-    assert score["pair_precision"] == 1.0 and score["pair_recall"] == 1.0
-    assert score["share_exact"] == 1.0 and score["groups"] == 3
-    unique = np.array([g is None for g in groups])
-    assert (cluster_of[unique] == -1).all()
-
-    # Ranking: ids are positions, scores descending and equal to the documented formula.
-    assert [c.id for c in clusters] == list(range(len(clusters)))
-    scores = [c.risk_score for c in clusters]
-    assert scores == sorted(scores, reverse=True)
-    for c in clusters:
-        assert c.risk_score == pytest.approx(cluster_risk(len(c.members), c.min_margin, None))
-        assert (cluster_of[c.members] == c.id).all()
-        assert c.max_bleu_gain is None and not any("BLEU" in r for r in c.reasons)
-        assert c.reasons[0].startswith(f"{len(c.members)} records linked by influence: ")
-        assert " at z >= " in c.reasons[0] and all(lk.basis == "evidence" for lk in c.links)
-        assert f"lowest margin {c.min_margin:.2f}" in c.reasons
-        assert all(lk.target in c.members and lk.source in c.members for lk in c.links)
-    assert [len(c.members) for c in clusters] == [5, 3, 2]  # size dominates without BLEU
-    kinds = {groups[c.members[0]]: c.kind for c in clusters}
-    assert kinds == {"g0": "textual", "g1": "textual", "g2": "influence"}
-    textual = clusters[0]
-    low = min(lk.lexical_similarity for lk in textual.links)
-    assert f"textual near-duplicates (similarity {low:.2f})" in textual.reasons
-
-
-def test_find_clusters_bleu_gain_changes_the_ranking():
-    losses, inclusion, texts, groups = _planted()
-    result = estimate(losses, inclusion, top_k=8)
-    bleu = np.full(len(texts), np.nan)
-    trio = [i for i, g in enumerate(groups) if g == "g1"]
-    bleu[trio] = [0.2, 0.9, np.nan]
-    clusters, cluster_of = find_clusters(result, texts, FindingsConfig(), bleu_gain=bleu)
-    top = clusters[0]
-    assert top.members == trio and top.max_bleu_gain == pytest.approx(0.9)
-    assert "BLEU gain up to 0.90" in top.reasons
-    assert top.risk_score == pytest.approx(cluster_risk(3, top.min_margin, 0.9))
-    assert all(c.max_bleu_gain is None for c in clusters[1:])  # all-NaN: no claim, not 0
-
-
-def test_find_clusters_nan_entries_never_link_or_crash():
-    losses, inclusion, texts, groups = _planted()
-    result = estimate(losses, inclusion, top_k=8)
-    g0 = [i for i, g in enumerate(groups) if g == "g0"]
-    result.top_se[g0] = np.nan  # undefined se: g0's links vanish
-    result.margin[:] = np.nan
-    result.margin_defined[:] = False
-    clusters, cluster_of = find_clusters(result, texts)
-    assert (cluster_of[g0] == -1).all()
-    assert len(clusters) == 2
-    assert all(c.min_margin is None for c in clusters)
-    assert not any("margin" in r for c in clusters for r in c.reasons)
-
-
-def test_adjusted_links_reject_chance_inclusion_overlap():
-    """Plain estimator: a record whose inclusion column overlaps t's by chance inherits t's
-    self-influence. Holding P[t] fixed (losses and inclusion given) removes the false link."""
-    rng = np.random.default_rng(3)
-    n, m = 40, 200
-    inclusion = rng.random((n, m)) < 0.5
-    inclusion[1] = inclusion[0]
-    inclusion[1, :20] = ~inclusion[1, :20]  # 90% agreement, no real effect of record 1
-    losses = 3.0 + rng.normal(0.0, 0.3, size=(n, m)) - 1.0 * inclusion
-    result = estimate(losses, inclusion, top_k=5)
-    texts = [f"record {k} {WORDS[k % len(WORDS)]}" for k in range(n)]
-    cfg = FindingsConfig(chance_overlap_guard=False)
-    _, plain = find_clusters(result, texts, cfg)
-    assert plain[0] >= 0 and plain[0] == plain[1]  # the false link the adjustment prevents
-    _, adjusted = find_clusters(result, texts, cfg, losses=losses, inclusion=inclusion)
-    assert (adjusted == -1).all()
-
-    # adjusted_influence equals the coefficient of an explicit least-squares fit
-    t, i = np.array([0, 5]), np.array([1, 6])
-    val, se = adjusted_influence(losses, inclusion, t, i)
-    for k in range(2):
-        x = np.column_stack([np.ones(m), inclusion[t[k]], inclusion[i[k]]]).astype(float)
-        beta, res, *_ = np.linalg.lstsq(x, losses[t[k]], rcond=None)
-        cov = res[0] / (m - 3) * np.linalg.inv(x.T @ x)
-        assert val[k] == pytest.approx(-beta[2]) and se[k] == pytest.approx(np.sqrt(cov[2, 2]))
-
-
-def test_adjusted_find_clusters_recovers_planted_groups():
-    losses, inclusion, texts, groups = _planted(seed=5)
-    result = estimate(losses, inclusion, top_k=8)
-    _, cluster_of = find_clusters(result, texts, losses=losses, inclusion=inclusion)
-    score = score_against_groups(cluster_of, groups)
-    assert score["pair_precision"] == 1.0 and score["pair_recall"] == 1.0
-
-
-def test_link_thresholds_grow_with_n_and_guard_small_m():
-    cfg = FindingsConfig()
-    z64, f64 = link_thresholds(cfg, 64, 64, adjusted=False)
-    z20k, _ = link_thresholds(cfg, 20_000, 1000, adjusted=True)
-    assert 4.4 < z64 < 4.7 and 6.2 < z20k < 6.6
-    assert f64 == 0.5  # sqrt(2 ln(2016) / 64) = 0.49 < 0.5
-    assert link_thresholds(cfg, 300, 24, adjusted=False)[1] > 0.9
-    assert link_thresholds(cfg, 300, 24, adjusted=True)[1] == 0.5
-    off = FindingsConfig(link_fwer=None, chance_overlap_guard=False)
-    assert link_thresholds(off, 300, 24, adjusted=False) == (4.0, 0.5)
-    with pytest.raises(ValueError):
-        FindingsConfig(link_fraction=1.5)
-
-
-# ---------------------------------------------------------------------------------------------
-# score_against_groups
-
-
-def test_score_against_groups_hand_made():
-    groups = ["a", "a", "a", "b", "b", "c", "c", None, "d", "d", "e"]
-    cluster_of = np.array([0, 0, 1, 1, 1, -1, -1, 1, 2, 2, -1])
-    s = score_against_groups(cluster_of, groups)
-    # predicted pairs: C(2,2) + C(4,2) + C(2,2) = 8; true: a 3, b 1, c 1, d 1 = 6 (e alone: 0)
-    # correct: (0,1) a, (3,4) b, (8,9) d = 3
-    assert (s["pairs_predicted"], s["pairs_true"], s["pairs_correct"]) == (8, 6, 3)
-    assert s["pair_precision"] == pytest.approx(3 / 8) and s["pair_recall"] == pytest.approx(0.5)
-    assert s["groups"] == 4  # the singleton group e has no pair to recover
-    assert s["groups_exact"] == 1  # d
-    assert s["groups_majority"] == 2  # a (2 of 3, and all of cluster 0), d; b is half of cl. 1
-    assert s["share_exact"] == 0.25 and s["share_majority"] == 0.5
-    assert s["ungrouped_records_clustered"] == 1 and s["clusters"] == 3
-    # found: a pure cluster holds >= 2 of the group (a in cluster 0, d in cluster 2)
-    assert s["groups_found"] == 2 and s["share_found"] == 0.5
-    assert s["clusters_pure"] == 2 and s["cluster_purity"] == pytest.approx(2 / 3)
-
-    none = score_against_groups(np.full(4, -1), ["a", "a", None, None])
-    assert none["pair_precision"] is None and none["pair_recall"] == 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# risky_unique_records
-
-
-def _fake_result(self_influence, self_se):
-    n = len(self_influence)
-    return InfluenceResult(
-        estimator="test",
-        n_models=100,
-        top_k=1,
-        self_influence=np.asarray(self_influence, dtype=float),
-        self_se=np.asarray(self_se, dtype=float),
-        n_in=np.full(n, 50),
-        n_out=np.full(n, 50),
-        top_idx=np.arange(n)[:, None],
-        top_val=np.asarray(self_influence, dtype=float)[:, None],
-        top_se=np.asarray(self_se, dtype=float)[:, None],
-        margin=np.full(n, np.nan),
-        margin_defined=np.zeros(n, dtype=bool),
-        top1_is_self=np.ones(n, dtype=bool),
+    inclusion, losses = run.inclusion(), np.nan_to_num(analysis.losses)
+    texts = [r.text for r in analysis.records]
+    clusters, cluster_of = find_clusters(
+        analysis.result,
+        texts,
+        cfg,
+        losses=losses,
+        inclusion=inclusion,
+        model_mask=analysis.valid,
     )
-
-
-def test_risky_unique_records_flags_reasons_and_ranking():
-    n = 20
-    self_infl = np.arange(n, dtype=float)
-    self_infl[0] = np.nan  # undefined: never flagged, never crashes
-    se = np.full(n, 0.1)
-    se[19] = 10.0  # top self-influence but not significant (z = 1.9)
-    result = _fake_result(self_infl, se)
-    cluster_of = np.full(n, -1)
-    cluster_of[[16, 17]] = 0
-    bleu = np.full(n, np.nan)
-    bleu[[3, 16]] = [0.45, 0.9]  # 16 is clustered: reported with its cluster, not here
-    auc = np.full(n, np.nan)
-    auc[7] = 0.95
-
-    found = risky_unique_records(result, cluster_of, FindingsConfig(), bleu, auc)
-    # risk = percentile + BLEU gain + (2 AUC - 1): 7 -> 7/19 + 0.9, 18 -> 18/19, 3 -> 3/19 + 0.45
-    assert [f.index for f in found] == [7, 18, 3]
-    by = {f.index: f for f in found}
-    assert by[7].risk_score == pytest.approx(7 / 19 + 0.9)
-    assert by[7].reasons == ["membership-inference AUC 0.95"]
-    assert by[3].reasons == ["BLEU gain 0.45 when trained on: extractable"]
-    assert len(by[18].reasons) == 1 and "self-influence 18.00" in by[18].reasons[0]
-    assert "z = 180.0" in by[18].reasons[0] and "top 10%" in by[18].reasons[0]
-
-    # Missing inputs: no BLEU or membership flags, reasons or zeros.
-    only_self = risky_unique_records(result, cluster_of)
-    assert [f.index for f in only_self] == [18]
-    text = " ".join(r for f in only_self for r in f.reasons)
-    assert "BLEU" not in text and "membership" not in text
-
-    capped = risky_unique_records(
-        result, cluster_of, dataclasses.replace(FindingsConfig(), top_records=1), bleu, auc
+    mia = membership_scores(losses, inclusion, analysis.valid)
+    risky = risky_unique_records(analysis.result, cluster_of, cfg, None, mia["mia_auc"])
+    assert found.clusters and found.risky
+    assert [c.members for c in found.clusters] == [c.members for c in clusters]
+    np.testing.assert_array_equal(found.cluster_of, cluster_of)
+    assert [(f.index, f.reasons) for f in found.risky] == [(f.index, f.reasons) for f in risky]
+    np.testing.assert_array_equal(found.membership["mia_auc"], mia["mia_auc"])
+    assert (found.link_z, found.link_fraction) == link_thresholds(
+        cfg, len(texts), int(analysis.valid.sum()), adjusted=True
     )
-    assert [f.index for f in capped] == [7]
-    with pytest.raises(ValueError):
-        risky_unique_records(result, cluster_of[:5])
+    # A run from the first release decoded nothing: no extraction, not zeros.
+    assert found.extraction == {} and found.n_extract == 0
+    assert extraction_metrics(run, inclusion) == ({}, 0)
+    assert found.shown_clusters == found.clusters[:2]
+    members = {m for c in found.clusters[:2] for m in c.members}
+    assert found.flagged() == members | {f.index for f in found.risky}
 
 
-def test_link_fraction_keeps_merely_helpful_records_apart():
-    """A record that lowers t's loss significantly but by a small fraction of t's own
-    influence (same topic, not a copy) is not a near-duplicate."""
-    rng = np.random.default_rng(4)
-    n, m = 30, 800
-    inclusion = rng.random((n, m)) < 0.5
-    losses = 3.0 + rng.normal(0.0, 0.1, size=(n, m)) - 1.0 * inclusion
-    losses[0] -= 0.3 * inclusion[1]  # helps: z about 8, fraction 0.3
-    result = estimate(losses, inclusion, top_k=5)
-    texts = [f"record {k} {WORDS[k % len(WORDS)]}" for k in range(n)]
-    assert result.top_idx[0, 1] == 1 and result.top_val[0, 1] / result.top_se[0, 1] > 6
-    _, strict = find_clusters(result, texts, FindingsConfig())
-    assert (strict == -1).all()
-    _, loose = find_clusters(result, texts, FindingsConfig(link_fraction=0.2))
-    assert loose[0] >= 0 and loose[0] == loose[1] and (loose[2:] == -1).all()
-
-
-def _saturating(seed, m, n_unique=40, n_groups=6, size=4):
-    """Groups whose copies partly substitute for each other (diminishing returns: the drop is
-    1 - prod(1 - w_s P_s) of the target's full drop, w = 0.9 for itself and 0.6 per copy), so
-    each copy's own effect on a mate is small once another copy is in."""
-    rng = np.random.default_rng(seed)
-    n = n_unique + n_groups * size
-    groups = [None] * n_unique + [f"g{g}" for g in range(n_groups) for _ in range(size)]
-    inclusion = rng.random((n, m)) < 0.5
-    drop = rng.uniform(3.0, 5.0, size=n)
-    losses = 6.0 + rng.normal(0.0, 0.5, size=(n, m))
-    grp = np.array([g or "" for g in groups])
-    for t in range(n):
-        mates = np.flatnonzero((grp == grp[t]) & (grp[t] != "") & (np.arange(n) != t))
-        kept = (1 - 0.9 * inclusion[t]) * np.prod(1 - 0.6 * inclusion[mates], axis=0)
-        losses[t] -= drop[t] * (1 - kept)
-    texts = [f"record {k} {WORDS[k % len(WORDS)]}" for k in range(n)]
-    return losses, inclusion, texts, groups
-
-
-def test_mutual_links_find_saturating_groups_with_the_adjusted_estimator_only():
-    from memaudit.estimate.adjusted import estimate_adjusted
-
-    precision, found = [], []
-    for seed in range(7, 15):
-        losses, inclusion, texts, groups = _saturating(seed=seed, m=32)
-        adjusted = estimate_adjusted(losses, inclusion, top_k=10)
-        clusters, cluster_of = find_clusters(adjusted, texts, losses=losses, inclusion=inclusion)
-        score = score_against_groups(cluster_of, groups)
-        precision.append(score["pair_precision"] or 0.0)
-        found.append(score["share_found"])
-        unique = np.array([g is None for g in groups])
-        assert (cluster_of[unique] == -1).all()
-        if seed == 7:
-            assert any(lk.basis == "mutual" for c in clusters for lk in c.links)
-            assert any("each other's top influencers" in c.reasons[0] for c in clusters)
-            # Switched off, or with the plain estimator (whose margins carry no such signal at
-            # this M), the mutual rule makes no link; the z rule alone finds (almost) nothing.
-            off = FindingsConfig(mutual_links=False)
-            kept, _ = find_clusters(adjusted, texts, off, losses=losses, inclusion=inclusion)
-            assert all(lk.basis == "evidence" for c in kept for lk in c.links)
-            plain = estimate(losses, inclusion, top_k=10)
-            kept, of = find_clusters(plain, texts, losses=losses, inclusion=inclusion)
-            assert all(lk.basis == "evidence" for c in kept for lk in c.links)
-            assert (score_against_groups(of, groups)["share_found"] or 0) <= 1 / 6
-    # Measured: mean pair precision 0.94 (worst seed 0.61), 79% of groups found.
-    assert np.mean(precision) >= 0.9 and np.mean(found) >= 0.7
-
-
-def _look_alikes(seed, m=128, classes=6, per_class=10, pairs=8):
-    """Image-like: every record lowers its classmates' losses by 0.35 of its own effect (so
-    margins are low everywhere and classmates fill each other's top lists), and each planted
-    pair's copies substitute for each other (0.8)."""
-    rng = np.random.default_rng(seed)
-    n = classes * per_class + 2 * pairs
-    label = np.concatenate([np.repeat(np.arange(classes), per_class), np.arange(2 * pairs) % 6])
-    groups = [None] * (classes * per_class) + [f"p{k // 2}" for k in range(2 * pairs)]
-    inclusion = rng.random((n, m)) < 0.5
-    losses = 5.0 + rng.normal(0.0, 0.2, size=(n, m)) - 2.0 * inclusion
-    same = (label[:, None] == label[None, :]) & ~np.eye(n, dtype=bool)
-    losses -= 0.35 * 2.0 * (same.astype(float) @ inclusion)
-    for k in range(pairs):
-        a, b = classes * per_class + 2 * k, classes * per_class + 2 * k + 1
-        losses[a] -= 3.0 * inclusion[b] * (1 - 0.3 * inclusion[a])
-        losses[b] -= 3.0 * inclusion[a] * (1 - 0.3 * inclusion[b])
-    texts = [f"record {k} {WORDS[k % len(WORDS)]}" for k in range(n)]
-    return losses, inclusion, texts, groups
-
-
-def test_mutual_fraction_drops_look_alikes_and_keeps_substitutes():
-    from memaudit.estimate.adjusted import estimate_adjusted
-
-    losses, inclusion, texts, groups = _look_alikes(seed=3)
-    result = estimate_adjusted(losses, inclusion, top_k=10)
-    kw = {"losses": losses, "inclusion": inclusion}
-    _, loose = find_clusters(result, texts, FindingsConfig(mutual_fraction=0.0), **kw)
-    _, strict = find_clusters(result, texts, FindingsConfig(mutual_fraction=0.6), **kw)
-    loose_score = score_against_groups(loose, groups)
-    strict_score = score_against_groups(strict, groups)
-    assert loose_score["pair_precision"] < 0.8  # classmates linked as "duplicates"
-    assert strict_score["pair_precision"] == 1.0
-    assert strict_score["pair_recall"] == 1.0 and strict_score["share_exact"] == 1.0
-    # None resolves by modality: 0 for text (as loose), 0.6 with images (as strict).
-    _, by_default = find_clusters(result, texts, FindingsConfig(), **kw)
-    assert (by_default == loose).all()
-    images = np.zeros((len(texts), 4, 4, 3), dtype=np.uint8)
-    _, for_images = find_clusters(result, texts, FindingsConfig(), images=images, **kw)
-    assert ((for_images >= 0) == (strict >= 0)).all()
-    with pytest.raises(ValueError, match="mutual_fraction"):
-        FindingsConfig(mutual_fraction=1.5)
-
-
-def test_joint_influence_equals_least_squares_per_target():
-    """The batched fit equals one np.linalg.lstsq per target; a repeated, complementary or
-    padding candidate is NaN and the fit goes on without it."""
-    from memaudit.findings.clusters import joint_influence
-
-    rng = np.random.default_rng(11)
-    n, m = 14, 60
-    inclusion = rng.random((n, m)) < 0.5
-    inclusion[5] = inclusion[4]
-    inclusion[6] = ~inclusion[4]
-    losses = 3.0 + rng.normal(0.0, 0.3, size=(n, m)) - 1.0 * inclusion - 0.5 * inclusion[[1]]
-    mask = np.arange(m) % 5 != 0
-    targets = np.array([0, 2, 3, 7])
-    cands = np.array([[1, 4, 5, 6], [1, 3, -1, 8], [4, 6, 9, 10], [2, 11, 12, 13]])
-    infl, se = joint_influence(losses, inclusion, targets, cands, model_mask=mask)
-    lm, pm = losses[:, mask], inclusion[:, mask].astype(float)
-    dropped = {(0, 2), (0, 3), (1, 2), (2, 1)}  # repeats / complements an earlier one; padding
-    for r, t in enumerate(targets):
-        cols = [t] + [c for q, c in enumerate(cands[r]) if (r, q) not in dropped]
-        x = np.column_stack([np.ones(mask.sum())] + [pm[c] for c in cols])
-        beta, res, *_ = np.linalg.lstsq(x, lm[t], rcond=None)
-        cov = res[0] / (mask.sum() - cands.shape[1] - 2) * np.linalg.inv(x.T @ x)
-        got = [0] + [q + 1 for q in range(cands.shape[1]) if (r, q) not in dropped]
-        np.testing.assert_allclose(infl[r, got], -beta[1:], rtol=1e-9)
-        np.testing.assert_allclose(se[r, got], np.sqrt(np.diag(cov)[1:]), rtol=1e-9)
-        assert np.isnan(infl[r, [q + 1 for q in range(4) if (r, q) in dropped]]).all()
-
-
-def test_membership_scores_in_row_blocks_equal_row_by_row():
-    rng = np.random.default_rng(12)
-    n, m = 2_100, 1_000  # more than one row block
-    inclusion = rng.random((n, m)) < 0.5
-    losses = rng.gamma(2.0, 1.0, size=(n, m)).round(1) - 0.3 * inclusion  # ties too
-    losses[2_050, 7] = np.nan
-    full = membership_scores(losses, inclusion)
-    rows = [0, 1_999, 2_000, 2_050, 2_099]
-    auc, dprime = _brute_membership(losses[rows], inclusion[rows])
-    np.testing.assert_allclose(full["mia_auc"][rows], auc, rtol=1e-12)
-    np.testing.assert_allclose(full["mia_dprime"][rows], dprime, rtol=1e-12)
-    assert full["n_in"][2_050] + full["n_out"][2_050] == m - 1
-
-
-def test_group_summary_equals_a_loop_over_planted_records():
-    from memaudit.data.records import Record
-    from memaudit.estimate.analysis import group_summary, top_other
-
-    losses, inclusion, texts, groups = _planted(seed=2)
-    groups[0] = "solo"  # a planted group of one: no mates, recall 0
-    records = [Record(t, str(t), texts[t], None, g, t) for t, g in enumerate(groups)]
-    for top_k in (1, 3, 8):
-        result = estimate(losses, inclusion, top_k=top_k)
-        got = group_summary(records, result)["near_duplicated"]
-        other, names = top_other(result), np.array([g or "" for g in groups])
-        hits, recalls = [], []
-        for t in np.flatnonzero(names != ""):
-            mates = set(np.flatnonzero(names == names[t])) - {t}
-            hits.append(other[t] in mates)
-            ranked = [i for i in result.top_idx[t] if i != t and i >= 0][: len(mates)]
-            recalls.append(len(mates.intersection(ranked)) / len(mates) if mates else 0.0)
-        assert got["top_other_in_group"] == np.mean(hits)
-        assert got["group_recall_at_size"] == np.mean(recalls)
+def test_image_run_links_by_pixels(tmp_path):
+    run = image_run(tmp_path / "run")
+    analysis = analyze_run(run, AnalysisConfig())
+    found = build_findings(run, analysis, FindingsConfig(link_z=2.0, link_fwer=None))
+    links = [lk for c in found.clusters for lk in c.links]
+    assert links
+    assert all(lk.pixel_similarity is not None and lk.lexical_similarity is None for lk in links)
+    # Records 0 and 1 are the same image: a visual near-duplicate pair.
+    pair = next(c for c in found.clusters if {0, 1} <= set(c.members))
+    assert pair.kind == "visual"
+    assert found.extraction == {}  # classifiers decode nothing

@@ -78,8 +78,9 @@ class DistributionSummary:
             return float(x) if np.isfinite(x) else None
 
         n_sig = int(self.n_significant[t])
+        qs = zip(QUANTILES, self.quantiles[t], strict=True)
         return {
-            "quantiles": {_qkey(q): num(v) for q, v in zip(QUANTILES, self.quantiles[t])},
+            "quantiles": {_qkey(q): num(v) for q, v in qs},
             "min": num(self.minimum[t]),
             "max": num(self.maximum[t]),
             "mean": num(self.mean[t]),

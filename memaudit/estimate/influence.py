@@ -58,9 +58,8 @@ class InfluenceResult:
 
         The file is written exactly at ``path`` (no suffix is appended).
         """
-        arrays = {
-            f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if f.name != "distribution"
-        }
+        names = [f.name for f in fields(self) if f.name != "distribution"]
+        arrays = {name: np.asarray(getattr(self, name)) for name in names}
         if self.distribution is not None:
             arrays |= self.distribution.arrays()
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -103,7 +103,8 @@ def test_summaries_survive_save_and_load(tmp_path):
     # A result without summaries (or an older file) loads with none.
     plain = estimate(losses, inc, top_k=3)
     plain.save(tmp_path / "p.npz")
-    assert plain.distribution is None and InfluenceResult.load(tmp_path / "p.npz").distribution is None
+    assert plain.distribution is None
+    assert InfluenceResult.load(tmp_path / "p.npz").distribution is None
 
 
 def test_without_standard_errors_significance_is_unknown():

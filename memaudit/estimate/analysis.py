@@ -15,6 +15,7 @@ import numpy as np
 from memaudit.config import AnalysisConfig
 from memaudit.data.records import Record
 from memaudit.errors import MemauditError
+from memaudit.estimate.distribution import QUANTILES, SIGNIFICANCE_RULE
 from memaudit.estimate.influence import InfluenceResult
 from memaudit.estimate.registry import run_estimator
 from memaudit.store.io import atomic_write_json
@@ -130,6 +131,7 @@ def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
         top_k=cfg.top_k,
         model_mask=valid,
         dense_path=dense,
+        distribution=True,
     )
     result.save(run.file("influence.npz"))
     summary = group_summary(records, result)
@@ -154,7 +156,52 @@ def influence_row(records: list[Record], result: InfluenceResult, t: int) -> dic
         "margin_defined": defined,
         "top1_is_self": bool(result.top1_is_self[t]),
         "top_influencers": top,
+        **distribution_row(result, t),
     }
+
+
+# -- the influence distribution of each record (memaudit.estimate.distribution) -----------------
+
+DISTRIBUTION_RULE = {
+    "quantiles": [float(q) for q in QUANTILES],
+    "over": "I[t, i] for the other records i != t with a defined influence",
+    "significance": SIGNIFICANCE_RULE,
+}
+
+
+def distribution_row(result: InfluenceResult, t: int) -> dict[str, Any]:
+    """{"distribution": target t's summaries} when the result has them, else {}."""
+    if result.distribution is None:
+        return {}
+    margin = _nan_to_none(result.margin[t]) if result.margin_defined[t] else None
+    return {"distribution": result.distribution.row(t, margin)}
+
+
+def rows_with_se(
+    estimator: str,
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    rows: np.ndarray,
+    model_mask: np.ndarray | None = None,
+    covariates: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full influence rows and their standard errors (two len(rows) x N arrays) of the targets
+    ``rows`` by the estimator a result names (or its option value), as the full estimate
+    computes them."""
+    from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED
+    from memaudit.estimate.adjusted import adjusted_block
+    from memaudit.estimate.influence import ESTIMATOR_NAME as PLAIN
+    from memaudit.estimate.influence import influence_block
+
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if model_mask is not None:
+        used = np.asarray(model_mask, dtype=bool)
+        losses, inclusion = np.asarray(losses)[:, used], np.asarray(inclusion)[:, used]
+    if estimator in (ADJUSTED, "adjusted"):
+        return adjusted_block(losses, inclusion, rows, covariates)
+    if estimator in (PLAIN, "plain"):
+        return influence_block(losses, inclusion, rows)
+    raise ValueError(f"unknown estimator {estimator!r}")
 
 
 def _write_influence_json(run, records, result, valid, summary, config) -> None:
@@ -173,6 +220,7 @@ def _write_influence_json(run, records, result, valid, summary, config) -> None:
             "excluded_models": [int(j) for j in np.flatnonzero(~valid)],
             "top_k": result.top_k,
             "margin_rule": MARGIN_RULE,
+            **({"distribution_rule": DISTRIBUTION_RULE} if result.distribution is not None else {}),
             "config": config["config"],
             "summary": summary,
             "records": rows,

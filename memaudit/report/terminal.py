@@ -254,7 +254,7 @@ def _ascii_only(out: Console) -> bool:
 
 def _strip_bins(width: int) -> int:
     """Sparkline bins for a console this wide: none on a narrow one (numbers only)."""
-    return 12 if width >= 90 else 8 if width >= 70 else 0
+    return 12 if width >= 70 else 0
 
 
 def distribution_strip(rec: dict, bins: int = 12, ascii_only: bool = False) -> Text:
@@ -289,8 +289,8 @@ def distribution_strip(rec: dict, bins: int = 12, ascii_only: bool = False) -> T
     if share is not None:
         parts.append(f"self {100 * share:.0f}%")
     if n_sig is not None:
-        parts.append(f"{n_sig} sig")
-    out.append(" ".join(parts))
+        parts.append(f"{n_sig} significant")
+    out.append(", ".join(parts), style="dim")
     return out
 
 
@@ -353,10 +353,12 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
             line += f", BLEU {_ms(nd['bleu'])} vs {_ms(un['bleu'])}"
         out.print(line)
 
-    # A one-line influence distribution beside each flagged record (reports from before 1.4
-    # have none); the sparkline only where the console is wide enough.
+    # A one-line influence distribution under each flagged record's text (reports from before
+    # 1.4 have none); the sparkline only where the console is wide enough.
     strips = any(r.get("distribution") for r in records)
     bins, ascii_only = _strip_bins(out.width), _ascii_only(out)
+    # The members' text gets what the other columns leave (56 at 100 columns, as before).
+    text_width = min(56, max(20, out.width - 44))
     by_id = {c["id"]: c for c in report["clusters"]}
     shown = report["findings"]["clusters"][:clusters]
     if shown:
@@ -376,26 +378,25 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
             ("BLEU in/out", "right"),
         ):
             members.add_column(col, justify=just, no_wrap=True)
-        if strips:
-            members.add_column("influence on it", no_wrap=True)
         base = records[c["members"][0]]
         for m in c["members"][:8]:
             r = records[m]
             text = (
-                _diff_text(base["text"], r["text"], 56)
+                _diff_text(base["text"], r["text"], text_width)
                 if r["text"] is not None
                 else Text(_label(r))
             )
+            if strips:  # on a line of its own under the text: the columns keep their room
+                text = Text("\n").join([text, distribution_strip(r, bins, ascii_only)])
             members.add_row(
                 r["id"][:16],
                 text,
                 _f(r["self_influence"]),
                 _f(r["margin"]),
                 f"{_f(r['bleu_in'])}/{_f(r['bleu_out'])}" if extraction else "–",
-                *([distribution_strip(r, bins, ascii_only)] if strips else []),
             )
         if len(c["members"]) > 8:
-            members.add_row("…", f"{len(c['members']) - 8} more", "", "", "", *[""] * strips)
+            members.add_row("…", f"{len(c['members']) - 8} more", "", "", "")
         out.print(members)
 
     if report.get("lowest_margin"):
@@ -407,17 +408,13 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
         rt = Table(show_edge=False, box=None, pad_edge=False)
         for col, just in (("id", "left"), ("text", "left"), ("why", "left")):
             rt.add_column(col, justify=just, overflow="fold")
-        if strips:
-            rt.add_column("influence on it", no_wrap=True)
         for f in risky:
             r = records[f["index"]]
             label = _label(r)
-            rt.add_row(
-                r["id"][:16],
-                label[:40] + ("…" if len(label) > 40 else ""),
-                "; ".join(f["reasons"]),
-                *([distribution_strip(r, bins, ascii_only)] if strips else []),
-            )
+            text = Text(label[:40] + ("…" if len(label) > 40 else ""))
+            if strips:
+                text = Text("\n").join([text, distribution_strip(r, bins, ascii_only)])
+            rt.add_row(r["id"][:16], text, "; ".join(f["reasons"]))
         out.print(rt)
     print_convergence(report.get("convergence"), out)
     for note in report["notes"]:

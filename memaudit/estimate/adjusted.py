@@ -176,6 +176,7 @@ def estimate_adjusted(
         estimator=ESTIMATOR_NAME,
         with_se=with_se,
         distribution=distribution,
+        fitted=c + 1,  # t and its c covariates
     )
 
 

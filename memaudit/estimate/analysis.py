@@ -177,6 +177,17 @@ def distribution_row(result: InfluenceResult, t: int) -> dict[str, Any]:
     return {"distribution": result.distribution.row(t, margin)}
 
 
+def test_df(estimator: str, n_models_used: int, covariates: int = 4) -> int:
+    """Degrees of freedom of the significance tests the estimator's summaries used."""
+    from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED
+    from memaudit.estimate.adjusted import covariate_count
+
+    fitted = (
+        covariate_count(n_models_used, covariates) + 1 if estimator in (ADJUSTED, "adjusted") else 0
+    )
+    return max(1, n_models_used - 2 - fitted)
+
+
 def rows_with_se(
     estimator: str,
     losses: np.ndarray,

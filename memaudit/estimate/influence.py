@@ -372,6 +372,7 @@ def estimate(
     estimator: str = ESTIMATOR_NAME,
     with_se: bool = True,
     distribution: bool = False,
+    fitted: int = 0,
 ) -> InfluenceResult:
     """Blockwise over targets so N = 20,000 never holds a dense N x N float64: per block
     compute I and SE, take per-row top-k, the self entries and margins.
@@ -391,7 +392,9 @@ def estimate(
     the findings' link candidates); the influence, top-k and margins are unchanged.
 
     distribution=True also summarizes every full row in the same pass (quantiles, significant
-    others, shares of the positive influence: memaudit.estimate.distribution).
+    others, shares of the positive influence: memaudit.estimate.distribution); ``fitted``: the
+    parameters already fitted to ``losses`` (the adjusted estimator's residuals), which its
+    t-tests take off the M - 2 degrees of freedom.
     """
     prep = _prepare(losses, inclusion, model_mask)
     n = prep.n_records
@@ -413,7 +416,7 @@ def estimate(
     margin = np.full(n, np.nan)
     margin_defined = np.zeros(n, dtype=bool)
     top1_is_self = np.zeros(n, dtype=bool)
-    summaries = Accumulator(n) if distribution else None
+    summaries = Accumulator(n, df=max(1, prep.n_models - 2 - fitted)) if distribution else None
 
     with contextlib.ExitStack() as stack:
         dense = None

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from scipy.stats import norm
+from scipy.stats import t as student
 
 from memaudit.estimate.adjusted import adjusted_block, estimate_adjusted
 from memaudit.estimate.distribution import (
@@ -28,7 +28,7 @@ def ensemble(n=40, m=24, seed=0):
     return losses, inc
 
 
-def brute(infl, se, t):
+def brute(infl, se, t, df):
     """Target t's summaries, one row at a time, by the plain definitions."""
     row, s = infl[t], se[t]
     others = np.delete(np.arange(len(row)), t)
@@ -36,12 +36,12 @@ def brute(infl, se, t):
     v = row[ok]
     # Benjamini-Hochberg over the tested others, one-sided (I > 0).
     tested = ok[np.isfinite(s[ok])]
-    p = np.sort(norm.sf(row[tested] / s[tested]))
+    p = np.sort(student.sf(row[tested] / s[tested], df))
     m = len(p)
     passed = [k for k in range(1, m + 1) if p[k - 1] <= k * FDR / m]
     n_sig = max(passed, default=0)
     # The discoveries: the n_sig smallest p-values (no ties in continuous data).
-    pvals = norm.sf(row[tested] / s[tested])
+    pvals = student.sf(row[tested] / s[tested], df)
     found = tested[np.argsort(pvals)[:n_sig]]
     top = np.sort(row[found])[::-1]
     top = np.concatenate([top, np.zeros(5)])
@@ -61,10 +61,10 @@ def brute(infl, se, t):
     }
 
 
-def check(summary: DistributionSummary, infl, se):
+def check(summary: DistributionSummary, infl, se, df):
     n = infl.shape[0]
     for t in range(n):
-        want = brute(infl, se, t)
+        want = brute(infl, se, t, df)
         for key, value in want.items():
             got = getattr(summary, key)[t]
             np.testing.assert_allclose(got, value, rtol=1e-9, atol=1e-12, err_msg=f"{key} t={t}")
@@ -76,7 +76,7 @@ def test_plain_summaries_equal_brute_force(block_rows):
     res = estimate(losses, inc, top_k=3, block_rows=block_rows, distribution=True)
     infl, se = influence_block(losses, inc, np.arange(len(losses)))
     assert np.isnan(infl[:, 7]).all()  # the undefined column is left out, not counted
-    check(res.distribution, infl, se)
+    check(res.distribution, infl, se, df=24 - 2)
     # The pairs are found: each has a significant mate and a lower self share than the rest.
     d = res.distribution
     assert (d.n_significant[:6] >= 1).all()
@@ -90,7 +90,7 @@ def test_adjusted_summaries_equal_brute_force(block_rows):
     res = estimate_adjusted(losses, inc, top_k=3, block_rows=block_rows, distribution=True)
     infl, se = adjusted_block(losses, inc, np.arange(len(losses)))
     np.testing.assert_allclose(res.self_influence, np.diag(infl), rtol=1e-9)
-    check(res.distribution, infl, se)
+    check(res.distribution, infl, se, df=24 - 2 - 5)  # 4 covariates and t itself
 
 
 def test_summaries_survive_save_and_load(tmp_path):

@@ -380,7 +380,7 @@ class Audit:
         """Record t's influence-distribution summaries (as in influence.json's "distribution":
         quantiles of I[t, i] over i != t, significant others, shares of the positive influence,
         margin), from influence.npz when it has them, else from :meth:`influence_row`."""
-        from memaudit.estimate.analysis import test_df
+        from memaudit.estimate.analysis import significance_df
         from memaudit.estimate.distribution import summarize_block
         from memaudit.estimate.influence import InfluenceResult
 
@@ -396,7 +396,7 @@ class Audit:
         ranked = np.sort(infl[np.isfinite(infl)])[::-1]
         margin = float(ranked[0] / ranked[1]) if ranked.size > 1 and ranked[1] > 0 else None
         used = int(self.run_dir.collect_losses(len(records), self.inclusion().shape[1])[1].sum())
-        df = test_df(row["estimator"], used, self.config.analysis.covariates)
+        df = significance_df(row["estimator"], used, self.config.analysis.covariates)
         summary = summarize_block(np.array([t]), infl[None, :].copy(), se[None, :], df)
         return {"index": t, "id": records[t].id, **summary.row(0, margin)}
 

@@ -177,7 +177,7 @@ def distribution_row(result: InfluenceResult, t: int) -> dict[str, Any]:
     return {"distribution": result.distribution.row(t, margin)}
 
 
-def test_df(estimator: str, n_models_used: int, covariates: int = 4) -> int:
+def significance_df(estimator: str, n_models_used: int, covariates: int = 4) -> int:
     """Degrees of freedom of the significance tests the estimator's summaries used."""
     from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED
     from memaudit.estimate.adjusted import covariate_count

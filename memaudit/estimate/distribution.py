@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtr, ndtri, stdtr, stdtrit
+from scipy.special import ndtri, stdtrit
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 TOP_OTHERS = 5
@@ -217,7 +217,7 @@ def _bh(
     b = infl.shape[0]
     tested = finite & np.isfinite(se)
     m = tested.sum(axis=1)
-    crit = -ndtri(FDR) if df is None else -stdtrit(df, FDR)
+    crit = _critical(FDR, df)
     with np.errstate(invalid="ignore"):
         # p <= FDR  <=>  I >= crit * SE (SE == 0 with I > 0: p = 0).
         cand = tested & (infl >= crit * se) & (infl > 0)
@@ -225,12 +225,17 @@ def _bh(
     del cand
     with np.errstate(divide="ignore"):
         z = infl[r, c] / se[r, c]
-    p = ndtr(-z) if df is None else stdtr(df, -z)
-    order = np.lexsort((p, r))
-    r, c, p = r[order], c[order], p[order]
+    # Ascending p == descending z, so BH's p_(k) <= k FDR / m is z_(k) >= crit(k FDR / m): the
+    # critical values are computed once per distinct m, not a p-value per candidate.
+    order = np.lexsort((-z, r))
+    r, c, z = r[order], c[order], z[order]
     starts = np.searchsorted(r, np.arange(b))
     rank = np.arange(r.size) - starts[r] + 1
-    ok = p <= rank * FDR / m[r]
+    ok = np.zeros(r.size, dtype=bool)
+    for mi in np.unique(m[r]):
+        sel = m[r] == mi
+        levels = np.arange(1, rank[sel].max() + 1) * FDR / mi
+        ok[sel] = z[sel] >= _critical(levels, df)[rank[sel] - 1]
     count = np.zeros(b, dtype=np.int64)
     np.maximum.at(count, r[ok], rank[ok])
     # The discoveries: the `count` smallest p of each row. Their influences, largest first.
@@ -245,6 +250,11 @@ def _bh(
     rest = np.bincount(r[~head], weights=v[~head], minlength=b)
     top[:, TOP_OTHERS] = rest
     return count, top
+
+
+def _critical(alpha: float | np.ndarray, df: float | None) -> np.ndarray:
+    """One-sided critical values: P(T >= crit) = alpha, T normal (df None) or Student's t."""
+    return -ndtri(alpha) if df is None else -stdtrit(df, alpha)
 
 
 def histogram(row: np.ndarray, t: int, bins: int = 60) -> dict[str, Any]:

@@ -225,6 +225,19 @@ def _bh(
     del cand
     with np.errstate(divide="ignore"):
         z = infl[r, c] / se[r, c]
+    # Every discovery has p <= R FDR / m <= n FDR / m where n counts the row's p <= the previous
+    # bound: shrinking the bound so (it never falls below BH's R) leaves the few that matter,
+    # typically 5% of N -> 0.3%, before any sorting.
+    n_kept = np.bincount(r, minlength=b)
+    for _ in range(8):
+        with np.errstate(divide="ignore"):
+            bound = _critical(np.minimum(n_kept * FDR / np.maximum(m, 1), FDR), df)
+        keep = z >= bound[r]
+        r, c, z = r[keep], c[keep], z[keep]
+        shrunk = np.bincount(r, minlength=b)
+        if (shrunk == n_kept).all():
+            break
+        n_kept = shrunk
     # Ascending p == descending z, so BH's p_(k) <= k FDR / m is z_(k) >= crit(k FDR / m): the
     # critical values are computed once per distinct m, not a p-value per candidate.
     order = np.lexsort((-z, r))

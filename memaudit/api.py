@@ -348,6 +348,76 @@ class Audit:
         """L (N x M), NaN in the columns of models without a valid result."""
         return self.run_dir.collect_losses(len(self.records()), self.inclusion().shape[1])[0]
 
+    # -- one record's influence distribution ----------------------------------------------------
+    def _target(self, t: int | str, records: list[Record]) -> int:
+        """A record index, or a record id, as an index into the run's records."""
+        if isinstance(t, str):
+            for i, r in enumerate(records):
+                if r.id == t:
+                    return i
+            raise MemauditError(f"record id {t!r} is not in {self.run_dir.path}")
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < len(records):
+            raise MemauditError(f"record index {t!r} is out of range (0..{len(records) - 1})")
+        return int(t)
+
+    def influence_row(self, t: int | str) -> dict[str, Any]:
+        """Record t's full influence row (t: an index or a record id), computed from the run
+        directory by the run's estimator: {"index", "id", "estimator", "influence" (N,),
+        "se" (N,)}, where influence[i] = I[t, i] (i = t: the self-influence) and se its
+        standard error, as numpy arrays in record order (NaN where undefined)."""
+        from memaudit.estimate.analysis import rows_with_se
+        from memaudit.estimate.influence import InfluenceResult
+
+        records = self.records()
+        t = self._target(t, records)
+        inclusion = self.inclusion()
+        losses, valid = self.run_dir.collect_losses(len(records), inclusion.shape[1])
+        saved = self.run_dir.file("influence.npz")
+        estimator = (
+            InfluenceResult.load(saved).estimator
+            if saved.exists()
+            else self.config.analysis.estimator
+        )
+        infl, se = rows_with_se(
+            estimator,
+            np.nan_to_num(losses),
+            inclusion,
+            np.array([t]),
+            model_mask=valid,
+            covariates=self.config.analysis.covariates,
+        )
+        return {
+            "index": t,
+            "id": records[t].id,
+            "estimator": estimator,
+            "influence": infl[0],
+            "se": se[0],
+        }
+
+    def distribution(self, t: int | str) -> dict[str, Any]:
+        """Record t's influence-distribution summaries (as in influence.json's "distribution":
+        quantiles of I[t, i] over i != t, significant others, shares of the positive influence,
+        margin), from influence.npz when it has them, else from :meth:`influence_row`."""
+        from memaudit.estimate.analysis import significance_df
+        from memaudit.estimate.distribution import summarize_block
+        from memaudit.estimate.influence import InfluenceResult
+
+        records = self.records()
+        t = self._target(t, records)
+        saved = self.run_dir.file("influence.npz")
+        res = InfluenceResult.load(saved) if saved.exists() else None
+        if res is not None and res.distribution is not None:
+            margin = float(res.margin[t]) if res.margin_defined[t] else None
+            return {"index": t, "id": records[t].id, **res.distribution.row(t, margin)}
+        row = self.influence_row(t)
+        infl, se = row["influence"], row["se"]
+        ranked = np.sort(infl[np.isfinite(infl)])[::-1]
+        margin = float(ranked[0] / ranked[1]) if ranked.size > 1 and ranked[1] > 0 else None
+        used = int(self.run_dir.collect_losses(len(records), self.inclusion().shape[1])[1].sum())
+        df = significance_df(row["estimator"], used, self.config.analysis.covariates)
+        summary = summarize_block(np.array([t]), infl[None, :].copy(), se[None, :], df)
+        return {"index": t, "id": records[t].id, **summary.row(0, margin)}
+
 
 def run(
     data: str | Path, model: str, out: str | Path | None = None, **options: Any

@@ -131,11 +131,13 @@ def estimate_adjusted(
     block_rows: int | None = None,
     dense_path: str | os.PathLike[str] | None = None,
     with_se: bool = True,
+    distribution: bool = False,
 ) -> InfluenceResult:
     """Regression-adjusted influence (module docstring), with the same outputs as
     :func:`memaudit.estimate.influence.estimate`; ``covariates`` influencers beyond t are found in
     ``rounds`` rounds (each one blockwise pass of the plain estimator over the residuals,
-    influence only). ``with_se=False``: no standard errors in the final pass either."""
+    influence only). ``with_se=False``: no standard errors in the final pass either.
+    ``distribution``: summarize each adjusted row in the final pass (as in ``estimate``)."""
     losses = np.asarray(losses, dtype=np.float64)
     inc = np.asarray(inclusion).astype(bool)
     if model_mask is not None:
@@ -170,6 +172,8 @@ def estimate_adjusted(
         corrections=(sets, -coef),
         estimator=ESTIMATOR_NAME,
         with_se=with_se,
+        distribution=distribution,
+        fitted=c + 1,  # t and its c covariates
     )
 
 

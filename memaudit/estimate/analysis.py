@@ -15,6 +15,7 @@ import numpy as np
 from memaudit.config import AnalysisConfig
 from memaudit.data.records import Record
 from memaudit.errors import MemauditError
+from memaudit.estimate.distribution import QUANTILES, SIGNIFICANCE_RULE
 from memaudit.estimate.influence import InfluenceResult
 from memaudit.estimate.registry import get_estimator
 from memaudit.store.io import atomic_write_json
@@ -126,6 +127,7 @@ def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
         top_k=cfg.top_k,
         model_mask=valid,
         dense_path=dense,
+        distribution=True,
     )
     result.save(run.file("influence.npz"))
     summary = group_summary(records, result)
@@ -150,7 +152,50 @@ def influence_row(records: list[Record], result: InfluenceResult, t: int) -> dic
         "margin_defined": defined,
         "top1_is_self": bool(result.top1_is_self[t]),
         "top_influencers": top,
+        **distribution_row(result, t),
     }
+
+
+# -- the influence distribution of each record (memaudit.estimate.distribution) -----------------
+
+DISTRIBUTION_RULE = {
+    "quantiles": [float(q) for q in QUANTILES],
+    "over": "I[t, i] for the other records i != t with a defined influence",
+    "significance": SIGNIFICANCE_RULE,
+}
+
+
+def distribution_row(result: InfluenceResult, t: int) -> dict[str, Any]:
+    """{"distribution": target t's summaries} when the result has them, else {}."""
+    if result.distribution is None:
+        return {}
+    margin = _nan_to_none(result.margin[t]) if result.margin_defined[t] else None
+    return {"distribution": result.distribution.row(t, margin)}
+
+
+def significance_df(estimator: str, n_models_used: int, covariates: int = 4) -> int:
+    """Degrees of freedom of the significance tests the estimator's summaries used."""
+    from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED
+    from memaudit.estimate.adjusted import covariate_count
+
+    fitted = (
+        covariate_count(n_models_used, covariates) + 1 if estimator in (ADJUSTED, "adjusted") else 0
+    )
+    return max(1, n_models_used - 2 - fitted)
+
+
+def rows_with_se(
+    estimator: str,
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    rows: np.ndarray,
+    model_mask: np.ndarray | None = None,
+    covariates: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full influence rows and their standard errors (two len(rows) x N arrays) of the targets
+    ``rows`` by the estimator a result names (or its option value), as the full estimate
+    computes them."""
+    return get_estimator(estimator).rows_with_se(losses, inclusion, rows, model_mask, covariates)
 
 
 def _write_influence_json(run, records, result, valid, summary, config) -> None:
@@ -169,6 +214,7 @@ def _write_influence_json(run, records, result, valid, summary, config) -> None:
             "excluded_models": [int(j) for j in np.flatnonzero(~valid)],
             "top_k": result.top_k,
             "margin_rule": MARGIN_RULE,
+            **({"distribution_rule": DISTRIBUTION_RULE} if result.distribution is not None else {}),
             "config": config["config"],
             "summary": summary,
             "records": rows,

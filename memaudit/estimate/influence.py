@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from memaudit.estimate.budget import influence_block_rows
+from memaudit.estimate.distribution import Accumulator, DistributionSummary
 from memaudit.store.io import atomic_path
 
 ESTIMATOR_NAME = "difference-of-means"
@@ -43,13 +44,19 @@ class InfluenceResult:
     margin: np.ndarray  # (N,) float64: largest / second-largest influence on t; NaN if undefined
     margin_defined: np.ndarray  # (N,) bool
     top1_is_self: np.ndarray  # (N,) bool: top_idx[t, 0] == t
+    # Per-target summaries of the whole row (estimate(..., distribution=True)); None otherwise
+    # and in files written before they existed.
+    distribution: DistributionSummary | None = None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write one .npz (no pickle) atomically, so readers never see a partial file.
 
         The file is written exactly at ``path`` (no suffix is appended).
         """
-        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
+        names = [f.name for f in fields(self) if f.name != "distribution"]
+        arrays = {name: np.asarray(getattr(self, name)) for name in names}
+        if self.distribution is not None:
+            arrays |= self.distribution.arrays()
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
@@ -71,6 +78,7 @@ class InfluenceResult:
                 margin=data["margin"].astype(np.float64),
                 margin_defined=data["margin_defined"].astype(bool),
                 top1_is_self=data["top1_is_self"].astype(bool),
+                distribution=DistributionSummary.from_arrays(data),
             )
 
 
@@ -357,6 +365,8 @@ def estimate(
     corrections: tuple[np.ndarray, np.ndarray] | None = None,
     estimator: str = ESTIMATOR_NAME,
     with_se: bool = True,
+    distribution: bool = False,
+    fitted: int = 0,
 ) -> InfluenceResult:
     """Blockwise over targets so N = 20,000 never holds a dense N x N float64: per block
     compute I and SE, take per-row top-k, the self entries and margins.
@@ -374,6 +384,11 @@ def estimate(
     with_se=False computes the influence alone (half the matrix product): self_se and top_se
     are NaN. For passes that only rank influencers (the adjusted estimator's covariate rounds,
     the findings' link candidates); the influence, top-k and margins are unchanged.
+
+    distribution=True also summarizes every full row in the same pass (quantiles, significant
+    others, shares of the positive influence: memaudit.estimate.distribution); ``fitted``: the
+    parameters already fitted to ``losses`` (the adjusted estimator's residuals), which its
+    t-tests take off the M - 2 degrees of freedom.
     """
     prep = _prepare(losses, inclusion, model_mask)
     n = prep.n_records
@@ -395,6 +410,7 @@ def estimate(
     margin = np.full(n, np.nan)
     margin_defined = np.zeros(n, dtype=bool)
     top1_is_self = np.zeros(n, dtype=bool)
+    summaries = Accumulator(n, df=max(1, prep.n_models - 2 - fitted)) if distribution else None
 
     with contextlib.ExitStack() as stack:
         dense = None
@@ -422,6 +438,8 @@ def estimate(
                 top_se[rows] = np.where(
                     idx >= 0, np.take_along_axis(se, np.maximum(idx, 0), 1), np.nan
                 )
+            if summaries is not None:  # last: it partitions infl in place
+                summaries.add(rows, infl, se)
             del infl, se
         if dense is not None:
             dense.flush()
@@ -441,4 +459,5 @@ def estimate(
         margin=margin,
         margin_defined=margin_defined,
         top1_is_self=top1_is_self,
+        distribution=summaries.result() if summaries is not None else None,
     )

@@ -41,12 +41,24 @@ class Estimator:
     ) -> np.ndarray:
         """Full influence rows (len(rows) x N) of the targets ``rows``, as the full estimate
         would give them (the report's heatmap, image pairs, the bootstrap of margins)."""
+        return self.rows_with_se(losses, inclusion, rows, model_mask, covariates)[0]
+
+    def rows_with_se(
+        self,
+        losses: np.ndarray,
+        inclusion: np.ndarray,
+        rows: np.ndarray,
+        model_mask: np.ndarray | None = None,
+        covariates: int = 4,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`rows` and their standard errors (two len(rows) x N arrays)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if model_mask is not None:
             used = np.asarray(model_mask, dtype=bool)
             losses, inclusion = np.asarray(losses)[:, used], np.asarray(inclusion)[:, used]
         return self._rows(np.asarray(losses), np.asarray(inclusion), rows, covariates)
 
-    def _rows(self, losses, inclusion, rows, covariates) -> np.ndarray:
+    def _rows(self, losses, inclusion, rows, covariates) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -64,7 +76,7 @@ class Plain(Estimator):
         return influence.estimate(losses, inclusion, **kwargs)
 
     def _rows(self, losses, inclusion, rows, covariates):
-        return influence.influence_block(losses, inclusion, rows)[0]
+        return influence.influence_block(losses, inclusion, rows)
 
 
 class Adjusted(Estimator):
@@ -78,7 +90,7 @@ class Adjusted(Estimator):
         return adjusted.estimate_adjusted(losses, inclusion, covariates=covariates, **kwargs)
 
     def _rows(self, losses, inclusion, rows, covariates):
-        return adjusted.adjusted_block(losses, inclusion, rows, covariates)[0]
+        return adjusted.adjusted_block(losses, inclusion, rows, covariates)
 
 
 # "adjusted" is the default: on the tiny-model demo (M = 32) it separates near-duplicated from

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import FindingsConfig
-from memaudit.estimate.analysis import Analysis, describe, influence_row
+from memaudit.estimate.analysis import (
+    DISTRIBUTION_RULE,
+    Analysis,
+    describe,
+    influence_row,
+)
+from memaudit.estimate.distribution import histogram
 from memaudit.estimate.registry import get_estimator
 from memaudit.findings.build import Findings, build_findings
 from memaudit.findings.clusters import mutual_fraction
@@ -104,6 +110,7 @@ def build_report(
         columns |= {"bleu": extraction["bleu_in"], "bleu_gain": extraction["bleu_gain"]}
     if "fz_memorization" in image_columns:
         columns["fz_memorization"] = image_columns["fz_memorization"]
+    columns |= _distribution_columns(res)
     table = _group_table({"in_clusters": cluster_of >= 0, "unique": cluster_of < 0}, columns)
     groups = [r.group for r in records]
     ground_truth = None
@@ -176,9 +183,33 @@ def build_report(
             covariates=_covariates(saved),
         )
         flagged["matrix"] = block[:, flagged_idx]
+        _add_histograms(report, res, flagged_idx, block)
     if modality.classifies:
         flagged["image"] = image_side
     return report, flagged
+
+
+# -- each record's influence distribution (memaudit.estimate.distribution) ----------------------
+
+
+def _distribution_columns(res) -> dict[str, np.ndarray]:
+    """Per-group columns of the summary tables: the self share and the significant others."""
+    d = res.distribution
+    if d is None:
+        return {}
+    n_sig = np.where(d.n_significant >= 0, d.n_significant, np.nan).astype(np.float64)
+    return {"self_share": d.self_share, "n_significant": n_sig}
+
+
+def _add_histograms(report: dict[str, Any], res, flagged_idx: list[int], block) -> None:
+    """Each flagged record's row as a histogram (the HTML and terminal draw it; ids only, so a
+    redacted report stays text-free), and the rule the summaries follow."""
+    if res.distribution is None:
+        return
+    report["distribution_rule"] = DISTRIBUTION_RULE
+    for k, t in enumerate(flagged_idx):
+        row = report["records"][t]
+        row.setdefault("distribution", {})["histogram"] = histogram(block[k], t)
 
 
 def _covariates(saved: dict[str, Any]) -> int:

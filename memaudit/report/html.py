@@ -902,6 +902,179 @@ def _influence_row_svg(row: np.ndarray, t: int, top: Any, salt: str) -> str:
         return _svg(fig, salt)
 
 
+# --------------------------------------------------------------------------------------------
+# each flagged record's influence distribution (report.json "distribution", schema 1.4)
+
+TOP_MARKED = 5  # top influencers marked and named on a record's histogram
+
+
+def _marks(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Self, then the record's strongest other influencers (ids only: never text)."""
+    t = rec.get("index")
+    out = []
+    if _num(rec.get("self_influence")) is not None:
+        out.append({"id": rec.get("id"), "influence": _num(rec["self_influence"]), "self": True})
+    for e in rec.get("top_influencers") or []:
+        if e.get("index") != t and _num(e.get("influence")) is not None:
+            out.append({"id": e.get("id"), "influence": _num(e["influence"]), "self": False})
+        if len(out) > TOP_MARKED:
+            break
+    return out
+
+
+def _hist_svg(
+    hist: dict[str, Any], marks: list[dict[str, Any]], width: int, height: int, named: int
+) -> str:
+    """A hand-drawn SVG histogram of log counts with vertical marks (self solid blue, others
+    dashed vermillion), self and the first ``named`` others labelled by id, one label per line
+    above the bars. Every label is escaped."""
+    counts = [int(c) for c in hist.get("counts") or []]
+    lo, hi = _num(hist.get("lo")), _num(hist.get("hi"))
+    if not counts or lo is None or hi is None or hi <= lo:
+        return ""
+    labelled = [m for m in marks if m["self"]][:1] + [m for m in marks if not m["self"]][:named]
+    top_pad = 10 * len(labelled) + 2
+    axis = 12
+    plot_h = height - top_pad - axis
+    peak = math.log1p(max(max(counts), 1))
+    bw = width / len(counts)
+    step = (hi - lo) / len(counts)
+    parts = [
+        f"<svg class='dist' role='img' viewBox='0 0 {width} {height}' width='{width}' "
+        f"height='{height}'><title>influence on this record from every other record "
+        "(log counts)</title>"
+    ]
+    for k, c in enumerate(counts):
+        if c:
+            h = max(1.0, plot_h * math.log1p(c) / peak)
+            parts.append(
+                f"<rect x='{k * bw:.2f}' y='{top_pad + plot_h - h:.2f}' "
+                f"width='{max(bw - 0.5, 0.5):.2f}' height='{h:.2f}' fill='#9a9a9a'><title>"
+                f"{c} record{'s' if c != 1 else ''}: {_esc(_fmt(lo + k * step))} to "
+                f"{_esc(_fmt(lo + (k + 1) * step))}</title></rect>"
+            )
+    for m in marks:
+        x = min(max((m["influence"] - lo) / (hi - lo) * width, 0.75), width - 0.75)
+        color = COLOR_UNIQUE if m["self"] else COLOR_CLUSTERED
+        dash = "" if m["self"] else " stroke-dasharray='3 2'"
+        who = "self" if m["self"] else _short_id(m["id"], 18)
+        line = next((i for i, e in enumerate(labelled) if e is m), None)
+        y1 = top_pad - 2 if line is None else 10 * line + 11
+        parts.append(
+            f"<line x1='{x:.2f}' x2='{x:.2f}' y1='{y1}' y2='{top_pad + plot_h}' "
+            f"stroke='{color}' stroke-width='1.5'{dash}><title>{_esc(who)}: "
+            f"{_esc(_fmt(m['influence']))}</title></line>"
+        )
+        if line is not None:
+            anchor = "end" if x > width * 0.6 else "start"
+            nudge = -2 if anchor == "end" else 2
+            parts.append(
+                f"<text x='{x + nudge:.2f}' y='{10 * line + 9}' font-size='9' "
+                f"text-anchor='{anchor}' fill='{color}'>{_esc(who)} {_esc(_fmt(m['influence']))}"
+                "</text>"
+            )
+    base = top_pad + plot_h
+    parts.append(
+        f"<line x1='0' x2='{width}' y1='{base}' y2='{base}' stroke='#555' stroke-width='0.6'/>"
+        f"<text x='0' y='{height - 2}' font-size='9' fill='#444'>{_esc(_fmt(lo))}</text>"
+        f"<text x='{width}' y='{height - 2}' font-size='9' text-anchor='end' fill='#444'>"
+        f"{_esc(_fmt(hi))}</text>"
+    )
+    if lo < 0 < hi and 0.1 < -lo / (hi - lo) < 0.9:
+        parts.append(
+            f"<text x='{-lo / (hi - lo) * width:.2f}' y='{height - 2}' font-size='9' "
+            "text-anchor='middle' fill='#444'>0</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _dist_data(rec: dict[str, Any]) -> str:
+    """The histogram and its marks as an escaped data-* attribute value: the drawing's data,
+    embedded in the page for whoever wants the numbers (no script reads it)."""
+    import json
+
+    d = rec.get("distribution") or {}
+    h = d.get("histogram") or {}
+    payload = {
+        "index": rec.get("index"),
+        "lo": h.get("lo"),
+        "hi": h.get("hi"),
+        "counts": h.get("counts") or [],
+        "marks": _marks(rec),
+    }
+    return _esc(json.dumps(payload, separators=(",", ":"), allow_nan=False))
+
+
+def _dist_cell(rec: dict[str, Any]) -> str:
+    """The small histogram beside a flagged record, with self and its top influencer named."""
+    d = rec.get("distribution") or {}
+    if not d.get("histogram"):
+        return "<td class='muted'>—</td>"
+    marks = _marks(rec)
+    svg = _hist_svg(d["histogram"], marks, 190, 58, named=1)
+    others = [m for m in marks if not m["self"]]
+    sub = []
+    if _num(d.get("self_share")) is not None:
+        sub.append(f"self {_pct(d['self_share'])}")
+    if d.get("n_significant") is not None:
+        sub.append(
+            f"{_esc(d['n_significant'])} significant other{'s' if d['n_significant'] != 1 else ''}"
+        )
+    if others:
+        sub.append(f"top other <code>{_esc(_short_id(others[0]['id'], 18))}</code>")
+    return (
+        f"<td class='distcell'><div class='dist' data-hist='{_dist_data(rec)}'>{svg}</div>"
+        f"<div class='sub'>{' · '.join(sub)}</div></td>"
+    )
+
+
+def _dist_details(rec: dict[str, Any], colspan: int) -> str:
+    """A full-width row that opens on demand: the record's whole distribution (wide histogram,
+    top influencers named), its quantiles and shares, and the top influencers with z."""
+    d = rec.get("distribution") or {}
+    if not d.get("histogram"):
+        return ""
+    marks = _marks(rec)
+    svg = _hist_svg(d["histogram"], marks, 640, 170, named=TOP_MARKED)
+    qs = d.get("quantiles") or {}
+    qhead = "".join(f"<th>{_esc(k.replace('q', '', 1))}%</th>" for k in qs)
+    qrow = "".join(f"<td class='num'>{_fmt(v)}</td>" for v in qs.values())
+    facts = [
+        ("others with a defined influence", _esc(d.get("n_others"))),
+        ("significantly positive others", _esc(d.get("n_significant", "—"))),
+        ("self share of the positive influence", _pct(d.get("self_share"))),
+        ("top-1 other's share", _pct(d.get("top1_share"))),
+        ("top-5 others' share", _pct(d.get("top5_share"))),
+        ("margin", _fmt(d.get("margin"))),
+        ("mean ± std of the others", f"{_fmt(d.get('mean'))} ± {_fmt(d.get('std'))}"),
+        ("min / max of the others", f"{_fmt(d.get('min'))} / {_fmt(d.get('max'))}"),
+    ]
+    kv = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
+    t = rec.get("index")
+    tops = []
+    for e in rec.get("top_influencers") or []:
+        v, se = _num(e.get("influence")), _num(e.get("se"))
+        z = _fmt(v / se, 3) if v is not None and se else "—"
+        who = "self" if e.get("index") == t else ""
+        tops.append(
+            f"<tr><td><code>{_esc(e.get('id'))}</code> {who}</td>"
+            f"<td class='num'>{_fmt_pm(v, se)}</td><td class='num'>{z}</td></tr>"
+        )
+    return (
+        f"<tr class='distrow'><td colspan='{colspan}'><details class='dist'><summary>Influence "
+        f"distribution of <code>{_esc(rec.get('id'))}</code></summary>"
+        f"<div class='distfull'><div>{svg}<p class='sub'>Counts (log scale) of I[t, i] over the "
+        "other records i; self (solid blue) and the strongest other influencers (dashed) are "
+        "marked and named.</p>"
+        f"<table class='data quant'><thead><tr><th>quantile</th>{qhead}</tr></thead><tbody>"
+        f"<tr><th>I[t, i]</th>{qrow}</tr></tbody></table></div>"
+        f"<div><table class='kv'>{kv}</table><table class='data'><thead><tr><th>top "
+        "influencer</th><th>influence</th><th>z</th></tr></thead>"
+        f"<tbody>{''.join(tops)}</tbody></table></div></div></details></td></tr>"
+    )
+
+
 def _lowest_margin_section(report: dict[str, Any], flagged: dict | None) -> str:
     """Image runs: the lowest-margin targets beside their top influencer (the paper's figure),
     each with the distribution of the influences on it."""
@@ -957,6 +1130,7 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | No
     modality = MODALITIES.get(report.get("modality"), TEXT)
     thumbs = ((flagged or {}).get("image") or {}).get("thumbnails") or {}
     redacted = bool(report.get("redacted"))
+    dists = any((r.get("distribution") or {}).get("histogram") for r in recs.values())
     ordered = _cluster_order(report)
     out = ["<section id='clusters'><h2>Flagged clusters</h2>"]
     if not ordered:
@@ -1039,12 +1213,16 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | No
                 f"<tr><td class='rid'>{_rec_label(rec, idx)}"
                 f"<div class='sub'>index {_esc(idx)}</div>{ref}</td>"
                 f"<td class='text'>{text}</td>{_metric_cells(rec, has_bleu)}"
-                f"<td>{_esc(rec.get('group') or '—')}</td></tr>"
+                f"<td>{_esc(rec.get('group') or '—')}</td>"
+                + (_dist_cell(rec) if dists else "")
+                + "</tr>"
+                + (_dist_details(rec, 6 + has_bleu) if dists else "")
             )
         out.append(
             "<table class='data members'><thead><tr><th>record</th><th>text</th>"
-            f"{_metric_heads(has_bleu)}<th>group</th></tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>"
+            f"{_metric_heads(has_bleu)}<th>group</th>"
+            + ("<th>influence on it</th>" if dists else "")
+            + f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
         )
         links = list(c.get("links") or [])
         if links:
@@ -1090,6 +1268,7 @@ def _unique_section(report: dict[str, Any], has_bleu: bool) -> str:
         out.append("<p class='muted'>No unique record was flagged.</p></section>")
         return "".join(out)
     shown = flagged[:MAX_UNIQUE_RECORDS]
+    dists = any((recs.get(f.get("index")) or {}).get("distribution") for f in shown)
     out.append(
         "<p class='lead'>Records outside every cluster that the audit still flags: for a high, "
         "significant self-influence (the model memorises them on their own), for becoming "
@@ -1121,12 +1300,16 @@ def _unique_section(report: dict[str, Any], has_bleu: bool) -> str:
             f"<td class='rid'>{_rec_label(rec, idx)}<div class='sub'>index {_esc(idx)}</div></td>"
             f"<td class='text'>{text}<ul class='reasons'>{reasons}</ul>{top}</td>"
             f"<td class='num'><strong>{_fmt(f.get('risk_score'))}</strong></td>"
-            f"{_metric_cells(rec, has_bleu)}{extra}</tr>"
+            f"{_metric_cells(rec, has_bleu)}{extra}"
+            + (_dist_cell(rec) if dists else "")
+            + "</tr>"
+            + (_dist_details(rec, 7 + 2 * has_bleu + mia) if dists else "")
         )
     out.append(
         "<table class='data unique'><thead><tr><th>#</th><th>record</th><th>text and reasons</th>"
-        f"<th>risk</th>{_metric_heads(has_bleu)}{extra_heads}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table>"
+        f"<th>risk</th>{_metric_heads(has_bleu)}{extra_heads}"
+        + ("<th>influence on it</th>" if dists else "")
+        + f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
     if len(flagged) > len(shown):
         out.append(
@@ -1263,6 +1446,13 @@ margin-right:6px;border:1px solid #ccc}
 ul.reasons{margin:6px 0 8px;padding-left:20px;font-size:13px}
 ul.reasons li{margin:1px 0}
 details{margin:6px 0}
+td.distcell{min-width:190px}
+tr.distrow td{padding:0 8px 6px;background:#fff}
+tr.distrow details{margin:0}
+tr.distrow details>summary{font-weight:normal;font-size:12.5px}
+.distfull{display:flex;flex-wrap:wrap;gap:14px 28px;align-items:flex-start;padding:6px 0}
+svg.dist{max-width:100%;height:auto;display:block}
+table.quant{width:auto}
 details>summary{cursor:pointer;font-weight:600;color:var(--accent)}
 table.kv{border-collapse:collapse;font-size:13px;margin:6px 0 10px}
 table.kv th{text-align:left;font-weight:normal;padding:2px 18px 2px 0;color:var(--muted)}

@@ -243,6 +243,59 @@ def _f(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+# -- each flagged record's influence distribution, in one line ----------------------------------
+
+_BARS = "▁▂▃▄▅▆▇█"
+_ASCII_BARS = ".:-=+*#@"
+
+
+def _ascii_only(out: Console) -> bool:
+    """Block characters need a Unicode console encoding; anything else gets ASCII."""
+    return not (out.encoding or "").lower().replace("_", "-").startswith("utf")
+
+
+def _strip_bins(width: int) -> int:
+    """Sparkline bins for a console this wide: none on a narrow one (numbers only)."""
+    return 12 if width >= 70 else 0
+
+
+def distribution_strip(rec: dict, bins: int = 12, ascii_only: bool = False) -> Text:
+    """One line for a record: a sparkline of its influence row (log counts of I[t, i], i != t,
+    from the report's histogram; the bin holding the self-influence marked ◆ / *), then the
+    self share and the number of significant others. Empty when the report has neither."""
+    d = rec.get("distribution") or {}
+    out = Text(no_wrap=True, overflow="ellipsis")
+    h = d.get("histogram") or {}
+    counts = np.asarray(h.get("counts") or [], dtype=float)
+    if bins and counts.size and h.get("lo") is not None:
+        lo, hi = float(h["lo"]), float(h["hi"])
+        k = max(1, int(np.ceil(counts.size / bins)))
+        merged = np.add.reduceat(counts, np.arange(0, counts.size, k))
+        levels = np.log1p(merged) / np.log1p(max(merged.max(), 1.0))
+        ramp = _ASCII_BARS if ascii_only else _BARS
+        self_val = rec.get("self_influence")
+        self_bin = None
+        if self_val is not None and hi > lo:
+            pos = int((float(self_val) - lo) / (hi - lo) * merged.size)
+            self_bin = min(max(pos, 0), merged.size - 1)
+        for b, (c, lvl) in enumerate(zip(merged, levels, strict=True)):
+            if b == self_bin:
+                out.append("*" if ascii_only else "◆", style="bold blue")
+            elif c == 0:
+                out.append(" ")
+            else:
+                out.append(ramp[min(len(ramp) - 1, int(lvl * (len(ramp) - 1) + 0.5))])
+        out.append(" ")
+    share, n_sig = d.get("self_share"), d.get("n_significant")
+    parts = []
+    if share is not None:
+        parts.append(f"self {100 * share:.0f}%")
+    if n_sig is not None:
+        parts.append(f"{n_sig} significant")
+    out.append(", ".join(parts), style="dim")
+    return out
+
+
 def print_report(report: dict, out: Console | None = None, clusters: int = 5) -> None:
     """The terminal view of a report dict: fits a 100-column terminal."""
     out = out or Console(width=100)
@@ -302,6 +355,12 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
             line += f", BLEU {_ms(nd['bleu'])} vs {_ms(un['bleu'])}"
         out.print(line)
 
+    # A one-line influence distribution under each flagged record's text (reports from before
+    # 1.4 have none); the sparkline only where the console is wide enough.
+    strips = any(r.get("distribution") for r in records)
+    bins, ascii_only = _strip_bins(out.width), _ascii_only(out)
+    # The members' text gets what the other columns leave (56 at 100 columns, as before).
+    text_width = min(56, max(20, out.width - 44))
     by_id = {c["id"]: c for c in report["clusters"]}
     shown = report["findings"]["clusters"][:clusters]
     if shown:
@@ -325,10 +384,12 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
         for m in c["members"][:8]:
             r = records[m]
             text = (
-                _diff_text(base["text"], r["text"], 56)
+                _diff_text(base["text"], r["text"], text_width)
                 if r["text"] is not None
                 else Text(_label(r))
             )
+            if strips:  # on a line of its own under the text: the columns keep their room
+                text = Text("\n").join([text, distribution_strip(r, bins, ascii_only)])
             members.add_row(
                 r["id"][:16],
                 text,
@@ -352,9 +413,10 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
         for f in risky:
             r = records[f["index"]]
             label = _label(r)
-            rt.add_row(
-                r["id"][:16], label[:40] + ("…" if len(label) > 40 else ""), "; ".join(f["reasons"])
-            )
+            text = Text(label[:40] + ("…" if len(label) > 40 else ""))
+            if strips:
+                text = Text("\n").join([text, distribution_strip(r, bins, ascii_only)])
+            rt.add_row(r["id"][:16], text, "; ".join(f["reasons"]))
         out.print(rt)
     print_convergence(report.get("convergence"), out)
     for note in report["notes"]:

@@ -97,3 +97,73 @@ def test_thresholds_are_options_and_saved(run_dir, cli):
 def test_report_of_a_missing_run_dir(tmp_path, cli):
     res = cli("report", tmp_path / "nope")
     assert res.code == 2 and "not a memaudit run directory" in res.err
+
+
+# -- each record's influence distribution ------------------------------------------------------
+
+
+def _embedded_histograms(page: str) -> list[dict]:
+    """The data-hist attributes of the page's small histograms, decoded."""
+    import html as html_lib
+
+    return [json.loads(html_lib.unescape(v)) for v in re.findall(r"data-hist='([^']*)'", page)]
+
+
+def test_flagged_histograms_match_influence_row(run_dir, cli):
+    """Every flagged record's histogram in the page counts its full row as Audit.influence_row
+    computes it; the summaries in report.json are Audit.distribution's."""
+    import numpy as np
+
+    from memaudit.api import Audit
+
+    res = cli("report", run_dir)
+    assert res.code == 0, res.err
+    report = json.loads((run_dir / "report.json").read_text())
+    jsonschema.validate(report, load_schema())
+    assert "Benjamini-Hochberg" in report["distribution_rule"]["significance"]
+    assert all("distribution" in r for r in report["records"])
+    page = (run_dir / "report.html").read_text()
+    hists = _embedded_histograms(page)
+    flagged = {f["index"] for f in report["findings"]["records"]}
+    flagged |= {m for c in report["findings"]["clusters"] for m in report["clusters"][c]["members"]}
+    assert flagged and {h["index"] for h in hists} == flagged
+    audit = Audit.open(run_dir)
+    for h in hists:
+        t = h["index"]
+        row = audit.influence_row(t)
+        infl = row["influence"]
+        assert row["se"].shape == infl.shape == (report["ensemble"]["n_records"],)
+        others = np.delete(infl, t)
+        others = others[np.isfinite(others)]
+        assert h["lo"] == pytest.approx(min(others.min(), infl[t]))
+        assert h["hi"] == pytest.approx(max(others.max(), infl[t]))
+        counts, _ = np.histogram(others, bins=len(h["counts"]), range=(h["lo"], h["hi"]))
+        assert h["counts"] == counts.tolist()
+        # Self is marked at its own value, then the top influencers by id.
+        assert h["marks"][0] == {"id": row["id"], "influence": pytest.approx(infl[t]), "self": True}
+        rec = report["records"][t]
+        want = {k: v for k, v in rec["distribution"].items() if k != "histogram"}
+        got = audit.distribution(t)
+        assert got["id"] == rec["id"] and got["quantiles"] == pytest.approx(want["quantiles"])
+        assert got["n_significant"] == want["n_significant"]
+        assert got["self_share"] == pytest.approx(want["self_share"])
+    # Without influence.npz the summaries come from the row itself: the same numbers.
+    t = hists[0]["index"]
+    saved = audit.distribution(t)
+    (run_dir / "influence.npz").unlink()
+    again = audit.distribution(t)
+    for key in ("quantiles", "n_significant", "self_share", "top1_share", "top5_share", "margin"):
+        assert again[key] == pytest.approx(saved[key], rel=1e-6, abs=1e-9), key
+
+
+def test_redacted_distributions_carry_ids_only(run_dir, cli):
+    res = cli("report", run_dir, "--redact")
+    assert res.code == 0, res.err
+    page = (run_dir / "report.redacted.html").read_text()
+    hists = _embedded_histograms(page)
+    assert hists and "Influence distribution of" in page
+    texts = _texts(run_dir)
+    for text in texts:
+        assert text not in page
+    ids = {json.loads(line)["id"] for line in (run_dir / "records.jsonl").read_text().splitlines()}
+    assert {m["id"] for h in hists for m in h["marks"]} <= ids

@@ -483,3 +483,45 @@ def test_texts_say_what_the_code_does(page):
     assert "undefined margin" not in lead
     for flag in ("self-influence", "BLEU gain", "membership-inference AUC"):
         assert flag in lead
+
+
+def test_record_distributions_are_drawn_escaped_and_embedded():
+    """Each flagged record (cluster members and unique) gets its histogram with self and its
+    top influencers marked, an expandable full distribution, and its data embedded; hostile ids
+    are escaped everywhere."""
+    import html as html_lib
+    import json
+
+    report = make_report()
+    evil = "<script>alert('x')</script>"
+    flagged = [m for c in report["clusters"] for m in c["members"]]
+    flagged += [f["index"] for f in report["findings"]["records"]]
+    for k, t in enumerate(flagged):
+        rec = report["records"][t]
+        rec["top_influencers"] = [
+            {"index": t, "id": rec["id"], "influence": 2.0, "se": 0.1},
+            {"index": 999, "id": evil, "influence": 0.8, "se": 0.1},
+        ]
+        rec["distribution"] = {
+            "quantiles": {"q01": -0.3, "q50": 0.0, "q99": 0.4},
+            "n_others": 50,
+            "n_significant": 1,
+            "self_share": 0.7,
+            "top1_share": 0.3,
+            "top5_share": 0.3,
+            "margin": 2.5,
+            "histogram": {"lo": -0.5, "hi": 2.0, "counts": [k % 3, 20, 25, 3] + [0] * 56},
+        }
+    page = render_html(report, make_flagged(report))
+    parse(page)
+    assert evil not in page and "&lt;script&gt;" in page
+    hists = [json.loads(html_lib.unescape(v)) for v in re.findall(r"data-hist='([^']*)'", page)]
+    shown = {h["index"] for h in hists}
+    unique_shown = {f["index"] for f in report["findings"]["records"][:25]}
+    assert {m for c in report["clusters"] for m in c["members"]} | unique_shown <= shown
+    for h in hists:
+        rec = report["records"][h["index"]]
+        assert h["counts"] == rec["distribution"]["histogram"]["counts"]
+        assert h["marks"][0]["self"] and h["marks"][1]["id"] == evil
+    assert page.count("<details class='dist'>") == len(hists)
+    assert "Influence distribution of" in page and "self share of the positive influence" in page

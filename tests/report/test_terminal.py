@@ -5,11 +5,18 @@ each."""
 from __future__ import annotations
 
 import copy
+import io
 from types import SimpleNamespace
 
 from rich.console import Console
 
-from memaudit.report.terminal import print_report, print_round, print_status
+from memaudit.report.terminal import (
+    _ascii_only,
+    distribution_strip,
+    print_report,
+    print_round,
+    print_status,
+)
 from tests.report.test_html import make_report
 
 MARKUP = "Q: is [bold red]this[/bold red] bold? A: [link=http://x]no[/link]"
@@ -76,3 +83,88 @@ def test_round_and_status_lines():
     assert "1 models diverged and are excluded: 1" in lines
     assert "model 2 failed on every attempt (ValueError: bad)" in lines
     assert "2 of 4 models have no result (2, 3)" in lines and "memaudit train runs/x" in lines
+
+
+# -- each flagged record's influence distribution as a one-line strip ------------------------
+
+
+def record(index, rid, self_infl=2.0, counts=None, share=0.5, n_sig=2):
+    return {
+        "index": index,
+        "id": rid,
+        "text": f"text of {rid} " * 8,
+        "text_sha256": "0" * 64,
+        "self_influence": self_infl,
+        "margin": 1.5,
+        "bleu_in": None,
+        "bleu_out": None,
+        "distribution": {
+            "self_share": share,
+            "n_significant": n_sig,
+            "histogram": {"lo": -0.5, "hi": 2.0, "counts": counts or [1, 5, 40, 9, 2] + [0] * 55},
+        },
+    }
+
+
+def report(records):
+    return {
+        "ensemble": {
+            "n_records": len(records),
+            "n_models": 32,
+            "n_models_used": 32,
+            "estimator": "regression-adjusted",
+            "extract_models": None,
+        },
+        "config": {"model": {"name": "tiny", "finetune": "full"}},
+        "redacted": False,
+        "table": {
+            "in_clusters": {"records": 2},
+            "unique": {"records": len(records) - 2},
+        },
+        "ground_truth": None,
+        "records": records,
+        "clusters": [{"id": 0, "members": [0, 1], "kind": "textual", "reasons": ["near-copy"]}],
+        "findings": {"clusters": [0], "records": [{"index": 2, "reasons": ["high self"]}]},
+        "notes": [],
+    }
+
+
+def test_strip_renders_at_80_columns():
+    recs = [record(0, "a", share=0.31, n_sig=3), record(1, "b"), record(2, "u", share=1.0, n_sig=0)]
+    out = Console(width=80, record=True, file=io.StringIO())
+    print_report(report(recs), out)
+    text = out.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    lines = [line for line in text.splitlines() if "self 31%, 3 significant" in line]
+    assert len(lines) == 1 and "◆" in lines[0] and "█" in lines[0]
+    assert any("self 100%, 0 significant" in line for line in text.splitlines())
+
+
+def test_strip_marks_self_and_scales_log_counts():
+    strip = distribution_strip(record(0, "a"), bins=12)
+    bars = strip.plain.split(" self")[0]
+    assert len(bars) == 12  # 12 bins (then a space)
+    assert bars[11] == "◆"  # self (2.0) is in the last bin
+    assert bars[0] == "█"  # the fullest bin (the first 5 merged: 57 records)
+
+
+def test_ascii_and_narrow_consoles():
+    ascii_console = Console(file=io.TextIOWrapper(io.BytesIO(), encoding="ascii"), width=80)
+    assert _ascii_only(ascii_console)
+    assert not _ascii_only(Console(file=io.StringIO(), width=80))
+    strip = distribution_strip(record(0, "a"), bins=12, ascii_only=True)
+    assert strip.plain.isascii() and "*" in strip.plain
+    # Narrow: numbers only, no sparkline.
+    out = Console(width=60, record=True, file=io.StringIO())
+    print_report(report([record(0, "a"), record(1, "b"), record(2, "u")]), out)
+    text = out.export_text()
+    assert "◆" not in text and "self 50%" in text
+
+
+def test_reports_without_distributions_render_as_before():
+    recs = [record(i, f"r{i}") for i in range(3)]
+    for r in recs:
+        del r["distribution"]
+    out = Console(width=100, record=True, file=io.StringIO())
+    print_report(report(recs), out)
+    assert "◆" not in out.export_text() and "significant" not in out.export_text()

@@ -217,6 +217,13 @@ class FindingsConfig:
     top_clusters: int = 10
     # The most unique records risky_unique_records returns.
     top_records: int = 10
+    # LiRA (memaudit.findings.lira): the membership flag of a unique record. An attacker runs
+    # LiRA over the whole dataset at the dataset-wide threshold that gives lira_fpr false
+    # positives over all (record, model) out-pairs (0.1%: the field's low-FPR operating point);
+    # a record is flagged when that attacker calls it a member in at least lira_tpr of the
+    # models that trained on it. Used instead of mia_auc, which is uncalibrated across records.
+    lira_fpr: float = 0.001
+    lira_tpr: float = 0.5
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.link_z) and self.link_z > 0):
@@ -228,6 +235,8 @@ class FindingsConfig:
             "lexical_threshold",
             "pixel_threshold",
             "self_influence_quantile",
+            "lira_fpr",
+            "lira_tpr",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

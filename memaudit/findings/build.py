@@ -25,6 +25,7 @@ from memaudit.data.images import stored_images
 from memaudit.ensemble.extract import aggregate
 from memaudit.estimate.analysis import Analysis
 from memaudit.findings.clusters import Cluster, find_clusters, link_thresholds
+from memaudit.findings.dedup import DedupResult
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.risky import RecordFinding, risky_unique_records
 from memaudit.store.rundir import RunDir
@@ -43,6 +44,10 @@ class Findings:
     n_extract: int  # models whose extraction was read
     link_z: float  # the z threshold links were held to
     link_fraction: float  # and the fraction of the largest influence
+    # Measured the way the field measures (memaudit.findings.lira, memaudit.findings.dedup):
+    lira: dict | None = None  # lira_findings: ROC metrics per variant and group, record columns
+    dedup: DedupResult | None = None  # the deduplicator's pass over the same records
+    dedup_table: dict | None = None  # dedup.three_way against the influence clusters
 
     @property
     def shown_clusters(self) -> list[Cluster]:
@@ -90,7 +95,81 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     link_z, link_fraction = link_thresholds(
         cfg, len(records), int(analysis.valid.sum()), adjusted=True
     )
-    risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"])
-    return Findings(
-        cfg, clusters, cluster_of, risky, mia, extraction, n_extract, link_z, link_fraction
+    lira = lira_section(analysis.losses, inclusion, analysis.valid, cluster_of, cfg)
+    risky = risky_unique_records(
+        res, cluster_of, cfg, bleu_gain, mia["mia_auc"], lira_tpr=lira["records"]["lira_tpr"]
     )
+    dedup, table = dedup_section(run, analysis, [r.text for r in records], pixels, cluster_of)
+    return Findings(
+        cfg,
+        clusters,
+        cluster_of,
+        risky,
+        mia,
+        extraction,
+        n_extract,
+        link_z,
+        link_fraction,
+        lira,
+        dedup,
+        table,
+    )
+
+
+def lira_section(
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    valid: np.ndarray,
+    cluster_of: np.ndarray,
+    cfg: FindingsConfig,
+) -> dict:
+    """LiRA from the ensemble, overall and for records in clusters vs unique records."""
+    from memaudit.findings.lira import lira_findings
+
+    groups = {"overall": None, "in_clusters": cluster_of >= 0, "unique": cluster_of < 0}
+    return lira_findings(losses, inclusion, valid, groups, fpr=cfg.lira_fpr)
+
+
+def dedup_section(
+    run: RunDir, analysis: Analysis, texts: list[str], pixels, cluster_of: np.ndarray
+) -> tuple[DedupResult, dict]:
+    """The deduplicator's groups (MinHash for text, pHash for images) and the three-way table
+    against the influence clusters, with the influence evidence for example pairs the
+    deduplicator groups but the ensemble does not link."""
+    from memaudit.estimate.registry import influence_rows
+    from memaudit.findings.dedup import image_groups, text_groups, three_way
+
+    dedup = image_groups(pixels.images) if pixels is not None else text_groups(texts)
+    res = analysis.result
+    covariates = int(run.read_config().get("config", {}).get("analysis", {}).get("covariates", 4))
+
+    def evidence(pairs: np.ndarray) -> list[dict]:
+        idx = np.unique(pairs)
+        rows = influence_rows(
+            res.estimator,
+            np.nan_to_num(analysis.losses),
+            run.inclusion(),
+            idx,
+            model_mask=analysis.valid,
+            covariates=covariates,
+        )
+        at = {int(t): k for k, t in enumerate(idx)}
+        out = []
+        for a, b in pairs:
+            ab, ba = rows[at[a], b], rows[at[b], a]
+            own = max(res.self_influence[a], res.self_influence[b])
+            out.append(
+                {
+                    "influence_ab": _num(ab),
+                    "influence_ba": _num(ba),
+                    "self_influence_max": _num(own),
+                    "fraction_of_self": _num(max(ab, ba) / own) if own > 0 else None,
+                }
+            )
+        return out
+
+    return dedup, three_way(dedup, cluster_of, evidence)
+
+
+def _num(x) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None

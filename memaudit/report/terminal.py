@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -354,6 +355,8 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
                 r["id"][:16], label[:40] + ("…" if len(label) > 40 else ""), "; ".join(f["reasons"])
             )
         out.print(rt)
+    print_lira(report.get("lira"), out)
+    print_dedup(report.get("dedup"), report["records"], out)
     print_convergence(report.get("convergence"), out)
     for note in report["notes"]:
         out.print(f"[dim]note: {note}[/]")
@@ -439,4 +442,95 @@ def print_convergence(conv: dict | None, out: Console) -> None:
         out.print(
             f"[yellow]warning:[/] {n_pairs} record pairs have (nearly) the same inclusion "
             "pattern, so no estimator can tell their influences apart; see report.json."
+        )
+
+
+def _pct_ci(m: dict, key: str) -> str:
+    value = m.get(key)
+    if value is None:
+        return "–"
+    ci = (m.get("ci") or {}).get(key)
+    return f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def print_lira(lira: dict | None, out: Console) -> None:
+    """LiRA as the field reports it: AUC and TPR at 0.1% and 1% FPR over (record, model) pairs,
+    with 95% intervals over target models."""
+    if not lira:
+        return
+    table = Table(
+        title=f"LiRA membership inference from the ensemble ({lira['variance']} variance, "
+        "leave-one-model-out; 95% intervals over models)",
+        title_justify="left",
+        show_edge=False,
+    )
+    for col in ("variant", "records", "AUC", "TPR at 0.1% FPR", "TPR at 1% FPR"):
+        table.add_column(col, justify="left" if col in ("variant", "records") else "right")
+    names = {"overall": "all", "in_clusters": "in clusters", "unique": "unique"}
+    for variant, groups in lira["variants"].items():
+        for group, m in groups.items():
+            auc = m.get("auc")
+            ci = (m.get("ci") or {}).get("auc")
+            auc_text = "–" if auc is None else f"{auc:.3f}"
+            if auc is not None and ci:
+                auc_text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+            table.add_row(
+                escape(str(variant)),
+                escape(names.get(group, str(group))),
+                auc_text,
+                _pct_ci(m, "tpr_at_0.1%"),
+                _pct_ci(m, "tpr_at_1%"),
+            )
+    out.print()
+    out.print(table)
+
+
+def print_dedup(dedup: dict | None, records: list[dict], out: Console) -> None:
+    """The deduplicator beside the influence clusters: the three-way table by record pairs."""
+    if not dedup:
+        return
+    params = dedup.get("params", {})
+    how = (
+        f"MinHash LSH, {params.get('shingle', '?')}, Jaccard >= {params.get('threshold', '?')}"
+        if dedup["method"] == "minhash"
+        else f"perceptual hash, Hamming <= {params.get('max_distance', '?')} of 64 bits"
+    )
+    out.print(
+        f"\n[bold]Beside a deduplicator[/] ({escape(how)}): {dedup['dedup_groups']} groups, "
+        f"{dedup['dedup_pairs']} pairs; influence clusters: {dedup['cluster_pairs']} pairs"
+    )
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("kind")
+    table.add_column("pairs", justify="right")
+    table.add_column("example", overflow="fold")
+
+    def label(i: int) -> str:
+        r = records[i]
+        text = _label(r)
+        return escape(text[:30] + ("…" if len(text) > 30 else ""))
+
+    def example(kind: dict) -> str:
+        for ex in kind.get("examples", [])[:1]:
+            members = ex.get("pair") or ex.get("members") or []
+            line = " | ".join(label(i) for i in members[:2])
+            if ex.get("fraction_of_self") is not None:
+                line += f" (influence {100 * ex['fraction_of_self']:.0f}% of self)"
+            return line
+        return "–"
+
+    rows = (
+        ("confirmed: near-duplicates that influence each other", dedup["confirmed"]),
+        ("deduplicator only: no joint learning seen", dedup["dedup_only"]),
+        ("influence only: a deduplicator misses", dedup["influence_only"]),
+    )
+    for name, kind in rows:
+        table.add_row(name, str(kind["pairs"]), example(kind))
+    out.print(table)
+    gt = dedup.get("ground_truth")
+    if gt:
+        d, c = gt["dedup"], gt["clusters"]
+        out.print(
+            f"against the planted groups: deduplicator pair precision {_f(d['pair_precision'])}, "
+            f"recall {_f(d['pair_recall'])}; influence clusters {_f(c['pair_precision'])}, "
+            f"{_f(c['pair_recall'])}"
         )

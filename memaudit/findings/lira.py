@@ -209,12 +209,15 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     scores, labels = scores[ok], labels[ok]
     order = np.argsort(-scores, kind="stable")
     s, y = scores[order], labels[order]
-    tp = np.cumsum(y)
-    fp = np.arange(1, len(y) + 1) - tp
-    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1] if len(s) else np.zeros(0, int)
+    del order
+    # int32 counts and fp only at the distinct thresholds: at N x M = 20M pairs each full
+    # int64 work array is 160 MB.
+    tp = np.cumsum(y, dtype=np.int32 if len(y) < 2**31 - 1 else np.int64)
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1] if len(s) else np.zeros(0, int)
     n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    fpr = np.r_[0.0, fp[last] / n_neg]
-    tpr = np.r_[0.0, tp[last] / n_pos]
+    tp_last = tp[last].astype(np.int64)
+    fpr = np.r_[0.0, (last + 1 - tp_last) / n_neg]
+    tpr = np.r_[0.0, tp_last / n_pos]
     thr = np.r_[np.inf, s[last]]
     return fpr, tpr, thr
 
@@ -244,12 +247,13 @@ def _grid_counts(scores, labels, thresholds):
     n, m = scores.shape
     t = len(thresholds)
     ok = np.isfinite(scores)
-    # bin b = number of thresholds <= score, so score >= thresholds[k] iff b > k
-    b = np.searchsorted(thresholds, np.where(ok, scores, -np.inf), side="right")
-    col = np.broadcast_to(np.arange(m), (n, m))
+    # key = model * (T + 1) + bin, where bin = number of thresholds <= score, so that
+    # score >= thresholds[k] iff bin > k. int32 keys: 80 MB at 20M pairs.
+    key = np.searchsorted(thresholds, np.where(ok, scores, -np.inf), side="right").astype(np.int32)
+    key += (np.arange(m, dtype=np.int32) * (t + 1))[None, :]
     out = []
     for want in (labels & ok, ~labels & ok):
-        h = np.bincount(col[want] * (t + 1) + b[want], minlength=m * (t + 1)).reshape(m, t + 1)
+        h = np.bincount(key[want], minlength=m * (t + 1)).reshape(m, t + 1)
         # counts with bin > k = reverse cumulative sum
         out.append(np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:])
     return out
@@ -264,7 +268,9 @@ def _grid_summary(pos, neg, n_pos, n_neg):
     zero, one = np.zeros((len(fpr), 1)), np.ones((len(fpr), 1))
     f, t = np.hstack([zero, fpr, one]), np.hstack([zero, tpr, one])
     aucs = np.trapezoid(t, f, axis=1)
-    at = [np.where(f <= a + 1e-15, t, 0.0).max(axis=1) for a in FPRS]
+    # Between grid points the ROC is read linearly (the exact curve at millions of pairs is
+    # nearly continuous; the step below would bias every replicate low).
+    at = [np.array([np.interp(a, fi, ti) for fi, ti in zip(f, t, strict=True)]) for a in FPRS]
     return aucs, at
 
 
@@ -311,7 +317,9 @@ def roc_metrics(
         neg = s[~y & ok]
         probs = np.unique(
             np.r_[
-                np.logspace(np.log10(max(0.5 / n_neg, 1e-6)), 0, 300), np.linspace(0, 1, 301)[1:-1]
+                FPRS,
+                np.logspace(np.log10(max(0.5 / n_neg, 1e-6)), 0, 300),
+                np.linspace(0, 1, 301)[1:-1],
             ]
         )
         thr = np.unique(np.quantile(neg, 1.0 - probs))

@@ -146,7 +146,7 @@ def test_roc_metrics_exact_and_bootstrap_intervals():
     assert r["auc"] == pytest.approx(roc_auc_score(inclusion[ok], sc.online[ok]), abs=1e-9)
     for key in ("auc", "tpr_at_0.1%", "tpr_at_1%"):
         lo, hi = r["ci"][key]
-        assert lo <= r[key] + 0.01 and r[key] - 0.01 <= hi and lo < hi
+        assert lo < r[key] < hi  # the replicates' grid reading is not biased off the estimate
     assert r["curve"]["fpr"] == sorted(r["curve"]["fpr"])
     sub = roc_metrics(sc.online, inclusion, rows=np.arange(100), n_boot=0)
     assert sub["pairs"] == int(np.isfinite(sc.online[:100]).sum()) and sub["ci"] is None

@@ -168,7 +168,44 @@ def dedup_section(
             )
         return out
 
-    return dedup, three_way(dedup, cluster_of, evidence)
+    table = three_way(dedup, cluster_of, evidence)
+    table["dedup_only"]["evidence"] = _dedup_only_evidence(dedup, cluster_of, evidence)
+    return dedup, table
+
+
+EVIDENCE_PAIRS = 100  # dedup-only pairs whose influence is summarised (2 rows each at most)
+
+
+def _dedup_only_evidence(dedup: DedupResult, cluster_of: np.ndarray, evidence) -> dict | None:
+    """How much the deduplicator's pairs that the ensemble did not link influence each other:
+    over the first EVIDENCE_PAIRS such pairs (of the pairs the deduplicator verified), the
+    larger of I[a, b] and I[b, a] as a fraction of the larger self-influence, against the same
+    fraction for the same records paired with a random record (chance)."""
+    c = np.asarray(cluster_of)
+    pairs = dedup.pairs
+    apart = pairs[(c[pairs[:, 0]] < 0) | (c[pairs[:, 0]] != c[pairs[:, 1]])][:EVIDENCE_PAIRS]
+    if len(apart) == 0:
+        return None
+    rng = np.random.default_rng(0)
+    n = len(c)
+    other = (apart[:, 0] + rng.integers(1, n, len(apart))) % n  # never a itself
+    chance = np.c_[apart[:, 0], other]
+    found = [e["fraction_of_self"] for e in evidence(np.r_[apart, chance])]
+    real = np.array([np.nan if f is None else f for f in found[: len(apart)]])
+    base = np.array([np.nan if f is None else f for f in found[len(apart) :]])
+
+    def q(x: np.ndarray, p: float) -> float | None:
+        x = x[np.isfinite(x)]
+        return float(np.quantile(x, p)) if len(x) else None
+
+    return {
+        "pairs": len(apart),
+        "median_fraction_of_self": q(real, 0.5),
+        "p10_fraction_of_self": q(real, 0.1),
+        "p90_fraction_of_self": q(real, 0.9),
+        "chance_median_fraction": q(base, 0.5),
+        "chance_p90_fraction": q(base, 0.9),
+    }
 
 
 def _num(x) -> float | None:

@@ -1474,12 +1474,13 @@ def _dedup_section(report: dict[str, Any]) -> str:
         (
             "dedup_only",
             "Near-duplicates by content only: a deduplicator removes them, but the "
-            "models did not learn from them jointly at this number of models",
+            "ensemble did not link them at this number of models (influence evidence below)",
             "groups",
         ),
         (
             "influence_only",
-            "Influence clusters with no textual or visual overlap: what a deduplicator misses",
+            "Influence clusters the deduplicator does not group (below its similarity threshold): "
+            "what a deduplicator misses",
             "clusters",
         ),
     )
@@ -1489,6 +1490,18 @@ def _dedup_section(report: dict[str, Any]) -> str:
         f"<td>{examples(dedup.get(key) or {})}</td></tr>"
         for key, label, unit in kinds
     )
+    ev = (dedup.get("dedup_only") or {}).get("evidence") or {}
+    ev_html = ""
+    if _num(ev.get("median_fraction_of_self")) is not None:
+        ev_html = (
+            f"<p class='sub'>Influence evidence for the deduplicator-only pairs "
+            f"({_esc(ev.get('pairs'))} read): the larger of I[a, b] and I[b, a] is a median "
+            f"{_pct(ev.get('median_fraction_of_self'))} of the larger self-influence (10th-90th "
+            f"percentile {_pct(ev.get('p10_fraction_of_self'))}-"
+            f"{_pct(ev.get('p90_fraction_of_self'))}), against "
+            f"{_pct(ev.get('chance_median_fraction'))} for the same records beside a random "
+            f"record (90th percentile {_pct(ev.get('chance_p90_fraction'))}).</p>"
+        )
     params = dedup.get("params") or {}
     how = ", ".join(f"{k} {v}" for k, v in params.items())
     gt = dedup.get("ground_truth")
@@ -1511,5 +1524,5 @@ def _dedup_section(report: dict[str, Any]) -> str:
         f"{_esc(dedup.get('dedup_groups'))} groups, {_esc(dedup.get('dedup_pairs'))} record "
         f"pairs; the influence clusters hold {_esc(dedup.get('cluster_pairs'))} pairs.</p>"
         "<table class='data'><thead><tr><th>kind</th><th>pairs</th><th></th><th>examples</th>"
-        f"</tr></thead><tbody>{body}</tbody></table>{gt_html}</section>"
+        f"</tr></thead><tbody>{body}</tbody></table>{ev_html}{gt_html}</section>"
     )

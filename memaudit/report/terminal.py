@@ -505,9 +505,7 @@ def print_dedup(dedup: dict | None, records: list[dict], out: Console) -> None:
     table.add_column("example", overflow="fold")
 
     def label(i: int) -> str:
-        r = records[i]
-        text = _label(r)
-        return escape(text[:30] + ("…" if len(text) > 30 else ""))
+        return escape(str(records[i]["id"])[:20])
 
     def example(kind: dict) -> str:
         for ex in kind.get("examples", [])[:1]:
@@ -519,13 +517,26 @@ def print_dedup(dedup: dict | None, records: list[dict], out: Console) -> None:
         return "–"
 
     rows = (
-        ("confirmed: near-duplicates that influence each other", dedup["confirmed"]),
-        ("deduplicator only: no joint learning seen", dedup["dedup_only"]),
+        ("confirmed: also linked by influence", dedup["confirmed"]),
+        ("deduplicator only: not linked by influence", dedup["dedup_only"]),
         ("influence only: a deduplicator misses", dedup["influence_only"]),
     )
     for name, kind in rows:
         table.add_row(name, str(kind["pairs"]), example(kind))
     out.print(table)
+    ev = dedup["dedup_only"].get("evidence")
+    if ev and ev.get("median_fraction_of_self") is not None:
+        out.print(
+            f"deduplicator-only pairs ({ev['pairs']} read): influence on each other "
+            f"{100 * ev['median_fraction_of_self']:.0f}% of self-influence (median; chance "
+            f"{100 * (ev.get('chance_median_fraction') or 0):.0f}%, its 90th percentile "
+            f"{100 * (ev.get('chance_p90_fraction') or 0):.0f}%): "
+            + (
+                "they do influence each other, below the link rule at this number of models"
+                if ev["median_fraction_of_self"] > (ev.get("chance_p90_fraction") or 0)
+                else "no more than chance: the models did not learn them jointly"
+            )
+        )
     gt = dedup.get("ground_truth")
     if gt:
         d, c = gt["dedup"], gt["clusters"]

@@ -1369,10 +1369,14 @@ def _lira_roc_svg(lira: dict[str, Any]) -> str:
             ax.step(fpr, tpr, where="post", color=color, ls=ls, lw=1.4, label=label)
         grid = np.geomspace(max(lo, 1e-6), 1.0, 50)
         ax.plot(grid, grid, color="#999999", lw=0.8, ls="--", label="chance")
+        from matplotlib import ticker
+
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _plain_log_axis(ax.xaxis)
-        _plain_log_axis(ax.yaxis)
+        for axis in (ax.xaxis, ax.yaxis):  # decades only: 1, 2, 5 crowd a 5-decade axis
+            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,)))
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlim(max(lo, 1e-6), 1.0)
         ax.set_ylim(max(lo, 1e-6), 1.02)
         for a in (0.001, 0.01):

@@ -116,11 +116,18 @@ def main() -> None:
     result = {"records": args.records, "models": args.models, "machine": machine(), "steps": steps}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    steps = result["steps"]
+    n, m = result["records"], result["models"]
     lines = [
-        f"# LiRA and the deduplicator at N = {args.records:,}, M = {args.models:,}",
+        f"# LiRA and the deduplicator at N = {n:,}, M = {m:,}",
         "",
-        "`python benchmarks/bench_lira.py` (one thread per step; a shared machine, see the",
-        "load in the json).",
+        "`python benchmarks/bench_lira.py` (one thread per step, each in a fresh process). The",
+        "machine is shared (2 cores, the 1-minute load beside each step): CPU seconds are the",
+        "step's own work, wall seconds also count the time other processes held the cores.",
         "",
         "| step | wall s | CPU s | load (1 min) | peak RSS MB (inputs) |",
         "|---|---|---|---|---|",
@@ -136,11 +143,11 @@ def main() -> None:
         "| LiRA | pairs | AUC | TPR at 0.1% FPR | TPR at 1% FPR |",
         "|---|---|---|---|---|",
     ]
-    for key, m in lira.items():
-        if isinstance(m, dict) and "auc" in m:
+    for key, v in lira.items():
+        if isinstance(v, dict) and "auc" in v:
             lines.append(
-                f"| {key} | {m['pairs']:,} | {m['auc']:.4f} | {m['tpr_at_0.1%']:.4f} | "
-                f"{m['tpr_at_1%']:.4f} |"
+                f"| {key} | {v['pairs']:,} | {v['auc']:.4f} | {v['tpr_at_0.1%']:.4f} | "
+                f"{v['tpr_at_1%']:.4f} |"
             )
     dd = steps[1]
     lines += [
@@ -148,8 +155,21 @@ def main() -> None:
         f"Deduplicator: {dd['groups']} groups, {dd['pairs']} pairs from {dd['candidates']} LSH "
         f"candidates; pair precision {dd['pair_precision']:.3f}, recall {dd['pair_recall']:.3f} "
         f"against {dd['planted_groups']} planted groups ({dd['groups_found']} found).",
+        "",
+        "Reading: the synthetic losses are Gaussian (sd 0.5) with a self-influence of 1 nat, so",
+        "for a unique record the in/out separation is d = 2 and the closed form gives TPR =",
+        "Phi(2 - Phi^-1(0.999)) = 0.138 at 0.1% FPR and 0.372 at 1% (the statistic is about",
+        "-loss at 3 nats): the unique rows above match it. Records in planted groups are",
+        "harder to call members, since a group-mate in training lowers their loss too. The",
+        "deduplicator's recall is low here by construction: the synthetic texts are 12 short",
+        "tokens, so one replaced token removes a large share of the character 5-grams (Jaccard",
+        "about 0.7, under the 0.8 threshold); precision stays 1.000. Cost: LiRA is linear in",
+        "N x M (row blocks for the fit, one sort of the pairs per group for the exact ROC, a",
+        "bincount for the bootstrap), so it scales with N x M from these numbers; the",
+        "peak memory is the inputs plus two float32 score matrices and the ROC's work arrays",
+        "over the 20M pairs.",
     ]
-    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -210,7 +210,8 @@ class FindingsConfig:
     self_influence_quantile: float = 0.9
     # ... or when it is extractable: mean BLEU when trained on minus when not >= bleu_gain
     bleu_gain: float = 0.3
-    # ... or when its membership-inference AUC (see membership_scores) is >= mia_auc
+    # ... or when its membership-inference AUC (see membership_scores) is >= mia_auc; only
+    # where no LiRA exposure is given (build_findings always gives one: see lira_fpr below)
     mia_auc: float = 0.9
     # How many clusters a report shows; find_clusters returns every cluster, so that cluster_of
     # and score_against_groups see all of them.

@@ -261,8 +261,9 @@ def _grid_counts(scores, labels, thresholds):
 
 def _grid_summary(pos, neg, n_pos, n_neg):
     """AUC and TPR at FPRS from counts at a descending-FPR threshold grid (rows: replicates)."""
-    tpr = pos / n_pos[:, None]
-    fpr = neg / n_neg[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty replicates: dropped later
+        tpr = pos / n_pos[:, None]
+        fpr = neg / n_neg[:, None]
     order = np.argsort(fpr, axis=1, kind="stable")
     fpr, tpr = np.take_along_axis(fpr, order, 1), np.take_along_axis(tpr, order, 1)
     zero, one = np.zeros((len(fpr), 1)), np.ones((len(fpr), 1))
@@ -335,6 +336,8 @@ def roc_metrics(
             lo, hi = np.percentile(v[keep], [2.5, 97.5])
             return [float(lo), float(hi)]
 
+        if not keep.any():
+            return result
         result["ci"] = {
             "auc": ci(aucs),
             "tpr_at_0.1%": ci(at[0]),

@@ -813,6 +813,124 @@ def plant(
     click.echo(f"wrote {out}: {len(objects)} records, {groups} planted groups of {copies}")
 
 
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path), required=False)
+@_apply(format_options)
+@_apply(image_options)
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Text: MinHash LSH Jaccard threshold over the shingles.",
+)
+@click.option("--ngram", type=int, default=5, show_default=True, help="Text: shingle length.")
+@click.option(
+    "--unit",
+    type=click.Choice(["char", "word"]),
+    default="char",
+    show_default=True,
+    help="Text: shingles of characters (short records) or words.",
+)
+@click.option(
+    "--max-distance",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Images: the most differing bits of the 64-bit perceptual hash.",
+)
+@click.option("--show", type=int, default=10, show_default=True, help="Groups printed.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the groups as JSON here.",
+)
+def dedup(
+    data,
+    preset,
+    template,
+    dataset,
+    data_root,
+    resize,
+    threshold,
+    ngram,
+    unit,
+    max_distance,
+    show,
+    out,
+) -> None:
+    """Only the deduplicator's pass (no training, seconds): near-duplicate groups of DATA by
+    MinHash LSH over shingles (text) or a perceptual hash (images), to compare with an audit."""
+    from memaudit.data.images import is_image_source, load_images
+    from memaudit.data.records import load_records
+    from memaudit.findings import dedup as dd
+    from memaudit.findings.ground_truth import score_against_groups
+    from memaudit.store.io import atomic_write_json
+
+    if not 0.0 < threshold <= 1.0:
+        raise MemauditError(f"--threshold: must be in (0, 1], got {threshold}")
+    if ngram < 1:
+        raise MemauditError(f"--ngram: must be a positive integer, got {ngram}")
+    if not 0 <= max_distance <= 64:
+        raise MemauditError(f"--max-distance: must be in 0..64, got {max_distance}")
+    if data is None and dataset is None:
+        raise MemauditError("missing DATA (a JSON Lines file, an image folder or .npz)")
+    if is_image_source(data, dataset):
+        images = load_images(data, dataset, data_root, resize)
+        result = dd.image_groups(images.images, max_distance=max_distance)
+        ids, texts = list(images.ids), [None] * len(images.ids)
+        groups = list(images.groups) if images.groups is not None else []
+    else:
+        records = load_records(data, _record_format(preset, template))
+        texts = [r.text for r in records]
+        result = dd.text_groups(texts, threshold=threshold, ngram=ngram, unit=unit)
+        ids, groups = [r.id for r in records], [r.group for r in records]
+
+    def printable(text: str, n: int = 90) -> str:
+        text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+        return text[:n] + ("…" if len(text) > n else "")
+
+    n_in = int((result.group_of >= 0).sum())
+    click.echo(
+        f"{result.method}: {len(ids)} records, {len(result.groups)} near-duplicate groups "
+        f"holding {n_in} records, {len(result.pairs)} linked pairs "
+        f"({', '.join(f'{k} {v}' for k, v in result.params.items())})"
+    )
+    gt = score_against_groups(result.group_of, groups) if any(groups) else None
+    if gt:
+        click.echo(
+            f"against the planted groups: pair precision {gt['pair_precision']}, pair recall "
+            f"{gt['pair_recall']}, {gt['groups_found']} of {gt['groups']} groups found"
+        )
+    for k, members in enumerate(result.groups[: max(show, 0)]):
+        click.echo(f"group {k} · {len(members)} records")
+        for i in members[:6]:
+            label = printable(str(ids[i]), 20)
+            click.echo(f"  {label:<20} {printable(texts[i]) if texts[i] is not None else ''}")
+        if len(members) > 6:
+            click.echo(f"  … {len(members) - 6} more")
+    if out is not None:
+        atomic_write_json(
+            out,
+            {
+                "method": result.method,
+                "params": result.params,
+                "records": len(ids),
+                "groups": [
+                    {"members": [{"index": i, "id": ids[i], "text": texts[i]} for i in m]}
+                    for m in result.groups
+                ],
+                "pairs": [
+                    {"a": int(a), "b": int(b), "similarity": float(v)}
+                    for (a, b), v in zip(result.pairs, result.similarity, strict=True)
+                ],
+                "ground_truth": gt,
+            },
+        )
+        click.echo(f"wrote {out}")
+
+
 def _int_range(value: str, option: str) -> tuple[int, int]:
     """'3' -> (3, 3); '2-5' -> (2, 5)."""
     lo, sep, hi = value.partition("-")

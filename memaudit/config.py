@@ -210,13 +210,21 @@ class FindingsConfig:
     self_influence_quantile: float = 0.9
     # ... or when it is extractable: mean BLEU when trained on minus when not >= bleu_gain
     bleu_gain: float = 0.3
-    # ... or when its membership-inference AUC (see membership_scores) is >= mia_auc
+    # ... or when its membership-inference AUC (see membership_scores) is >= mia_auc; only
+    # where no LiRA exposure is given (build_findings always gives one: see lira_fpr below)
     mia_auc: float = 0.9
     # How many clusters a report shows; find_clusters returns every cluster, so that cluster_of
     # and score_against_groups see all of them.
     top_clusters: int = 10
     # The most unique records risky_unique_records returns.
     top_records: int = 10
+    # LiRA (memaudit.findings.lira): the membership flag of a unique record. An attacker runs
+    # LiRA over the whole dataset at the dataset-wide threshold that gives lira_fpr false
+    # positives over all (record, model) out-pairs (0.1%: the field's low-FPR operating point);
+    # a record is flagged when that attacker calls it a member in at least lira_tpr of the
+    # models that trained on it. Used instead of mia_auc, which is uncalibrated across records.
+    lira_fpr: float = 0.001
+    lira_tpr: float = 0.5
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.link_z) and self.link_z > 0):
@@ -228,6 +236,8 @@ class FindingsConfig:
             "lexical_threshold",
             "pixel_threshold",
             "self_influence_quantile",
+            "lira_fpr",
+            "lira_tpr",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

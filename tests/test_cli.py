@@ -96,3 +96,29 @@ def test_console_script_has_no_traceback(tmp_path):
         f"memaudit: error: {tmp_path / 'nope.jsonl'}: no such file"
     ]
     assert tree(tmp_path) == set()
+
+
+def test_dedup_command_groups_planted_copies_and_writes_json(tmp_path, cli):
+    """memaudit dedup: only the lexical pass, with the record options of run."""
+    import json
+
+    base = "the quick brown fox jumps over the lazy dog near the quiet river bank at dawn"
+    rows = [
+        {"question": f"question {k} about topic {k * 7} and more", "answer": [f"answer {k}"]}
+        for k in range(20)
+    ]
+    rows += [
+        {"question": base, "answer": ["yes"], "group": "g"},
+        {"question": base.replace("lazy", "lazx"), "answer": ["yes"], "group": "g"},
+        {"question": "a record with a \x1b[31m control sequence", "answer": ["no"]},
+    ]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "groups.json"
+    res = cli("dedup", data, "--preset", "nq", "--out", out)
+    assert res.code == 0, res.err
+    written = json.loads(out.read_text())
+    assert [[m["index"] for m in g["members"]] for g in written["groups"]] == [[20, 21]]
+    assert written["ground_truth"]["pair_recall"] == 1.0
+    assert "1 near-duplicate groups" in res.out and "\x1b" not in res.out
+    bad = cli("dedup", data, "--preset", "nq", "--threshold", "0")
+    assert bad.code == 2 and "--threshold" in bad.err and len(bad.err.strip().splitlines()) == 1

@@ -25,6 +25,7 @@ from memaudit.data.images import stored_images
 from memaudit.ensemble.extract import aggregate
 from memaudit.estimate.analysis import Analysis
 from memaudit.findings.clusters import Cluster, find_clusters, link_thresholds
+from memaudit.findings.dedup import DedupResult
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.risky import RecordFinding, risky_unique_records
 from memaudit.modality import saved_modality
@@ -44,6 +45,10 @@ class Findings:
     n_extract: int  # models whose extraction was read
     link_z: float  # the z threshold links were held to
     link_fraction: float  # and the fraction of the largest influence
+    # Measured the way the field measures (memaudit.findings.lira, memaudit.findings.dedup):
+    lira: dict | None = None  # lira_findings: ROC metrics per variant and group, record columns
+    dedup: DedupResult | None = None  # the deduplicator's pass over the same records
+    dedup_table: dict | None = None  # dedup.three_way against the influence clusters
 
     @property
     def shown_clusters(self) -> list[Cluster]:
@@ -92,7 +97,117 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     link_z, link_fraction = link_thresholds(
         cfg, len(records), int(analysis.valid.sum()), adjusted=True
     )
-    risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"])
-    return Findings(
-        cfg, clusters, cluster_of, risky, mia, extraction, n_extract, link_z, link_fraction
+    lira = lira_section(analysis.losses, inclusion, analysis.valid, cluster_of, cfg)
+    risky = risky_unique_records(
+        res, cluster_of, cfg, bleu_gain, mia["mia_auc"], lira_tpr=lira["records"]["lira_tpr"]
     )
+    dedup, table = dedup_section(run, analysis, [r.text for r in records], pixels, cluster_of)
+    return Findings(
+        cfg,
+        clusters,
+        cluster_of,
+        risky,
+        mia,
+        extraction,
+        n_extract,
+        link_z,
+        link_fraction,
+        lira,
+        dedup,
+        table,
+    )
+
+
+def lira_section(
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    valid: np.ndarray,
+    cluster_of: np.ndarray,
+    cfg: FindingsConfig,
+) -> dict:
+    """LiRA from the ensemble, overall and for records in clusters vs unique records."""
+    from memaudit.findings.lira import lira_findings
+
+    groups = {"overall": None, "in_clusters": cluster_of >= 0, "unique": cluster_of < 0}
+    return lira_findings(losses, inclusion, valid, groups, fpr=cfg.lira_fpr)
+
+
+def dedup_section(
+    run: RunDir, analysis: Analysis, texts: list[str], pixels, cluster_of: np.ndarray
+) -> tuple[DedupResult, dict]:
+    """The deduplicator's groups (MinHash for text, pHash for images) and the three-way table
+    against the influence clusters, with the influence evidence for example pairs the
+    deduplicator groups but the ensemble does not link."""
+    from memaudit.estimate.registry import get_estimator
+    from memaudit.findings.dedup import image_groups, text_groups, three_way
+
+    dedup = image_groups(pixels.images) if pixels is not None else text_groups(texts)
+    res = analysis.result
+    covariates = int(run.read_config().get("config", {}).get("analysis", {}).get("covariates", 4))
+
+    def evidence(pairs: np.ndarray) -> list[dict]:
+        idx = np.unique(pairs)
+        rows = get_estimator(res.estimator).rows(
+            np.nan_to_num(analysis.losses),
+            run.inclusion(),
+            idx,
+            model_mask=analysis.valid,
+            covariates=covariates,
+        )
+        at = {int(t): k for k, t in enumerate(idx)}
+        out = []
+        for a, b in pairs:
+            ab, ba = rows[at[a], b], rows[at[b], a]
+            own = max(res.self_influence[a], res.self_influence[b])
+            out.append(
+                {
+                    "influence_ab": _num(ab),
+                    "influence_ba": _num(ba),
+                    "self_influence_max": _num(own),
+                    "fraction_of_self": _num(max(ab, ba) / own) if own > 0 else None,
+                }
+            )
+        return out
+
+    table = three_way(dedup, cluster_of, evidence)
+    table["dedup_only"]["evidence"] = _dedup_only_evidence(dedup, cluster_of, evidence)
+    return dedup, table
+
+
+EVIDENCE_PAIRS = 100  # dedup-only pairs whose influence is summarised (2 rows each at most)
+
+
+def _dedup_only_evidence(dedup: DedupResult, cluster_of: np.ndarray, evidence) -> dict | None:
+    """How much the deduplicator's pairs that the ensemble did not link influence each other:
+    over the first EVIDENCE_PAIRS such pairs (of the pairs the deduplicator verified), the
+    larger of I[a, b] and I[b, a] as a fraction of the larger self-influence, against the same
+    fraction for the same records paired with a random record (chance)."""
+    c = np.asarray(cluster_of)
+    pairs = dedup.pairs
+    apart = pairs[(c[pairs[:, 0]] < 0) | (c[pairs[:, 0]] != c[pairs[:, 1]])][:EVIDENCE_PAIRS]
+    if len(apart) == 0:
+        return None
+    rng = np.random.default_rng(0)
+    n = len(c)
+    other = (apart[:, 0] + rng.integers(1, n, len(apart))) % n  # never a itself
+    chance = np.c_[apart[:, 0], other]
+    found = [e["fraction_of_self"] for e in evidence(np.r_[apart, chance])]
+    real = np.array([np.nan if f is None else f for f in found[: len(apart)]])
+    base = np.array([np.nan if f is None else f for f in found[len(apart) :]])
+
+    def q(x: np.ndarray, p: float) -> float | None:
+        x = x[np.isfinite(x)]
+        return float(np.quantile(x, p)) if len(x) else None
+
+    return {
+        "pairs": len(apart),
+        "median_fraction_of_self": q(real, 0.5),
+        "p10_fraction_of_self": q(real, 0.1),
+        "p90_fraction_of_self": q(real, 0.9),
+        "chance_median_fraction": q(base, 0.5),
+        "chance_p90_fraction": q(base, 0.9),
+    }
+
+
+def _num(x) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None

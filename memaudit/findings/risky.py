@@ -28,11 +28,17 @@ def risky_unique_records(
     cfg: FindingsConfig | None = None,
     bleu_gain: np.ndarray | None = None,
     mia_auc: np.ndarray | None = None,
+    lira_tpr: np.ndarray | None = None,
 ) -> list[RecordFinding]:
     """Unique (unclustered) records flagged for high self-influence (at or above the
     cfg.self_influence_quantile of all finite self-influences, and significantly positive:
     self / self_se >= cfg.link_z), extractability (bleu_gain >= cfg.bleu_gain) or membership
     inference (mia_auc >= cfg.mia_auc); each flag is a reason sentence with its number.
+
+    With ``lira_tpr`` (memaudit.findings.lira.record_exposure: the share of the models that
+    trained on the record in which a dataset-wide LiRA attacker at cfg.lira_fpr calls it a
+    member), the membership flag and its part of the risk use it instead of the uncalibrated
+    per-record AUC: flagged at lira_tpr >= cfg.lira_tpr, risk + lira_tpr.
 
     Ranked by risk = (self-influence percentile in [0, 1]) + (BLEU gain clipped to [0, 1]) +
     (membership advantage 2 * AUC - 1 clipped to [0, 1]); every given measure counts, flagged or
@@ -63,12 +69,14 @@ def risky_unique_records(
     bleu = np.full(n, np.nan) if bleu is None else bleu
     auc = np.full(n, np.nan) if auc is None else auc
     flag_bleu = bleu >= cfg.bleu_gain
-    flag_auc = auc >= cfg.mia_auc
-    score = (
-        pct
-        + np.clip(np.nan_to_num(bleu), 0.0, 1.0)
-        + np.clip(2.0 * np.nan_to_num(auc, nan=0.5) - 1.0, 0.0, 1.0)
-    )
+    lira = optional_array(lira_tpr, n, "lira_tpr")
+    if lira is None:
+        flag_auc = auc >= cfg.mia_auc
+        membership = np.clip(2.0 * np.nan_to_num(auc, nan=0.5) - 1.0, 0.0, 1.0)
+    else:
+        flag_auc = lira >= cfg.lira_tpr
+        membership = np.clip(np.nan_to_num(lira), 0.0, 1.0)
+    score = pct + np.clip(np.nan_to_num(bleu), 0.0, 1.0) + membership
 
     flagged = np.flatnonzero(unique & (flag_self | flag_bleu | flag_auc))
     flagged = flagged[np.lexsort((flagged, -score[flagged]))][: cfg.top_records]
@@ -83,7 +91,13 @@ def risky_unique_records(
             )
         if flag_bleu[t]:
             reasons.append(f"BLEU gain {bleu[t]:.2f} when trained on: extractable")
-        if flag_auc[t]:
+        if flag_auc[t] and lira is not None:
+            reasons.append(
+                f"LiRA at {100 * cfg.lira_fpr:g}% FPR calls it a member in "
+                f"{100 * lira[t]:.0f}% of the models that trained on it"
+                + (f" (per-record AUC {auc[t]:.2f})" if np.isfinite(auc[t]) else "")
+            )
+        elif flag_auc[t]:
             reasons.append(f"membership-inference AUC {auc[t]:.2f}")
         findings.append(RecordFinding(index=int(t), risk_score=float(score[t]), reasons=reasons))
     return findings

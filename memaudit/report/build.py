@@ -79,6 +79,7 @@ def build_report(
             run, analysis, inclusion, redact, shown, covariates=_covariates(saved)
         )
 
+    lira_columns = findings.lira["records"] if findings.lira else {}
     rows = []
     for t, r in enumerate(records):
         rows.append(
@@ -101,6 +102,7 @@ def build_report(
                 "mia_auc": _num(mia["mia_auc"][t]),
                 "mia_dprime": _num(mia["mia_dprime"][t]),
                 **{key: _num(values[t]) for key, values in image_columns.items()},
+                **{key: _num(values[t]) for key, values in lira_columns.items()},
             }
         )
 
@@ -163,6 +165,10 @@ def build_report(
         "notes": _notes(analysis, n_extract, link_z, len(clusters), modality, cfg),
         "convergence": _convergence(run),
     }
+    if findings.lira is not None:
+        report["lira"] = lira_report(findings.lira)
+    if findings.dedup_table is not None:
+        report["dedup"] = dedup_report(findings, groups)
     if modality.classifies:
         report["lowest_margin"] = lowest
         if not lowest:
@@ -331,3 +337,30 @@ def write_reports(run: RunDir, report: dict, flagged: dict, formats: set[str]) -
         atomic_write_text(path, render_html(report, flagged))
         written.append(str(path))
     return written
+
+
+def lira_report(lira: dict[str, Any]) -> dict[str, Any]:
+    """The report's LiRA section: everything but the per-record columns (those are in each
+    record as lira_tpr, lira_fpr and lira_llr)."""
+    return {
+        "statistic": lira["statistic"],
+        "variance": lira["variance"],
+        "fpr": lira["fpr"],
+        "threshold": _num(lira["threshold"]),
+        "variants": lira["variants"],
+    }
+
+
+def dedup_report(findings: Findings, groups: list[str | None]) -> dict[str, Any]:
+    """The deduplicator beside the clusters: the three-way table and, with planted groups, the
+    deduplicator's pair precision and recall beside the clusters' (score_against_groups)."""
+    out = {**findings.dedup_table}
+    keys = ("pair_precision", "pair_recall", "pairs_predicted", "groups_found", "groups")
+    if any(groups):
+        ours = score_against_groups(findings.cluster_of, groups)
+        theirs = score_against_groups(findings.dedup.group_of, groups)
+        out["ground_truth"] = {
+            "dedup": {k: theirs[k] for k in keys},
+            "clusters": {k: ours[k] for k in keys},
+        }
+    return out

@@ -1485,7 +1485,10 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
     ds = report.get("dataset") or {}
     name = str(ds.get("path") or "dataset").replace("\\", "/").rsplit("/", 1)[-1]
     toc = (
-        "<nav class='toc'><a href='#summary'>Summary</a><a href='#plots'>Plots</a>"
+        "<nav class='toc'><a href='#summary'>Summary</a>"
+        + ("<a href='#lira'>LiRA</a>" if report.get("lira") else "")
+        + ("<a href='#dedup'>Deduplicator</a>" if report.get("dedup") else "")
+        + "<a href='#plots'>Plots</a>"
         + ("<a href='#lowest-margin'>Lowest margins</a>" if report.get("lowest_margin") else "")
         + "<a href='#clusters'>Clusters</a><a href='#unique'>Unique records</a>"
         "<a href='#config'>Configuration</a></nav>"
@@ -1496,6 +1499,8 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
         toc,
         _table_section(report, has_bleu),
         _convergence_section(report),
+        _lira_section(report),
+        _dedup_section(report),
         _plots_section(report, flagged, bleu_key),
         _lowest_margin_section(report, flagged),
         _clusters_section(report, has_bleu, flagged),
@@ -1511,4 +1516,202 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>memaudit report · {_esc(name)}</title><style>{_CSS}</style></head>"
         f"<body><main>{''.join(body)}</main></body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Measured the way the field measures: LiRA and a deduplicator (report 1.4, optional)
+
+_LIRA_GROUPS = {"overall": "all records", "in_clusters": "in clusters", "unique": "unique"}
+
+
+def _lira_roc_svg(lira: dict[str, Any]) -> str:
+    """ROC over (record, model) pairs with a log FPR axis, as the field draws it."""
+    import matplotlib
+
+    styles = {
+        ("online", "overall"): ("#000000", "-"),
+        ("offline", "overall"): ("#000000", ":"),
+        ("online", "in_clusters"): (COLOR_CLUSTERED, "-"),
+        ("online", "unique"): (COLOR_UNIQUE, "-"),
+    }
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(5.2, 3.6)
+        ax = fig.add_subplot()
+        lo = 1.0
+        for (variant, group), (color, ls) in styles.items():
+            m = ((lira.get("variants") or {}).get(variant) or {}).get(group) or {}
+            curve = m.get("curve")
+            if not curve or not curve.get("fpr"):
+                continue
+            fpr = np.asarray(curve["fpr"], dtype=float)
+            tpr = np.asarray(curve["tpr"], dtype=float)
+            lo = min(lo, float(fpr.min()))
+            auc = _num(m.get("auc"))
+            label = f"{variant}, {_LIRA_GROUPS.get(group, group)}" + (
+                f" (AUC {auc:.3f})" if auc is not None else ""
+            )
+            ax.step(fpr, tpr, where="post", color=color, ls=ls, lw=1.4, label=label)
+        grid = np.geomspace(max(lo, 1e-6), 1.0, 50)
+        ax.plot(grid, grid, color="#999999", lw=0.8, ls="--", label="chance")
+        from matplotlib import ticker
+
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # decades only: 1, 2, 5 crowd a 5-decade axis
+            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,)))
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlim(max(lo, 1e-6), 1.0)
+        ax.set_ylim(max(lo, 1e-6), 1.02)
+        for a in (0.001, 0.01):
+            ax.axvline(a, color="#cccccc", lw=0.8)
+        ax.set_xlabel("false-positive rate (log scale)")
+        ax.set_ylabel("true-positive rate (log scale)")
+        ax.legend(fontsize=7.5, loc="lower right")
+        return _svg(fig, "lira-roc")
+
+
+def _pct_ci_html(m: dict[str, Any], key: str) -> str:
+    value = _num(m.get(key))
+    if value is None:
+        return "—"
+    ci = (m.get("ci") or {}).get(key)
+    tail = (
+        f" <span class='muted'>[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]</span>"
+        if isinstance(ci, list) and len(ci) == 2
+        else ""
+    )
+    return f"{100 * value:.1f}%{tail}"
+
+
+def _lira_section(report: dict[str, Any]) -> str:
+    lira = report.get("lira")
+    if not isinstance(lira, dict):
+        return ""
+    rows = []
+    for variant, groups in (lira.get("variants") or {}).items():
+        for group, m in (groups or {}).items():
+            auc = _num(m.get("auc"))
+            ci = (m.get("ci") or {}).get("auc")
+            auc_html = "—" if auc is None else f"{auc:.3f}"
+            if auc is not None and isinstance(ci, list) and len(ci) == 2:
+                auc_html += f" <span class='muted'>[{ci[0]:.3f}, {ci[1]:.3f}]</span>"
+            rows.append(
+                f"<tr><th>{_esc(variant)}</th><td>{_esc(_LIRA_GROUPS.get(group, group))}</td>"
+                f"<td>{_esc(m.get('pairs'))}</td><td>{auc_html}</td>"
+                f"<td>{_pct_ci_html(m, 'tpr_at_0.1%')}</td>"
+                f"<td>{_pct_ci_html(m, 'tpr_at_1%')}</td></tr>"
+            )
+    fpr = _num(lira.get("fpr"))
+    return (
+        "<section id='lira'><h2>Membership inference as the field measures it (LiRA)</h2>"
+        "<p class='lead'>Each model of the ensemble is taken in turn as the target; a record's "
+        "in- and out-distributions of the statistic "
+        f"<code>{_esc(lira.get('statistic'))}</code> are fitted on the <em>other</em> models "
+        f"({_esc(lira.get('variance'))} variance), and every (record, model) pair is scored by "
+        "the likelihood ratio (online) or against the out-distribution alone (offline). "
+        "Privacy audits read the true-positive rate at a low false-positive rate; brackets: "
+        "95% intervals over target models.</p>"
+        + _lira_roc_svg(lira)
+        + "<table class='data'><thead><tr><th>variant</th><th>records</th><th>pairs</th>"
+        "<th>AUC</th><th>TPR at 0.1% FPR</th><th>TPR at 1% FPR</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+        + (
+            f"<p class='sub'>Record level: <code>lira_tpr</code> is the share of the models "
+            f"that trained on a record in which an attacker at {100 * fpr:g}% FPR over the "
+            "whole dataset calls it a member; unique records flagged for membership use it.</p>"
+            if fpr is not None
+            else ""
+        )
+        + "</section>"
+    )
+
+
+def _dedup_section(report: dict[str, Any]) -> str:
+    dedup = report.get("dedup")
+    if not isinstance(dedup, dict):
+        return ""
+    recs = _record_map(report)
+    redacted = bool(report.get("redacted"))
+
+    def show(i: Any) -> str:
+        rec = recs.get(i)
+        label = _rec_label(rec, i)
+        if _has_text(rec, redacted):
+            text = str(rec.get("text"))
+            label += " " + _esc(text[:80] + ("…" if len(text) > 80 else ""))
+        return label
+
+    def examples(kind: dict[str, Any]) -> str:
+        items = []
+        for ex in (kind.get("examples") or [])[:3]:
+            members = ex.get("pair") or ex.get("members") or []
+            line = "<br>".join(show(i) for i in members[:4])
+            frac = _num(ex.get("fraction_of_self"))
+            if frac is not None:
+                line += (
+                    f"<br><span class='muted'>influence between them: {100 * frac:.0f}% of the "
+                    "larger self-influence</span>"
+                )
+            items.append(f"<li>{line}</li>")
+        return f"<ul>{''.join(items)}</ul>" if items else "—"
+
+    kinds = (
+        ("confirmed", "Near-duplicates that also influence each other (confirmed)", "groups"),
+        (
+            "dedup_only",
+            "Near-duplicates by content only: a deduplicator removes them, but the "
+            "ensemble did not link them at this number of models (influence evidence below)",
+            "groups",
+        ),
+        (
+            "influence_only",
+            "Influence clusters the deduplicator does not group (below its similarity threshold): "
+            "what a deduplicator misses",
+            "clusters",
+        ),
+    )
+    body = "".join(
+        f"<tr><th>{_esc(label)}</th><td>{_esc((dedup.get(key) or {}).get('pairs'))}</td>"
+        f"<td>{_esc((dedup.get(key) or {}).get(unit, '—'))} {unit}</td>"
+        f"<td>{examples(dedup.get(key) or {})}</td></tr>"
+        for key, label, unit in kinds
+    )
+    ev = (dedup.get("dedup_only") or {}).get("evidence") or {}
+    ev_html = ""
+    if _num(ev.get("median_fraction_of_self")) is not None:
+        ev_html = (
+            f"<p class='sub'>Influence evidence for the deduplicator-only pairs "
+            f"({_esc(ev.get('pairs'))} read): the larger of I[a, b] and I[b, a] is a median "
+            f"{_pct(ev.get('median_fraction_of_self'))} of the larger self-influence (10th-90th "
+            f"percentile {_pct(ev.get('p10_fraction_of_self'))}-"
+            f"{_pct(ev.get('p90_fraction_of_self'))}), against "
+            f"{_pct(ev.get('chance_median_fraction'))} for the same records beside a random "
+            f"record (90th percentile {_pct(ev.get('chance_p90_fraction'))}).</p>"
+        )
+    params = dedup.get("params") or {}
+    how = ", ".join(f"{k} {v}" for k, v in params.items())
+    gt = dedup.get("ground_truth")
+    gt_html = ""
+    if isinstance(gt, dict):
+        d, c = gt.get("dedup") or {}, gt.get("clusters") or {}
+        gt_html = (
+            "<table class='data'><thead><tr><th>against the planted groups</th>"
+            "<th>pair precision</th><th>pair recall</th><th>groups found</th></tr></thead><tbody>"
+            f"<tr><th>deduplicator</th><td>{_pct(d.get('pair_precision'))}</td>"
+            f"<td>{_pct(d.get('pair_recall'))}</td><td>{_esc(d.get('groups_found'))} of "
+            f"{_esc(d.get('groups'))}</td></tr>"
+            f"<tr><th>influence clusters</th><td>{_pct(c.get('pair_precision'))}</td>"
+            f"<td>{_pct(c.get('pair_recall'))}</td><td>{_esc(c.get('groups_found'))} of "
+            f"{_esc(c.get('groups'))}</td></tr></tbody></table>"
+        )
+    return (
+        "<section id='dedup'><h2>Beside a deduplicator</h2>"
+        f"<p class='lead'>{_esc(dedup.get('method'))} ({_esc(how)}): "
+        f"{_esc(dedup.get('dedup_groups'))} groups, {_esc(dedup.get('dedup_pairs'))} record "
+        f"pairs; the influence clusters hold {_esc(dedup.get('cluster_pairs'))} pairs.</p>"
+        "<table class='data'><thead><tr><th>kind</th><th>pairs</th><th></th><th>examples</th>"
+        f"</tr></thead><tbody>{body}</tbody></table>{ev_html}{gt_html}</section>"
     )

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -418,6 +419,8 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
                 text = Text("\n").join([text, distribution_strip(r, bins, ascii_only)])
             rt.add_row(r["id"][:16], text, "; ".join(f["reasons"]))
         out.print(rt)
+    print_lira(report.get("lira"), out)
+    print_dedup(report.get("dedup"), report["records"], out)
     print_convergence(report.get("convergence"), out)
     for note in report["notes"]:
         out.print(f"[dim]note: {note}[/]")
@@ -503,4 +506,106 @@ def print_convergence(conv: dict | None, out: Console) -> None:
         out.print(
             f"[yellow]warning:[/] {n_pairs} record pairs have (nearly) the same inclusion "
             "pattern, so no estimator can tell their influences apart; see report.json."
+        )
+
+
+def _pct_ci(m: dict, key: str) -> str:
+    value = m.get(key)
+    if value is None:
+        return "–"
+    ci = (m.get("ci") or {}).get(key)
+    return f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def print_lira(lira: dict | None, out: Console) -> None:
+    """LiRA as the field reports it: AUC and TPR at 0.1% and 1% FPR over (record, model) pairs,
+    with 95% intervals over target models."""
+    if not lira:
+        return
+    table = Table(
+        title=f"LiRA membership inference from the ensemble ({lira['variance']} variance, "
+        "leave-one-model-out; 95% intervals over models)",
+        title_justify="left",
+        show_edge=False,
+    )
+    for col in ("variant", "records", "AUC", "TPR at 0.1% FPR", "TPR at 1% FPR"):
+        table.add_column(col, justify="left" if col in ("variant", "records") else "right")
+    names = {"overall": "all", "in_clusters": "in clusters", "unique": "unique"}
+    for variant, groups in lira["variants"].items():
+        for group, m in groups.items():
+            auc = m.get("auc")
+            ci = (m.get("ci") or {}).get("auc")
+            auc_text = "–" if auc is None else f"{auc:.3f}"
+            if auc is not None and ci:
+                auc_text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+            table.add_row(
+                escape(str(variant)),
+                escape(names.get(group, str(group))),
+                auc_text,
+                _pct_ci(m, "tpr_at_0.1%"),
+                _pct_ci(m, "tpr_at_1%"),
+            )
+    out.print()
+    out.print(table)
+
+
+def print_dedup(dedup: dict | None, records: list[dict], out: Console) -> None:
+    """The deduplicator beside the influence clusters: the three-way table by record pairs."""
+    if not dedup:
+        return
+    params = dedup.get("params", {})
+    how = (
+        f"MinHash LSH, {params.get('shingle', '?')}, Jaccard >= {params.get('threshold', '?')}"
+        if dedup["method"] == "minhash"
+        else f"perceptual hash, Hamming <= {params.get('max_distance', '?')} of 64 bits"
+    )
+    out.print(
+        f"\n[bold]Beside a deduplicator[/] ({escape(how)}): {dedup['dedup_groups']} groups, "
+        f"{dedup['dedup_pairs']} pairs; influence clusters: {dedup['cluster_pairs']} pairs"
+    )
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("kind")
+    table.add_column("pairs", justify="right")
+    table.add_column("example", overflow="fold")
+
+    def label(i: int) -> str:
+        return escape(str(records[i]["id"])[:20])
+
+    def example(kind: dict) -> str:
+        for ex in kind.get("examples", [])[:1]:
+            members = ex.get("pair") or ex.get("members") or []
+            line = " | ".join(label(i) for i in members[:2])
+            if ex.get("fraction_of_self") is not None:
+                line += f" (influence {100 * ex['fraction_of_self']:.0f}% of self)"
+            return line
+        return "–"
+
+    rows = (
+        ("confirmed: also linked by influence", dedup["confirmed"]),
+        ("deduplicator only: not linked by influence", dedup["dedup_only"]),
+        ("influence only: a deduplicator misses", dedup["influence_only"]),
+    )
+    for name, kind in rows:
+        table.add_row(name, str(kind["pairs"]), example(kind))
+    out.print(table)
+    ev = dedup["dedup_only"].get("evidence")
+    if ev and ev.get("median_fraction_of_self") is not None:
+        out.print(
+            f"deduplicator-only pairs ({ev['pairs']} read): influence on each other "
+            f"{100 * ev['median_fraction_of_self']:.0f}% of self-influence (median; chance "
+            f"{100 * (ev.get('chance_median_fraction') or 0):.0f}%, its 90th percentile "
+            f"{100 * (ev.get('chance_p90_fraction') or 0):.0f}%): "
+            + (
+                "they do influence each other, below the link rule at this number of models"
+                if ev["median_fraction_of_self"] > (ev.get("chance_p90_fraction") or 0)
+                else "no more than chance: the models did not learn them jointly"
+            )
+        )
+    gt = dedup.get("ground_truth")
+    if gt:
+        d, c = gt["dedup"], gt["clusters"]
+        out.print(
+            f"against the planted groups: deduplicator pair precision {_f(d['pair_precision'])}, "
+            f"recall {_f(d['pair_recall'])}; influence clusters {_f(c['pair_precision'])}, "
+            f"{_f(c['pair_recall'])}"
         )

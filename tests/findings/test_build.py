@@ -39,7 +39,10 @@ def test_text_run_findings_are_their_parts(tmp_path):
         model_mask=analysis.valid,
     )
     mia = membership_scores(losses, inclusion, analysis.valid)
-    risky = risky_unique_records(analysis.result, cluster_of, cfg, None, mia["mia_auc"])
+    lira_tpr = found.lira["records"]["lira_tpr"]
+    risky = risky_unique_records(
+        analysis.result, cluster_of, cfg, None, mia["mia_auc"], lira_tpr=lira_tpr
+    )
     assert found.clusters and found.risky
     assert [c.members for c in found.clusters] == [c.members for c in clusters]
     np.testing.assert_array_equal(found.cluster_of, cluster_of)

@@ -67,3 +67,22 @@ def test_risky_unique_records_flags_reasons_and_ranking():
     assert [f.index for f in capped] == [7]
     with pytest.raises(ValueError):
         risky_unique_records(result, cluster_of[:5])
+
+
+def test_risky_membership_flag_uses_lira_exposure_when_given():
+    """The calibrated LiRA exposure replaces the per-record AUC for the membership flag: a high
+    AUC alone no longer flags; lira_tpr >= 0.5 does, and adds lira_tpr to the risk."""
+    n = 20
+    result = _fake_result(np.zeros(n), np.full(n, 1.0))  # no self-influence flags (z = 0)
+    cluster_of = np.full(n, -1)
+    auc = np.full(n, 0.6)
+    auc[7] = 0.99
+    lira = np.zeros(n)
+    lira[[4, 9]] = [0.8, 0.4]
+    found = risky_unique_records(result, cluster_of, FindingsConfig(), None, auc, lira_tpr=lira)
+    assert [f.index for f in found] == [4]
+    assert found[0].risk_score == pytest.approx(1.0 + 0.8)  # percentile (all tie: 1) + 0.8
+    assert "LiRA at 0.1% FPR calls it a member in 80%" in found[0].reasons[0]
+    assert "per-record AUC 0.60" in found[0].reasons[0]
+    without = risky_unique_records(result, cluster_of, FindingsConfig(), None, auc)
+    assert [f.index for f in without] == [7]

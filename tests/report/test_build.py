@@ -167,3 +167,38 @@ def test_redacted_distributions_carry_ids_only(run_dir, cli):
         assert text not in page
     ids = {json.loads(line)["id"] for line in (run_dir / "records.jsonl").read_text().splitlines()}
     assert {m["id"] for h in hists for m in h["marks"]} <= ids
+
+
+def test_lira_and_dedup_sections_validate_and_render(run_dir, cli):
+    """Report 1.4's optional sections: LiRA over (record, model) pairs and the deduplicator's
+    three-way table, in JSON (schema), HTML (log-scale ROC) and the terminal."""
+    res = cli("report", run_dir)
+    assert res.code == 0, res.err
+    report = json.loads((run_dir / "report.json").read_text())
+    jsonschema.validate(report, load_schema())
+    lira = report["lira"]
+    overall = lira["variants"]["online"]["overall"]
+
+    # v1-foundation: 40 records x 6 models. Leave-one-model-out, a pair is scored when the
+    # other 5 models leave t at least one model on each side: a record in k models has k
+    # scorable in-pairs when k >= 2 (and k <= 5), and 6 - k out-pairs when k >= 1 (and k <= 4).
+    def scorable(k):
+        return (k if 2 <= k <= 5 else 0) + (6 - k if 1 <= k <= 4 else 0)
+
+    assert overall["pairs"] == sum(scorable(r["n_in"]) for r in report["records"])
+    assert 0.5 < overall["auc"] <= 1.0 and lira["variance"] == "global"
+    assert all(0.0 <= r["lira_tpr"] <= 1.0 for r in report["records"] if r["lira_tpr"] is not None)
+    dedup = report["dedup"]
+    assert dedup["method"] == "minhash"
+    assert dedup["dedup_pairs"] == dedup["confirmed"]["pairs"] + dedup["dedup_only"]["pairs"]
+    assert dedup["ground_truth"]["dedup"]["pair_precision"] == 1.0
+    html = (run_dir / "report.html").read_text()
+    assert "id='lira'" in html and "id='dedup'" in html
+    assert "false-positive rate (log scale)" in html
+    assert "TPR at 0.1% FPR" in res.out and "Beside a deduplicator" in res.out
+    # A report from before these sections still renders, without them.
+    from memaudit.report.html import render_html
+
+    old = {k: v for k, v in report.items() if k not in ("lira", "dedup")}
+    page = render_html(old)
+    assert "id='lira'" not in page and "href='#lira'" not in page

@@ -162,6 +162,14 @@ class FindingsConfig:
     # N = 20,000, M = 1,000; a fixed 4 would let N = 20,000 make thousands of chance links and
     # merge them into one giant cluster. None: link_z alone.
     link_fwer: float | None = 0.05
+    # Both link rules are calibrated on this many null shuffles of the run's own losses
+    # (memaudit.findings.calibration: each record's losses permuted within its own inclusion
+    # strata, so self-effects and noise stay and every cross-record effect goes). Each rule's
+    # threshold lets at most link_fwer / 2 false links per run through on those shuffles, so
+    # the family-wise false-link rate over both rules stays under link_fwer (0.05 if None).
+    # Cost: this many reruns of the estimator and the link rules. 0: no calibration (the
+    # analytic z threshold, and the mutual rule on its selection alone, as before).
+    link_null_ensembles: int = 39
     # Without losses and inclusion, find_clusters sees only the plain difference of means,
     # which credits i with t's own self-influence in proportion to how much their inclusion
     # columns overlap by chance (up to a correlation of 0.84 among 300 columns at M = 24). Then
@@ -236,7 +244,7 @@ class FindingsConfig:
             raise ValueError(f"mutual_fraction must be in [0, 1], got {self.mutual_fraction!r}")
         if not self.mutual_margin > 1.0:
             raise ValueError(f"mutual_margin must be > 1, got {self.mutual_margin!r}")
-        for name in ("top_clusters", "top_records", "mutual_top"):
+        for name in ("top_clusters", "top_records", "mutual_top", "link_null_ensembles"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")

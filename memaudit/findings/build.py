@@ -24,6 +24,7 @@ from memaudit.config import FindingsConfig
 from memaudit.data.images import stored_images
 from memaudit.ensemble.extract import aggregate
 from memaudit.estimate.analysis import Analysis
+from memaudit.findings.calibration import LinkCalibration, calibrate_links
 from memaudit.findings.clusters import Cluster, find_clusters, link_thresholds
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.risky import RecordFinding, risky_unique_records
@@ -43,6 +44,9 @@ class Findings:
     n_extract: int  # models whose extraction was read
     link_z: float  # the z threshold links were held to
     link_fraction: float  # and the fraction of the largest influence
+    # Weak-memorization work (#19/#14): what the link thresholds rest on, and the headline
+    # verdict on signal strength. None when uncalibrated (link_null_ensembles = 0).
+    link_calibration: LinkCalibration | None = None
 
     @property
     def shown_clusters(self) -> list[Cluster]:
@@ -77,6 +81,12 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     is_image = run.read_config()["config"].get("image") is not None
     pixels = stored_images(run) if is_image else None
     mia = membership_scores(losses, inclusion, analysis.valid)
+    calibration = None
+    if cfg.link_null_ensembles > 0:
+        covariates = int(run.read_config()["config"].get("analysis", {}).get("covariates", 4))
+        calibration = calibrate_links(
+            res, cfg, losses, inclusion, analysis.valid, covariates=covariates
+        )
     clusters, cluster_of = find_clusters(
         res,
         [r.text for r in records],
@@ -86,11 +96,24 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         inclusion=inclusion,
         model_mask=analysis.valid,
         images=None if pixels is None else pixels.images,
+        z_threshold=None if calibration is None else calibration.z_threshold,
+        mutual_threshold=None if calibration is None else calibration.mutual_threshold,
     )
     link_z, link_fraction = link_thresholds(
         cfg, len(records), int(analysis.valid.sum()), adjusted=True
     )
+    if calibration is not None:
+        link_z = calibration.z_threshold
     risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"])
     return Findings(
-        cfg, clusters, cluster_of, risky, mia, extraction, n_extract, link_z, link_fraction
+        cfg,
+        clusters,
+        cluster_of,
+        risky,
+        mia,
+        extraction,
+        n_extract,
+        link_z,
+        link_fraction,
+        link_calibration=calibration,
     )

@@ -32,6 +32,10 @@ class Link:
     lexical_similarity: float | None  # None for images
     basis: str = "evidence"  # "evidence": the z rule; "mutual": mutual low-margin competitors
     pixel_similarity: float | None = None  # images: see pixel_similarity
+    # The rule's statistic (z rule: z; mutual rule: the pair's pooled z, see pair_z) and the
+    # threshold it passed (None: the rule had none, e.g. the mutual rule uncalibrated).
+    statistic: float | None = None
+    threshold: float | None = None
 
     @property
     def similarity(self) -> float:
@@ -272,20 +276,55 @@ def find_links(
     losses: np.ndarray | None = None,
     inclusion: np.ndarray | None = None,
     model_mask: np.ndarray | None = None,
+    *,
+    z_threshold: float | None = None,
+    mutual_threshold: float | None = None,
 ) -> np.ndarray:
-    """(t, i, influence, se, z, basis) rows of every link that passes a rule in FindingsConfig
-    (basis 0: the z rule; 1: mutual low-margin competitors, adjusted estimator only).
+    """(t, i, influence, se, z, basis, statistic) rows of every link that passes a rule in
+    FindingsConfig (basis 0: the z rule, statistic = z; 1: mutual low-margin competitors,
+    adjusted estimator only, statistic = the pair's pooled z, see
+    :func:`pair_z`).
 
-    Thresholds from :func:`link_thresholds`. Without losses, the candidates are each target's
-    top-k influencers with their plain estimates. With losses and inclusion, the candidates come
-    from :func:`link_candidates` and are estimated jointly by :func:`joint_influence`, and the
-    fraction is taken of the largest effect in that fit.
+    Thresholds from :func:`link_thresholds`, or ``z_threshold`` / ``mutual_threshold`` when
+    given (the null-calibrated ones, memaudit.findings.calibration); without a mutual threshold
+    the mutual rule links on its selection alone. Without losses, the candidates are each
+    target's top-k influencers with their plain estimates. With losses and inclusion, the
+    candidates come from :func:`link_candidates` and are estimated jointly by
+    :func:`joint_influence`, and the fraction is taken of the largest effect in that fit.
     """
+    min_z, _ = link_thresholds(cfg, n_records(result), result.n_models, losses is not None)
+    if z_threshold is not None:
+        min_z = max(min_z, z_threshold)
+    z_rows, mutual_rows = link_statistics(result, cfg, losses, inclusion, model_mask)
+    rows = z_rows[z_rows[:, 6] >= min_z]
+    if len(mutual_rows):
+        n = n_records(result)
+        # Pairs the z rule links already (either direction) keep that rule's evidence.
+        done = np.concatenate([rows[:, 0] * n + rows[:, 1], rows[:, 1] * n + rows[:, 0]])
+        keep = ~np.isin(mutual_rows[:, 0] * n + mutual_rows[:, 1], done)
+        if mutual_threshold is not None:
+            keep &= mutual_rows[:, 6] >= mutual_threshold
+        rows = np.concatenate([rows, mutual_rows[keep]])
+    return rows
+
+
+def link_statistics(
+    result: InfluenceResult,
+    cfg: FindingsConfig,
+    losses: np.ndarray | None = None,
+    inclusion: np.ndarray | None = None,
+    model_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate of each link rule with its statistic, before the rule's threshold on
+    it: (z rule rows, mutual rule rows), each (t, i, influence, se, z, basis, statistic).
+    z rule rows meet every condition of the rule but the z threshold; mutual rows meet the
+    selection of the mutual rule (empty unless cfg.mutual_links and the adjusted estimator).
+    The null calibration reads the statistics of both on shuffled losses."""
     idx, val, se = result.top_idx, result.top_val, result.top_se
     n = n_records(result)
     if (losses is None) != (inclusion is None):
         raise ValueError("give both losses and inclusion, or neither")
-    min_z, min_fraction = link_thresholds(cfg, n, result.n_models, losses is not None)
+    _, min_fraction = link_thresholds(cfg, n, result.n_models, losses is not None)
     # The largest influence on t over all i is the first top-k entry (descending order).
     largest = result.top_val[:, :1]
     if losses is not None:
@@ -302,14 +341,85 @@ def find_links(
             (idx >= 0)
             & (idx != np.arange(n)[:, None])
             & (val > 0)
-            & (z >= min_z)
+            & np.isfinite(z)
             & (val >= min_fraction * largest)
         )
     t, c = np.nonzero(ok)
-    rows = np.column_stack([t, idx[t, c], val[t, c], se[t, c], z[t, c], np.zeros(len(t))])
+    z_rows = np.column_stack(
+        [t, idx[t, c], val[t, c], se[t, c], z[t, c], np.zeros(len(t)), z[t, c]]
+    )
+    mutual_rows = np.empty((0, 7))
     if cfg.mutual_links and result.estimator == ADJUSTED_NAME:
-        rows = np.concatenate([rows, _mutual_links(result, cfg, rows)])
-    return rows
+        mutual_rows = _mutual_links(result, cfg, np.empty((0, 6)))
+        if len(mutual_rows) and losses is not None:
+            # Evidence from the data, not from the ranking that selected the pair: each
+            # direction's influence with the target's own inclusion held fixed.
+            mt, mi = mutual_rows[:, 0].astype(np.int64), mutual_rows[:, 1].astype(np.int64)
+            a, a_se = adjusted_influence(losses, inclusion, mt, mi, model_mask)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mutual_rows[:, 2], mutual_rows[:, 3] = a, a_se
+                mutual_rows[:, 4] = np.where(a_se > 0, a / a_se, np.nan)
+            stat = group_z(mutual_rows, losses, inclusion, model_mask, n)
+            return z_rows, np.column_stack([mutual_rows, stat])
+        mutual_rows = np.column_stack([mutual_rows, pair_z(mutual_rows, n)])
+    return z_rows, mutual_rows
+
+
+def pair_z(rows: np.ndarray, n: int) -> np.ndarray:
+    """Pooled z of each row's pair: (z[t, i] + z[i, t]) / sqrt(2), rows as (t, i, ., ., z, ...)
+    with both directions present; a row whose reverse is missing pools with z = 0 (so a
+    one-sided effect needs sqrt(2) times the z). Under the null the two directions are fits to
+    different records' losses, nearly independent, so the pooled z is near standard."""
+    if len(rows) == 0:
+        return np.zeros(0)
+    t, i = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+    z = np.where(np.isfinite(rows[:, 4]), rows[:, 4], 0.0)
+    key = t * n + i
+    order = np.argsort(key)
+    at = np.minimum(np.searchsorted(key[order], i * n + t), len(key) - 1)
+    found = key[order][at] == i * n + t
+    reverse = np.where(found, z[order][at], 0.0)
+    return (z + reverse) / np.sqrt(2.0)
+
+
+def group_z(
+    rows: np.ndarray,
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    model_mask: np.ndarray | None,
+    n: int,
+) -> np.ndarray:
+    """Pooled evidence of each row's candidate group: the connected component of ``rows``
+    (pairs (t, i, ...)) it lies in. For each member t, fit L[t] ~ 1 + P[t] + A[t] over the
+    models, A[t, j] = 1 when any other member is in model j (near-duplicates substitute for
+    each other, so what lowers t's loss is having some copy in, not one particular copy), and
+    take z_t = -coef / se; the group's statistic is sum z_t / sqrt(size). In a pair it is the
+    pair's pooled z; in a group of k copies it grows with k where each pairwise effect shrinks.
+    Every row gets its component's statistic."""
+    if len(rows) == 0:
+        return np.zeros(0)
+    t, i = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+    graph = coo_matrix((np.ones(len(rows)), (t, i)), shape=(n, n)).tocsr()
+    _, labels = connected_components(graph, directed=False)
+    used = slice(None) if model_mask is None else np.asarray(model_mask, dtype=bool)
+    inc = np.asarray(inclusion)[:, used].astype(np.float64)
+    loss = np.asarray(losses, dtype=np.float64)[:, used]
+    m = inc.shape[1]
+    stat_of: dict[int, float] = {}
+    for comp in np.unique(labels[t]):
+        members = np.flatnonzero(labels == comp)
+        zs = []
+        for k in members:
+            others = inc[members[members != k]].max(axis=0)
+            x = np.column_stack([np.ones(m), inc[k], others])
+            beta, *_ = np.linalg.lstsq(x, loss[k], rcond=None)
+            res = loss[k] - x @ beta
+            dof = m - 3
+            xtx = np.linalg.pinv(x.T @ x)
+            var = (res @ res) / max(dof, 1) * xtx[2, 2]
+            zs.append(-beta[2] / np.sqrt(var) if var > 0 and dof > 0 else 0.0)
+        stat_of[int(comp)] = float(np.sum(zs) / np.sqrt(len(members)))
+    return np.array([stat_of[int(c)] for c in labels[t]])
 
 
 # FindingsConfig.mutual_fraction for image runs when it is not set (see there).
@@ -374,6 +484,8 @@ def find_clusters(
     inclusion: np.ndarray | None = None,
     model_mask: np.ndarray | None = None,
     images: np.ndarray | None = None,
+    z_threshold: float | None = None,
+    mutual_threshold: float | None = None,
 ) -> tuple[list[Cluster], np.ndarray]:
     """Links from each target's top-k list only (so it scales to N = 20,000); undirected graph;
     clusters = connected components with >= 2 records. Returns clusters ranked by
@@ -382,7 +494,8 @@ def find_clusters(
     ranking. Each cluster's ``reasons`` are sentences such as "5 records linked by influence
     (z >= 4.2)", "lowest margin 1.12", "textual near-duplicates (similarity 0.93)", "BLEU gain
     up to 0.41". With ``images`` (uint8 N x H x W x 3) links carry :func:`pixel_similarity`
-    instead of the lexical one, and near-duplicate clusters are "visual"."""
+    instead of the lexical one, and near-duplicate clusters are "visual". ``z_threshold`` and
+    ``mutual_threshold``: the null-calibrated thresholds (see :func:`find_links`)."""
     cfg = cfg or FindingsConfig()
     n = n_records(result)
     if len(texts) != n:
@@ -390,7 +503,17 @@ def find_clusters(
     bleu = optional_array(bleu_gain, n, "bleu_gain")
 
     cfg = replace(cfg, mutual_fraction=mutual_fraction(cfg, images is not None))
-    rows = find_links(result, cfg, losses, inclusion, model_mask)
+    rows = find_links(
+        result,
+        cfg,
+        losses,
+        inclusion,
+        model_mask,
+        z_threshold=z_threshold,
+        mutual_threshold=mutual_threshold,
+    )
+    min_z, _ = link_thresholds(cfg, n, result.n_models, losses is not None)
+    applied = {0: max(min_z, z_threshold or -np.inf), 1: mutual_threshold}
     t_idx = rows[:, 0].astype(np.int64)
     i_idx = rows[:, 1].astype(np.int64)
     graph = coo_matrix((np.ones(len(rows)), (t_idx, i_idx)), shape=(n, n)).tocsr()
@@ -421,6 +544,8 @@ def find_clusters(
                 lexical_similarity=float(sim[k]) if images is None else None,
                 basis="mutual" if rows[k, 5] else "evidence",
                 pixel_similarity=float(sim[k]) if images is not None else None,
+                statistic=float(rows[k, 6]) if np.isfinite(rows[k, 6]) else None,
+                threshold=applied[int(rows[k, 5])],
             )
             for k in link_order[link_starts[c] : link_ends[c]]
         ]
@@ -460,9 +585,10 @@ def _make_cluster(
     n_mutual = len(links) - len(evidence)
     how = [f"{len(evidence)} link(s) at z >= {min(evidence):.1f}"] if evidence else []
     if n_mutual:
+        pooled = [lk.statistic for lk in links if lk.basis == "mutual" and lk.statistic is not None]
         how.append(
             f"{n_mutual} between low-margin records (< {cfg.mutual_margin:g}) that are each "
-            "other's top influencers"
+            "other's top influencers" + (f" (pooled z >= {min(pooled):.1f})" if pooled else "")
         )
     reasons = [f"{len(members)} records linked by influence: {' and '.join(how)}"]
     if min_margin is not None:

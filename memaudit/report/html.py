@@ -83,7 +83,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
         return "—"
     if v == 0:
         return "0"
-    if abs(v) < 1e-3 or abs(v) >= 1e5:
+    # Down to 1e-4 as a plain decimal (0.00073, its scale at a glance; issue #19).
+    if abs(v) < 1e-4 or abs(v) >= 1e5:
         return f"{v:.{max(digits - 1, 1)}e}"
     if abs(v) >= 10**digits:
         return f"{v:.0f}"
@@ -91,8 +92,11 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def _fmt_bleu(x: Any) -> str:
-    """A score in [0, 1] (BLEU, AUC) with three decimals."""
+    """A score in [0, 1] (BLEU, AUC) with three decimals; a smaller nonzero value (a BLEU gain
+    of 0.0004) with significant digits instead of 0.000."""
     v = _num(x)
+    if v is not None and 0 < abs(v) < 1e-3:
+        return _fmt(v, 2)
     return "—" if v is None else f"{v:.3f}"
 
 

@@ -27,6 +27,7 @@ from rich.text import Text
 from memaudit.config import RunConfig
 from memaudit.ensemble.driver import EnsembleProgress
 from memaudit.estimate.analysis import Analysis
+from memaudit.report.numbers import mean_std, sig
 
 console = Console(stderr=True, width=None)
 
@@ -126,9 +127,7 @@ def print_status(status: dict, run_dir, out: Console | None = None) -> None:
 def _fmt(stats: dict, key: str = "mean") -> str:
     if not stats or stats.get("n", 0) == 0:
         return "n/a"
-    std = stats.get("std")
-    text = f"{stats['mean']:.3f}" + (f" ± {std:.3f}" if std is not None else "")
-    return f"{text}  (median {stats['median']:.2f})"
+    return f"{mean_std(stats['mean'], stats.get('std'), 3)}  (median {sig(stats['median'])})"
 
 
 def print_summary(
@@ -187,7 +186,7 @@ def print_summary(
         r = analysis.records[t]
         margin = f"{res.margin[t]:.2f}" if res.margin_defined[t] else "undef."
         top.add_row(
-            r.id, f"{res.self_influence[t]:.3f}", f"{res.self_se[t]:.3f}", margin, r.group or ""
+            r.id, sig(res.self_influence[t], 3), sig(res.self_se[t], 3), margin, r.group or ""
         )
     out.print(top)
     if n_ok < 64:
@@ -204,8 +203,7 @@ def print_summary(
 def _ms(stats: dict | None, digits: int = 2) -> str:
     if not stats or not stats.get("n"):
         return "n/a"
-    std = stats.get("std")
-    return f"{stats['mean']:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    return mean_std(stats["mean"], stats.get("std"), digits)
 
 
 def _diff_text(base: str, text: str, width: int) -> Text:
@@ -238,7 +236,7 @@ def _label(rec: dict) -> str:
 
 
 def _f(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+    return sig(x, digits)
 
 
 def print_report(report: dict, out: Console | None = None, clusters: int = 5) -> None:

@@ -28,6 +28,7 @@ from memaudit.findings.calibration import LinkCalibration, calibrate_links
 from memaudit.findings.clusters import Cluster, find_clusters, link_thresholds
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.risky import RecordFinding, risky_unique_records
+from memaudit.findings.verdict import pair_threshold, signal_verdict
 from memaudit.store.rundir import RunDir
 
 
@@ -47,6 +48,7 @@ class Findings:
     # Weak-memorization work (#19/#14): what the link thresholds rest on, and the headline
     # verdict on signal strength. None when uncalibrated (link_null_ensembles = 0).
     link_calibration: LinkCalibration | None = None
+    signal: dict | None = None  # verdict.signal_verdict: the report's headline
 
     @property
     def shown_clusters(self) -> list[Cluster]:
@@ -105,6 +107,13 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     if calibration is not None:
         link_z = calibration.z_threshold
     risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"])
+    signal = signal_verdict(
+        res,
+        int(analysis.valid.sum()),
+        pair_threshold(link_z, None if calibration is None else calibration.mutual_threshold),
+        len(clusters),
+        None if calibration is None else cfg.link_fwer,
+    )
     return Findings(
         cfg,
         clusters,
@@ -116,4 +125,5 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         link_z,
         link_fraction,
         link_calibration=calibration,
+        signal=signal,
     )

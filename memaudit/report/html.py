@@ -616,6 +616,16 @@ def _header(report: dict[str, Any]) -> str:
     )
 
 
+def _headline_section(report: dict[str, Any]) -> str:
+    """The signal-strength verdict (#19) above everything else; '' for reports without one."""
+    headline = report.get("headline")
+    if not isinstance(headline, dict) or not headline.get("text"):
+        return ""
+    kind = {"strong": "ok", "weak": "warn", "none": "warn"}.get(headline.get("strength"), "")
+    lines = "".join(f"<p>{_esc(t)}</p>" for t in headline["text"])
+    return f"<section class='headline {kind}' id='headline'><h2>Verdict</h2>{lines}</section>"
+
+
 def _summary_cards(report: dict[str, Any]) -> str:
     records = report.get("records") or []
     clusters = report.get("clusters") or []
@@ -1211,6 +1221,8 @@ table.meta{border-collapse:collapse;margin:6px 0 4px}
 table.meta th{text-align:left;font-weight:600;color:var(--muted);padding:3px 18px 3px 0;
 vertical-align:top;white-space:nowrap}
 table.meta td{padding:3px 0}
+.headline{border:1px solid var(--line);border-left:6px solid #1a7f37;padding:4px 14px;
+margin:12px 0}.headline.warn{border-left-color:#e08a00;background:#fff8ee}
 .banner{background:#fff4e5;border:1px solid #f0b45b;border-left:6px solid #e08a00;
 padding:10px 14px;border-radius:6px;margin:10px 0 14px}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0 16px}
@@ -1312,6 +1324,7 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
     schema = f"{report.get('schema', 'memaudit-report')} {report.get('schema_version', '')}"
     body = [
         _header(report),
+        _headline_section(report),
         toc,
         _table_section(report, has_bleu),
         _convergence_section(report),

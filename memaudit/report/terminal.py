@@ -259,6 +259,7 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     if report["redacted"]:
         head += " · [reverse] REDACTED [/]"
     out.print(head)
+    _print_headline(report.get("headline"), out)
 
     table = Table(
         title="records in near-duplicate clusters vs unique records (mean ± std)",
@@ -355,6 +356,16 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     print_convergence(report.get("convergence"), out)
     for note in report["notes"]:
         out.print(f"[dim]note: {note}[/]")
+
+
+def _print_headline(headline: dict | None, out: Console) -> None:
+    """The signal-strength verdict (#19), first: how much memorization the ensemble measures
+    and whether clusters are resolvable. Reports from before it have none."""
+    if not headline:
+        return
+    style = {"strong": "green", "weak": "yellow", "none": "red"}.get(headline.get("strength"), "")
+    for k, line in enumerate(headline.get("text") or []):
+        out.print(Text(line, style=style if k else "bold"))
 
 
 def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> None:

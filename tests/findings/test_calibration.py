@@ -105,3 +105,43 @@ def test_calibrated_mutual_rule_still_finds_saturating_groups():
         found.append(score["share_found"])
     print("precision", precision, "found", found)
     assert min(precision) >= 0.95 and np.mean(found) >= 0.5
+
+
+@pytest.mark.slow
+def test_weak_memorization_run_flags_no_false_cluster(tmp_path, cli):
+    """The #19 regime end to end: the tiny model at the paper's fine-tuning defaults (LoRA r 8,
+    3 epochs, lr 2e-4) on 120 demo records (8 planted groups of 5), 16 models. Memorization is
+    weak; before calibration the mutual rule listed chance clusters here (the 300-record,
+    32-model run: 14 clusters, 6 pure). Now every cluster shown is pure or there is none, and
+    the headline says whether clusters are resolvable, with the effect's scale."""
+    import json
+
+    import jsonschema
+
+    from memaudit.report.build import load_schema
+    from tests.conftest import DEMO_DATA, TINY_MODEL, write_jsonl
+
+    rows = [json.loads(line) for line in DEMO_DATA.read_text().splitlines()]
+    unique = [r for r in rows if not r.get("group")][:80]
+    groups = sorted({r["group"] for r in rows if r.get("group")})[:8]
+    data = write_jsonl(
+        tmp_path / "weak.jsonl", unique + [r for r in rows if r.get("group") in groups]
+    )
+    out = tmp_path / "run"
+    res = cli(
+        "run", data, "--model", TINY_MODEL, "--preset", "nq", "--models", "16",
+        "--max-length", "64", "--extract-models", "0", "--out", out,
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, load_schema())
+    gt = report["ground_truth"]
+    assert gt["pair_precision"] is None or gt["pair_precision"] >= 0.95
+    assert gt["clusters_pure"] == gt["clusters"]
+    head = report["headline"]
+    assert head["median_self_influence"] < 0.05  # weak: LoRA defaults on the tiny model
+    assert "nats" in head["text"][0]
+    assert report["link_calibration"]["replicates"] == 39
+    # The terminal prints the headline first and the small effect with its digits.
+    assert "Memorization measured" in res.out
+    assert " 0.00 ± 0.00 " not in res.out

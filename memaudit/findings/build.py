@@ -16,7 +16,7 @@ report renders the last round's findings, so nothing is computed twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,6 +49,24 @@ class Findings:
     # verdict on signal strength. None when uncalibrated (link_null_ensembles = 0).
     link_calibration: LinkCalibration | None = None
     signal: dict | None = None  # verdict.signal_verdict: the report's headline
+    # Unique records flagged against the thresholds, without the top_records display cut: what
+    # the stopping rule watches (verdict()), not what the report lists.
+    risky_all: list[int] | None = None
+
+    def verdict(self) -> tuple[set[int], set[tuple[int, int]]]:
+        """The verdict itself, for the stopping rule (#14): every record whose status is
+        flagged (in any cluster, or unique and risky against the thresholds) and every pair of
+        records placed in one cluster (their partners). No ranking cut: records near the
+        report's top-10 line swap places without the verdict changing."""
+        risky = self.risky_all if self.risky_all is not None else [f.index for f in self.risky]
+        records = {int(m) for c in self.clusters for m in c.members} | {int(t) for t in risky}
+        pairs = {
+            (int(a), int(b))
+            for c in self.clusters
+            for k, a in enumerate(c.members)
+            for b in c.members[k + 1 :]
+        }
+        return records, pairs
 
     @property
     def shown_clusters(self) -> list[Cluster]:
@@ -107,6 +125,10 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     if calibration is not None:
         link_z = calibration.z_threshold
     risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"])
+    uncut = replace(cfg, top_records=len(records))
+    risky_all = [
+        f.index for f in risky_unique_records(res, cluster_of, uncut, bleu_gain, mia["mia_auc"])
+    ]
     signal = signal_verdict(
         res,
         int(analysis.valid.sum()),
@@ -126,4 +148,5 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         link_fraction,
         link_calibration=calibration,
         signal=signal,
+        risky_all=risky_all,
     )

@@ -14,6 +14,9 @@ rule: the pooled z of the candidate group the pair lies in, see
 shuffles give at most ``level`` false links per run on average (pooled over the B shuffles: at
 most floor(level * B) null links at or above it), which bounds the family-wise rate (the chance
 of any false link) by ``level`` for that rule. The two rules share cfg.link_fwer (half each).
+Where the run has far more candidate links than the shuffles, the threshold may drop to where
+the expected false links are at most cfg.link_fdr of the links kept (:func:`fdr_threshold`):
+on the strong demo 26 mutual candidate pairs stand against 0.4 per shuffle.
 The z rule keeps its analytic multiple-testing threshold as a floor: on the weak-memorization
 demo (LoRA defaults, M = 32) the null needed z >= 7.5 where the analytic threshold was 6.6.
 """
@@ -158,6 +161,12 @@ def calibrate_links(
     z_null = null_threshold(z_all, replicates, level)
     mutual_on = cfg.mutual_links and result.estimator == ADJUSTED_NAME
     mutual = null_threshold(m_all, replicates, level) if mutual_on else None
+    if cfg.link_fdr is not None:
+        z_real, m_real = link_statistics(result, cfg, losses, inclusion, used)
+        z_null = fdr_threshold(z_real[:, 6], z_all, replicates, level, cfg.link_fdr, z_null)
+        if mutual_on:
+            real = m_real[m_real[:, 0] < m_real[:, 1], 6]
+            mutual = fdr_threshold(real, m_all, replicates, level, cfg.link_fdr, mutual)
     return LinkCalibration(
         level=level,
         replicates=replicates,
@@ -168,6 +177,33 @@ def calibrate_links(
         mutual_threshold=(-np.inf if mutual is None else mutual) if mutual_on else None,
         null_links={"z": _largest(z_all).tolist(), "mutual": _largest(m_all).tolist()},
     )
+
+
+def fdr_threshold(
+    real: np.ndarray,
+    null: np.ndarray,
+    replicates: int,
+    level: float,
+    fdr: float,
+    fwer_threshold: float | None,
+) -> float | None:
+    """The lowest threshold s (among the run's own statistics, or ``fwer_threshold``) at which
+    the expected false links per run, E0(s) = (null stats >= s) / replicates, is at most
+    max(level, fdr x (the run's links >= s)): the family-wise bound where the run has few
+    candidate links, and a false-discovery bound (at most ``fdr`` of the links kept expected
+    false) where it has many more than the shuffles. On a null run the links above s are as
+    many as the shuffles give, so the second branch needs 1 / fdr times more than expected
+    and the family-wise rate stays near ``level`` (tests/findings/test_calibration.py)."""
+    real = np.sort(np.asarray(real, dtype=np.float64)[np.isfinite(real)])[::-1]
+    null = np.sort(np.asarray(null, dtype=np.float64)[np.isfinite(null)])
+    best = fwer_threshold
+    for k, s in enumerate(real):
+        if best is not None and s >= best:
+            continue
+        expected = (len(null) - np.searchsorted(null, s, side="left")) / replicates
+        if expected <= max(level, fdr * (k + 1)):
+            best = float(s)
+    return best
 
 
 def _largest(stats: np.ndarray) -> np.ndarray:

@@ -249,8 +249,9 @@ def _calibration_note(findings: Findings) -> list[str]:
         f"Link thresholds are calibrated on {cal.replicates} null shuffles of this run (each "
         "record's losses permuted within its own inclusion strata): the z rule needs "
         f"z >= {cal.z_threshold:.2f}{rule}. Each rule lets at most {cal.level:g} false links "
-        "per run through on the shuffles, so the chance of any false link is under "
-        f"{2 * cal.level:g}."
+        "per run through on the shuffles (so the chance of any false link is under "
+        f"{2 * cal.level:g}), or, where the run has far more candidate links than the "
+        f"shuffles, at most {findings.config.link_fdr or 0:g} of the links it keeps."
     ]
 
 

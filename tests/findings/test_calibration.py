@@ -145,3 +145,14 @@ def test_weak_memorization_run_flags_no_false_cluster(tmp_path, cli):
     # The terminal prints the headline first and the small effect with its digits.
     assert "Memorization measured" in res.out
     assert " 0.00 ± 0.00 " not in res.out
+
+
+def test_fdr_threshold_drops_only_where_the_run_has_far_more_links_than_the_null():
+    from memaudit.findings.calibration import fdr_threshold
+
+    null = np.array([3.8, 3.0, 2.5, 2.0])  # 4 null links over 10 shuffles: 0.4 per run
+    # Few real links: the family-wise threshold stays.
+    assert fdr_threshold(np.array([3.5, 2.9]), null, 10, 0.025, 0.01, 3.81) == 3.81
+    # 60 real links above 3.1: 0.1 expected false per run <= 0.01 * 60, so 3.1 is enough.
+    many = np.r_[np.full(60, 3.1), [1.0]]
+    assert fdr_threshold(many, null, 10, 0.025, 0.01, 3.81) == 3.1

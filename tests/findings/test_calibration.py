@@ -153,6 +153,8 @@ def test_fdr_threshold_drops_only_where_the_run_has_far_more_links_than_the_null
     null = np.array([3.8, 3.0, 2.5, 2.0])  # 4 null links over 10 shuffles: 0.4 per run
     # Few real links: the family-wise threshold stays.
     assert fdr_threshold(np.array([3.5, 2.9]), null, 10, 0.025, 0.01, 3.81) == 3.81
-    # 60 real links above 3.1: 0.1 expected false per run <= 0.01 * 60, so 3.1 is enough.
+    # 60 real links at 3.1: 0.1 expected false per run <= 0.005 * 60, so 3.1 is enough; at
+    # 1.0 all 0.4 null links per run would count against 61 links: 0.4 > 0.005 * 61.
     many = np.r_[np.full(60, 3.1), [1.0]]
-    assert fdr_threshold(many, null, 10, 0.025, 0.01, 3.81) == 3.1
+    assert fdr_threshold(many, null, 10, 0.025, 0.005, 3.81) == 3.1
+    assert fdr_threshold(many, null, 10, 0.025, 0.01, 3.81) == 1.0

@@ -616,6 +616,16 @@ def _header(report: dict[str, Any]) -> str:
     )
 
 
+def _link_rule(link: dict[str, Any]) -> str:
+    """Which rule made a link and its evidence (#19): "mutual: pooled z 4.1 >= 3.52"."""
+    rule = _esc(link.get("basis") or "evidence")
+    stat, bar = _num(link.get("statistic")), _num(link.get("threshold"))
+    if stat is None:
+        return rule
+    name = "z" if rule == "evidence" else "pooled z"
+    return f"{rule}: {name} {stat:.2f}" + (f" &ge; {bar:.2f}" if bar is not None else "")
+
+
 def _headline_section(report: dict[str, Any]) -> str:
     """The signal-strength verdict (#19) above everything else; '' for reports without one."""
     headline = report.get("headline")
@@ -1077,7 +1087,7 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | No
                     f"<td class='num'>{_fmt_pm(ln.get('influence'), ln.get('se'))}</td>"
                     f"<td class='num'>{_fmt(ln.get('z'))}</td>"
                     f"<td class='num'>{_fmt(_link_similarity(ln))}</td>"
-                    f"<td>{_esc(ln.get('basis') or 'evidence')}</td></tr>"
+                    f"<td>{_link_rule(ln)}</td></tr>"
                 )
             more = (
                 f"<p class='muted'>{len(links) - MAX_LINKS_PER_CLUSTER} more links in "

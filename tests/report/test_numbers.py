@@ -29,3 +29,12 @@ def test_html_cells_show_a_small_self_influence_with_its_digits():
     cell = html._stats_cell(stats)
     assert "0.00073" in cell and "0.00041" in cell
     assert html._fmt_bleu(0.00005) != "0.000"
+
+
+def test_html_link_rule_cell_names_the_rule_and_its_evidence():
+    cell = html._link_rule({"basis": "mutual", "statistic": 4.123, "threshold": 3.5})
+    assert cell == "mutual: pooled z 4.12 &ge; 3.50"
+    assert html._link_rule({"basis": "evidence", "statistic": 7.0, "threshold": None}) == (
+        "evidence: z 7.00"
+    )
+    assert html._link_rule({}) == "evidence"  # reports from before #19

@@ -83,8 +83,8 @@ def signal_verdict(
             f"Near-duplicate pairs whose effect on each other is at least {_nats(detectable)} "
             f"({detectable / median:.2g} of the median self-influence) are resolvable here"
             + (
-                f"; every link shown holds a false-link rate under {level:g} "
-                "(calibrated on null shuffles of this run)."
+                "; every link shown passed a threshold calibrated on null shuffles of this run "
+                f"(chance of any false link under {level:g} when few links are found)."
                 if level
                 else "."
             )

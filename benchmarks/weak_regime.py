@@ -209,6 +209,12 @@ def markdown(doc: dict) -> str:
         + " ".join(doc["run_dirs"])
         + "`.",
         "",
+        "The run directories quoted: demo-full-32 = `memaudit run fixtures/demo/nq_demo.jsonl "
+        "--config fixtures/demo/demo.toml` (the strong demo); weak-lora-64 = `memaudit run "
+        "fixtures/demo/nq_demo.jsonl --model fixtures/tiny-gpt-neo --preset nq --models 64 "
+        "--max-length 64` (the #19 command at 64 models; LoRA defaults). Part C's 'before' is "
+        "link_null_ensembles = 0 (the rules as they were).",
+        "",
         "## A. Runs with any false link on null ensembles (no cross-record effect)",
         "",
         "Stated level: family-wise 0.05 over both rules (each rule <= 0.025 false links per run "
@@ -269,6 +275,12 @@ def markdown(doc: dict) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--markdown"]:
+        # Re-render the markdown from the committed JSON.
+        (OUT / "weak_regime.md").write_text(
+            markdown(json.loads((OUT / "weak_regime.json").read_text()))
+        )
+        return
     run_dirs = sys.argv[1:]
     quick = os.environ.get("QUICK") == "1"
     doc = {

@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def run_once(data: Path, estimator: str, distribution: bool, top_k: int) -> dict:
     from memaudit.estimate import distribution as dist
-    from memaudit.estimate.registry import run_estimator
+    from memaudit.estimate.registry import get_estimator
 
     losses = np.load(data / "losses.npy")
     inclusion = np.load(data / "inclusion.npy")
@@ -49,7 +49,7 @@ def run_once(data: Path, estimator: str, distribution: bool, top_k: int) -> dict
     load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     kwargs = {"distribution": True} if distribution else {}
-    res = run_estimator(estimator, losses, inclusion, top_k=top_k, **kwargs)
+    res = get_estimator(estimator).estimate(losses, inclusion, top_k=top_k, **kwargs)
     seconds = time.perf_counter() - t0
     load.append(os.getloadavg()[0])
     out = {

@@ -162,6 +162,20 @@ class FindingsConfig:
     # N = 20,000, M = 1,000; a fixed 4 would let N = 20,000 make thousands of chance links and
     # merge them into one giant cluster. None: link_z alone.
     link_fwer: float | None = 0.05
+    # Both link rules are calibrated on this many null shuffles of the run's own losses
+    # (memaudit.findings.calibration: each record's losses permuted within its own inclusion
+    # strata, so self-effects and noise stay and every cross-record effect goes). Each rule's
+    # threshold lets at most link_fwer / 2 false links per run through on those shuffles, so
+    # the family-wise false-link rate over both rules stays under link_fwer (0.05 if None).
+    # Cost: this many reruns of the estimator and the link rules. 0: no calibration (the
+    # analytic z threshold, and the mutual rule on its selection alone, as before).
+    link_null_ensembles: int = 39
+    # ... and where a run has many more candidate links than the shuffles give, a rule's
+    # threshold may drop to where the expected false links are at most link_fdr of the links
+    # kept (calibration.fdr_threshold); with few links the family-wise bound above holds.
+    # Strong demo (M = 32): 26 mutual candidate pairs against 0.4 per shuffle. None: the
+    # family-wise bound alone.
+    link_fdr: float | None = 0.01
     # Without losses and inclusion, find_clusters sees only the plain difference of means,
     # which credits i with t's own self-influence in proportion to how much their inclusion
     # columns overlap by chance (up to a correlation of 0.84 among 300 columns at M = 24). Then
@@ -229,6 +243,8 @@ class FindingsConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.link_z) and self.link_z > 0):
             raise ValueError(f"link_z must be a positive number, got {self.link_z!r}")
+        if self.link_fdr is not None and not 0.0 < self.link_fdr < 1.0:
+            raise ValueError(f"link_fdr must be in (0, 1) or None, got {self.link_fdr!r}")
         if self.link_fwer is not None and not 0.0 < self.link_fwer < 1.0:
             raise ValueError(f"link_fwer must be in (0, 1) or None, got {self.link_fwer!r}")
         for name in (
@@ -246,7 +262,7 @@ class FindingsConfig:
             raise ValueError(f"mutual_fraction must be in [0, 1], got {self.mutual_fraction!r}")
         if not self.mutual_margin > 1.0:
             raise ValueError(f"mutual_margin must be > 1, got {self.mutual_margin!r}")
-        for name in ("top_clusters", "top_records", "mutual_top"):
+        for name in ("top_clusters", "top_records", "mutual_top", "link_null_ensembles"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")

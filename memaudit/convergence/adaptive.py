@@ -52,13 +52,18 @@ def check(audit, previous: Round | None = None) -> Round:
     it, comparing the flagged set with ``previous`` round's."""
     analysis = audit.analyze()
     findings = build_findings(audit.run_dir, analysis, audit.config.findings)
-    flagged = findings.flagged()
+    # The stopping rule watches the verdict (every flagged record and its partners), not the
+    # report's top-N display cut (#14).
+    flagged, pairs = findings.verdict()
+    before = previous.findings.verdict() if previous else (None, None)
     diag = diagnose(
         analysis.losses,
         audit.run_dir.inclusion(),
         flagged,
         previous=previous.diagnostics if previous else None,
-        previous_flagged=previous.findings.flagged() if previous else None,
+        previous_flagged=before[0],
+        pairs=pairs,
+        previous_pairs=before[1],
         model_mask=analysis.valid,
         cfg=audit.config.convergence,
         top_k=audit.config.analysis.top_k,

@@ -426,8 +426,14 @@ def diagnose(
     result: InfluenceResult | None = None,
     estimator: str | None = None,
     covariates: int = 4,
+    pairs: set[tuple[int, int]] | None = None,
+    previous_pairs: set[tuple[int, int]] | None = None,
 ) -> Diagnostics:
     """All diagnostics for the ensemble as it stands.
+
+    With ``pairs`` and ``previous_pairs`` (the records each flagged record is clustered with,
+    as pairs), flag_change is the larger of the flagged set's change and the pairs' change, so
+    a verdict whose members stay but whose partners move is not stable (#14).
 
     Converged when reliability_self and reliability_margin reach ``cfg.min_reliability`` and
     flag_change (vs ``previous_flagged``) is at most ``cfg.max_flag_change``; without a
@@ -482,6 +488,8 @@ def diagnose(
     flag_change = (
         None if previous_flagged is None else _jaccard_change(flagged, set(previous_flagged))
     )
+    if flag_change is not None and pairs is not None and previous_pairs is not None:
+        flag_change = max(flag_change, _jaccard_change(set(pairs), set(previous_pairs)))
     pairs, n_pairs = indistinguishable_pairs(
         inclusion, model_mask=model_mask, max_fraction=cfg.pattern_distance
     )

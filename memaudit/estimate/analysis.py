@@ -175,12 +175,7 @@ def distribution_row(result: InfluenceResult, t: int) -> dict[str, Any]:
 
 def significance_df(estimator: str, n_models_used: int, covariates: int = 4) -> int:
     """Degrees of freedom of the significance tests the estimator's summaries used."""
-    from memaudit.estimate.adjusted import ESTIMATOR_NAME as ADJUSTED
-    from memaudit.estimate.adjusted import covariate_count
-
-    fitted = (
-        covariate_count(n_models_used, covariates) + 1 if estimator in (ADJUSTED, "adjusted") else 0
-    )
+    fitted = get_estimator(estimator).fitted(n_models_used, covariates)
     return max(1, n_models_used - 2 - fitted)
 
 

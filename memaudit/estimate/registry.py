@@ -61,6 +61,10 @@ class Estimator:
     def _rows(self, losses, inclusion, rows, covariates) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def fitted(self, n_models: int, covariates: int = 4) -> int:
+        """Coefficients fitted per target beyond the two means (degrees of freedom they use)."""
+        return 0
+
     def __repr__(self) -> str:
         return f"<estimator {self.option} ({self.result_name})>"
 
@@ -91,6 +95,9 @@ class Adjusted(Estimator):
 
     def _rows(self, losses, inclusion, rows, covariates):
         return adjusted.adjusted_block(losses, inclusion, rows, covariates)
+
+    def fitted(self, n_models, covariates=4):
+        return adjusted.covariate_count(n_models, covariates) + 1
 
 
 # "adjusted" is the default: on the tiny-model demo (M = 32) it separates near-duplicated from

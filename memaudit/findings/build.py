@@ -16,7 +16,7 @@ report renders the last round's findings, so nothing is computed twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,10 +24,12 @@ from memaudit.config import FindingsConfig
 from memaudit.data.images import stored_images
 from memaudit.ensemble.extract import aggregate
 from memaudit.estimate.analysis import Analysis
+from memaudit.findings.calibration import LinkCalibration, calibrate_links
 from memaudit.findings.clusters import Cluster, find_clusters, link_thresholds
 from memaudit.findings.dedup import DedupResult
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.risky import RecordFinding, risky_unique_records
+from memaudit.findings.verdict import pair_threshold, signal_verdict
 from memaudit.modality import saved_modality
 from memaudit.store.rundir import RunDir
 
@@ -49,6 +51,28 @@ class Findings:
     lira: dict | None = None  # lira_findings: ROC metrics per variant and group, record columns
     dedup: DedupResult | None = None  # the deduplicator's pass over the same records
     dedup_table: dict | None = None  # dedup.three_way against the influence clusters
+    # Weak-memorization work (#19/#14): what the link thresholds rest on, and the headline
+    # verdict on signal strength. None when uncalibrated (link_null_ensembles = 0).
+    link_calibration: LinkCalibration | None = None
+    signal: dict | None = None  # verdict.signal_verdict: the report's headline
+    # Unique records flagged against the thresholds, without the top_records display cut: what
+    # the stopping rule watches (verdict()), not what the report lists.
+    risky_all: list[int] | None = None
+
+    def verdict(self) -> tuple[set[int], set[tuple[int, int]]]:
+        """The verdict itself, for the stopping rule (#14): every record whose status is
+        flagged (in any cluster, or unique and risky against the thresholds) and every pair of
+        records placed in one cluster (their partners). No ranking cut: records near the
+        report's top-10 line swap places without the verdict changing."""
+        risky = self.risky_all if self.risky_all is not None else [f.index for f in self.risky]
+        records = {int(m) for c in self.clusters for m in c.members} | {int(t) for t in risky}
+        pairs = {
+            (int(a), int(b))
+            for c in self.clusters
+            for k, a in enumerate(c.members)
+            for b in c.members[k + 1 :]
+        }
+        return records, pairs
 
     @property
     def shown_clusters(self) -> list[Cluster]:
@@ -83,6 +107,12 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     modality = saved_modality(run.read_config())
     pixels = stored_images(run) if modality.stores_pixels else None
     mia = membership_scores(losses, inclusion, analysis.valid)
+    calibration = None
+    if cfg.link_null_ensembles > 0:
+        covariates = int(run.read_config()["config"].get("analysis", {}).get("covariates", 4))
+        calibration = calibrate_links(
+            res, cfg, losses, inclusion, analysis.valid, covariates=covariates
+        )
     clusters, cluster_of = find_clusters(
         res,
         [r.text for r in records],
@@ -93,13 +123,30 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         model_mask=analysis.valid,
         images=None if pixels is None else pixels.images,
         modality=modality,
+        z_threshold=None if calibration is None else calibration.z_threshold,
+        mutual_threshold=None if calibration is None else calibration.mutual_threshold,
     )
     link_z, link_fraction = link_thresholds(
         cfg, len(records), int(analysis.valid.sum()), adjusted=True
     )
+    if calibration is not None:
+        link_z = calibration.z_threshold
     lira = lira_section(analysis.losses, inclusion, analysis.valid, cluster_of, cfg)
-    risky = risky_unique_records(
-        res, cluster_of, cfg, bleu_gain, mia["mia_auc"], lira_tpr=lira["records"]["lira_tpr"]
+    lira_tpr = lira["records"]["lira_tpr"]
+    risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"], lira_tpr=lira_tpr)
+    uncut = replace(cfg, top_records=len(records))
+    risky_all = [
+        f.index
+        for f in risky_unique_records(
+            res, cluster_of, uncut, bleu_gain, mia["mia_auc"], lira_tpr=lira_tpr
+        )
+    ]
+    signal = signal_verdict(
+        res,
+        int(analysis.valid.sum()),
+        pair_threshold(link_z, None if calibration is None else calibration.mutual_threshold),
+        len(clusters),
+        None if calibration is None else cfg.link_fwer,
     )
     dedup, table = dedup_section(run, analysis, [r.text for r in records], pixels, cluster_of)
     return Findings(
@@ -112,9 +159,12 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         n_extract,
         link_z,
         link_fraction,
-        lira,
-        dedup,
-        table,
+        lira=lira,
+        dedup=dedup,
+        dedup_table=table,
+        link_calibration=calibration,
+        signal=signal,
+        risky_all=risky_all,
     )
 
 

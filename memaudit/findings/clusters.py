@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from memaudit.config import FindingsConfig
@@ -34,6 +35,10 @@ class Link:
     lexical_similarity: float | None  # None for images
     basis: str = "evidence"  # "evidence": the z rule; "mutual": mutual low-margin competitors
     pixel_similarity: float | None = None  # images: see pixel_similarity
+    # The rule's statistic (z rule: z; mutual rule: pooled z, see group_z) and the
+    # threshold it passed (None: the rule had none, e.g. the mutual rule uncalibrated).
+    statistic: float | None = None
+    threshold: float | None = None
 
     @property
     def similarity(self) -> float:
@@ -274,21 +279,55 @@ def find_links(
     losses: np.ndarray | None = None,
     inclusion: np.ndarray | None = None,
     model_mask: np.ndarray | None = None,
+    *,
+    z_threshold: float | None = None,
+    mutual_threshold: float | None = None,
 ) -> np.ndarray:
-    """(t, i, influence, se, z, basis) rows of every link that passes a rule in FindingsConfig
-    (basis 0: the z rule; 1: mutual low-margin competitors, where the estimator allows it:
-    Estimator.mutual_links).
+    """(t, i, influence, se, z, basis, statistic) rows of every link that passes a rule in
+    FindingsConfig (basis 0: the z rule, statistic = z; 1: mutual low-margin competitors, where
+    the estimator allows it (Estimator.mutual_links), statistic = the pooled z of
+    :func:`group_z`).
 
-    Thresholds from :func:`link_thresholds`. Without losses, the candidates are each target's
-    top-k influencers with their plain estimates. With losses and inclusion, the candidates come
-    from :func:`link_candidates` and are estimated jointly by :func:`joint_influence`, and the
-    fraction is taken of the largest effect in that fit.
+    Thresholds from :func:`link_thresholds`, or ``z_threshold`` / ``mutual_threshold`` when
+    given (the null-calibrated ones, memaudit.findings.calibration); without a mutual threshold
+    the mutual rule links on its selection alone. Without losses, the candidates are each
+    target's top-k influencers with their plain estimates. With losses and inclusion, the
+    candidates come from :func:`link_candidates` and are estimated jointly by
+    :func:`joint_influence`, and the fraction is taken of the largest effect in that fit.
     """
+    min_z, _ = link_thresholds(cfg, n_records(result), result.n_models, losses is not None)
+    if z_threshold is not None:
+        min_z = max(min_z, z_threshold)
+    z_rows, mutual_rows = link_statistics(result, cfg, losses, inclusion, model_mask)
+    rows = z_rows[z_rows[:, 6] >= min_z]
+    if len(mutual_rows):
+        n = n_records(result)
+        # Pairs the z rule links already (either direction) keep that rule's evidence.
+        done = np.concatenate([rows[:, 0] * n + rows[:, 1], rows[:, 1] * n + rows[:, 0]])
+        keep = ~np.isin(mutual_rows[:, 0] * n + mutual_rows[:, 1], done)
+        if mutual_threshold is not None:
+            keep &= mutual_rows[:, 6] >= mutual_threshold
+        rows = np.concatenate([rows, mutual_rows[keep]])
+    return rows
+
+
+def link_statistics(
+    result: InfluenceResult,
+    cfg: FindingsConfig,
+    losses: np.ndarray | None = None,
+    inclusion: np.ndarray | None = None,
+    model_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate of each link rule with its statistic, before the rule's threshold on
+    it: (z rule rows, mutual rule rows), each (t, i, influence, se, z, basis, statistic).
+    z rule rows meet every condition of the rule but the z threshold; mutual rows meet the
+    selection of the mutual rule (empty unless cfg.mutual_links and the adjusted estimator).
+    The null calibration reads the statistics of both on shuffled losses."""
     idx, val, se = result.top_idx, result.top_val, result.top_se
     n = n_records(result)
     if (losses is None) != (inclusion is None):
         raise ValueError("give both losses and inclusion, or neither")
-    min_z, min_fraction = link_thresholds(cfg, n, result.n_models, losses is not None)
+    _, min_fraction = link_thresholds(cfg, n, result.n_models, losses is not None)
     # The largest influence on t over all i is the first top-k entry (descending order).
     largest = result.top_val[:, :1]
     if losses is not None:
@@ -305,14 +344,204 @@ def find_links(
             (idx >= 0)
             & (idx != np.arange(n)[:, None])
             & (val > 0)
-            & (z >= min_z)
+            & np.isfinite(z)
             & (val >= min_fraction * largest)
         )
     t, c = np.nonzero(ok)
-    rows = np.column_stack([t, idx[t, c], val[t, c], se[t, c], z[t, c], np.zeros(len(t))])
+    z_rows = np.column_stack(
+        [t, idx[t, c], val[t, c], se[t, c], z[t, c], np.zeros(len(t)), z[t, c]]
+    )
+    mutual_rows = np.empty((0, 7))
     if cfg.mutual_links and get_estimator(result.estimator).mutual_links:
-        rows = np.concatenate([rows, _mutual_links(result, cfg, rows)])
-    return rows
+        mutual_rows = _mutual_links(result, cfg, np.empty((0, 6)))
+        if len(mutual_rows) and losses is not None:
+            # Evidence from the data, not from the ranking that selected the pair: each
+            # direction's influence with the target's own inclusion held fixed.
+            mt, mi = mutual_rows[:, 0].astype(np.int64), mutual_rows[:, 1].astype(np.int64)
+            a, a_se = adjusted_influence(losses, inclusion, mt, mi, model_mask)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mutual_rows[:, 2], mutual_rows[:, 3] = a, a_se
+                mutual_rows[:, 4] = np.where(a_se > 0, a / a_se, np.nan)
+            stat = group_z(mutual_rows, losses, inclusion, model_mask, n)
+            return z_rows, np.column_stack([mutual_rows, stat])
+        mutual_rows = np.column_stack([mutual_rows, pair_z(mutual_rows, n)])
+    return z_rows, mutual_rows
+
+
+def pair_z(rows: np.ndarray, n: int) -> np.ndarray:
+    """Pooled z of each row's pair: (z[t, i] + z[i, t]) / sqrt(2), rows as (t, i, ., ., z, ...)
+    with both directions present; a row whose reverse is missing pools with z = 0 (so a
+    one-sided effect needs sqrt(2) times the z). Under the null the two directions are fits to
+    different records' losses, nearly independent, so the pooled z is near standard."""
+    if len(rows) == 0:
+        return np.zeros(0)
+    t, i = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+    z = np.where(np.isfinite(rows[:, 4]), rows[:, 4], 0.0)
+    key = t * n + i
+    order = np.argsort(key)
+    at = np.minimum(np.searchsorted(key[order], i * n + t), len(key) - 1)
+    found = key[order][at] == i * n + t
+    reverse = np.where(found, z[order][at], 0.0)
+    return (z + reverse) / np.sqrt(2.0)
+
+
+def group_z(
+    rows: np.ndarray,
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    model_mask: np.ndarray | None,
+    n: int,
+) -> np.ndarray:
+    """Pooled evidence for each row (t, i, ...) of a graph of candidate links, the statistic the
+    mutual rule is calibrated and judged on.
+
+    Near-duplicates substitute for each other, so what lowers a copy's loss is having other
+    copies in, not one particular copy: each pairwise effect shrinks as the group grows. The
+    evidence is therefore pooled over members: :func:`_pooled_z` of a set A against a set B
+    fits, for each member u of A or B, L[u] ~ 1 + P[u] + (how many of u's own side are in) +
+    (how many of the other side are in) over the models and sums the z of the last coefficient
+    over the members (/ sqrt(size)). Counts, not "any copy in": with 4 copies "any in" is 1 on
+    15 of 16 models, and its z rests on a handful of models (heavy tails: measured pooled z
+    of 10 between two unrelated planted groups on the strong demo).
+
+    A row that is a bridge of its component (removing it splits the component) joins two
+    fragments and gets the fragments' pooled z against each other, so two real groups
+    joined by one chance link are not merged on their own strength (a false merge is worse than
+    a fragment); any other row gets the pooled z of its 2-edge-connected block against itself
+    (each member against the rest). For a lone pair both are the pair's pooled z."""
+    if len(rows) == 0:
+        return np.zeros(0)
+    t, i = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+    used = slice(None) if model_mask is None else np.asarray(model_mask, dtype=bool)
+    inc = np.asarray(inclusion)[:, used].astype(np.float64)
+    loss = np.asarray(losses, dtype=np.float64)[:, used]
+    pairs = {(min(a, b), max(a, b)) for a, b in zip(t.tolist(), i.tolist(), strict=True)}
+    edges = sorted(pairs)
+    stat: dict[tuple[int, int], float] = {}
+    bridges = _bridges(edges, n)
+    inner = [e for e in edges if e not in bridges]
+    # 2-edge-connected blocks: components once the bridges are gone.
+    blocks = _components(inner, n)
+    for e in inner:
+        members = blocks[e[0]]
+        stat[e] = _pooled_z(loss, inc, members, members)
+    whole = _components(edges, n)
+    for e in bridges:
+        rest = [x for x in edges if x != e]
+        side = _components(rest, n, within=whole[e[0]])
+        stat[e] = _pooled_z(loss, inc, side[e[0]], side[e[1]])
+    return np.array([stat[(min(a, b), max(a, b))] for a, b in zip(t, i, strict=True)])
+
+
+def _components(
+    edges: list[tuple[int, int]], n: int, within: np.ndarray | None = None
+) -> dict[int, np.ndarray]:
+    """Each node of ``edges`` (and of ``within``) -> the members of its connected component."""
+    nodes = np.asarray(edges, dtype=np.int64).reshape(-1)
+    if within is not None:
+        nodes = np.concatenate([nodes, np.asarray(within, dtype=np.int64)])
+    nodes = np.unique(nodes)
+    pos = {int(v): k for k, v in enumerate(nodes)}
+    e = np.array([(pos[a], pos[b]) for a, b in edges], dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(len(nodes),) * 2)
+    _, labels = connected_components(graph, directed=False)
+    return {int(v): nodes[labels == labels[k]] for k, v in enumerate(nodes)}
+
+
+def _bridges(edges: list[tuple[int, int]], n: int) -> set[tuple[int, int]]:
+    """Edges whose removal disconnects their endpoints (brute force within each component:
+    candidate graphs are small, a few hundred links at most)."""
+    out = set()
+    if not edges:
+        return out
+    comp = _components(edges, n)
+    for k, (a, b) in enumerate(edges):
+        members = set(comp[a].tolist())
+        rest = [e for j, e in enumerate(edges) if j != k and e[0] in members]
+        if not rest:
+            out.add((a, b))
+            continue
+        sides = _components(rest, n, within=np.array([a, b]))
+        if b not in set(sides[a].tolist()):
+            out.add((a, b))
+    return out
+
+
+def guard_merges(
+    rows: np.ndarray,
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    model_mask: np.ndarray | None,
+    n: int,
+    floor: float,
+    level: float,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Drop links that alone join two fragments of two or more records each, unless the two
+    fragments' pooled evidence against each other (:func:`_pooled_z`) reaches max(floor, the
+    one-sided normal quantile at level / the number of such merges). Either rule's single
+    link can join two real groups by chance (measured: a z-rule link at z 5.4 joined two
+    saturating groups of 4 whose residual losses the null shuffles do not model); one
+    group's own strength must not carry the merge. Returns the kept rows and, per tested
+    merge, its evidence."""
+    if len(rows) == 0:
+        return rows, []
+    t, i = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+    edges = sorted({(min(a, b), max(a, b)) for a, b in zip(t.tolist(), i.tolist(), strict=True)})
+    bridges = sorted(_bridges(edges, n))
+    merges = []
+    for e in bridges:
+        rest = [x for x in edges if x != e]
+        sides = _components(rest, n, within=np.array(e)) if rest else {}
+        a = sides.get(e[0], np.array([e[0]]))
+        b = sides.get(e[1], np.array([e[1]]))
+        if len(a) >= 2 and len(b) >= 2:
+            merges.append((e, a, b))
+    if not merges:
+        return rows, []
+    used = slice(None) if model_mask is None else np.asarray(model_mask, dtype=bool)
+    inc = np.asarray(inclusion)[:, used].astype(np.float64)
+    loss = np.asarray(losses, dtype=np.float64)[:, used]
+    bar = max(floor, float(norm.isf(level / len(merges))))
+    drop, evidence = set(), []
+    for e, a, b in merges:
+        z = _pooled_z(loss, inc, a, b)
+        evidence.append({"link": list(e), "sizes": [len(a), len(b)], "pooled_z": z, "bar": bar})
+        if not z >= bar:
+            drop.add(e)
+    key = [(min(x, y), max(x, y)) in drop for x, y in zip(t.tolist(), i.tolist(), strict=True)]
+    return rows[~np.array(key, dtype=bool)], evidence
+
+
+def _pooled_z(loss: np.ndarray, inc: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """sum over members u of A and B of the z of (members of the other side in) in the fit of
+    L[u] on its own inclusion and (members of its own side in, u excluded), over
+    sqrt(members); A = B: each member against the rest of the set."""
+    same = a is b or (len(a) == len(b) and np.array_equal(np.sort(a), np.sort(b)))
+    members = np.unique(np.concatenate([a, b]))
+    m = inc.shape[1]
+    zs = []
+    for u in members:
+        own = a if u in a else b
+        other = own if same else (b if own is a else a)
+        cols = [np.ones(m), inc[u]]
+        mates = own[own != u]
+        if not same and len(mates):
+            cols.append(inc[mates].sum(axis=0))
+        target = other[other != u]
+        if not len(target):
+            continue
+        cols.append(inc[target].sum(axis=0))
+        x = np.column_stack(cols)
+        dof = m - x.shape[1]
+        beta, *_ = np.linalg.lstsq(x, loss[u], rcond=None)
+        res = loss[u] - x @ beta
+        var = (res @ res) / max(dof, 1) * np.linalg.pinv(x.T @ x)[-1, -1]
+        zs.append(-beta[-1] / np.sqrt(var) if var > 0 and dof > 0 else 0.0)
+    return float(np.sum(zs) / np.sqrt(len(members))) if zs else 0.0
+
+
+# Link.basis by the rule number in find_links' rows.
+BASES = ("evidence", "mutual")
 
 
 def mutual_fraction(cfg: FindingsConfig, modality: Modality) -> float:
@@ -374,6 +603,8 @@ def find_clusters(
     model_mask: np.ndarray | None = None,
     images: np.ndarray | None = None,
     modality: Modality = TEXT,
+    z_threshold: float | None = None,
+    mutual_threshold: float | None = None,
 ) -> tuple[list[Cluster], np.ndarray]:
     """Links from each target's top-k list only (so it scales to N = 20,000); undirected graph;
     clusters = connected components with >= 2 records. Returns clusters ranked by
@@ -383,7 +614,8 @@ def find_clusters(
     (z >= 4.2)", "lowest margin 1.12", "textual near-duplicates (similarity 0.93)", "BLEU gain
     up to 0.41". Links carry the ``modality``'s similarity (memaudit.findings.similarity): for
     images, the pixel similarity of ``images`` (uint8 N x H x W x 3), and near-duplicate
-    clusters are "visual"; the default mutual_fraction is the modality's."""
+    clusters are "visual"; the default mutual_fraction is the modality's. ``z_threshold`` and
+    ``mutual_threshold``: the null-calibrated thresholds (see :func:`find_links`)."""
     cfg = cfg or FindingsConfig()
     n = n_records(result)
     if len(texts) != n:
@@ -391,7 +623,22 @@ def find_clusters(
     bleu = optional_array(bleu_gain, n, "bleu_gain")
 
     cfg = replace(cfg, mutual_fraction=mutual_fraction(cfg, modality))
-    rows = find_links(result, cfg, losses, inclusion, model_mask)
+    rows = find_links(
+        result,
+        cfg,
+        losses,
+        inclusion,
+        model_mask,
+        z_threshold=z_threshold,
+        mutual_threshold=mutual_threshold,
+    )
+    min_z, _ = link_thresholds(cfg, n, result.n_models, losses is not None)
+    applied = {0: max(min_z, z_threshold or -np.inf), 1: mutual_threshold}
+    if losses is not None and z_threshold is not None:
+        # Calibrated runs: a single link may not merge two fragments on their own strength.
+        floor = mutual_threshold if mutual_threshold is not None else -np.inf
+        level = (cfg.link_fwer or 0.05) / 2
+        rows, _ = guard_merges(rows, losses, inclusion, model_mask, n, floor, level)
     t_idx = rows[:, 0].astype(np.int64)
     i_idx = rows[:, 1].astype(np.int64)
     graph = coo_matrix((np.ones(len(rows)), (t_idx, i_idx)), shape=(n, n)).tocsr()
@@ -419,9 +666,11 @@ def find_clusters(
                 influence=float(rows[k, 2]),
                 se=float(rows[k, 3]),
                 z=float(rows[k, 4]),
-                basis="mutual" if rows[k, 5] else "evidence",
+                basis=BASES[int(rows[k, 5])],
                 # lexical_similarity None for images, pixel_similarity None for text
                 **{"lexical_similarity": None, modality.similarity_field: float(sim[k])},
+                statistic=float(rows[k, 6]) if np.isfinite(rows[k, 6]) else None,
+                threshold=applied[int(rows[k, 5])],
             )
             for k in link_order[link_starts[c] : link_ends[c]]
         ]
@@ -461,9 +710,10 @@ def _make_cluster(
     n_mutual = len(links) - len(evidence)
     how = [f"{len(evidence)} link(s) at z >= {min(evidence):.1f}"] if evidence else []
     if n_mutual:
+        pooled = [lk.statistic for lk in links if lk.basis == "mutual" and lk.statistic is not None]
         how.append(
             f"{n_mutual} between low-margin records (< {cfg.mutual_margin:g}) that are each "
-            "other's top influencers"
+            "other's top influencers" + (f" (pooled z >= {min(pooled):.1f})" if pooled else "")
         )
     reasons = [f"{len(members)} records linked by influence: {' and '.join(how)}"]
     if min_margin is not None:

@@ -86,7 +86,7 @@ def risky_unique_records(
         reasons = []
         if flag_self[t]:
             reasons.append(
-                f"self-influence {self_infl[t]:.2f} (top {top_share}%, z = {z_self[t]:.1f}): "
+                f"self-influence {_scaled(self_infl[t])} (top {top_share}%, z = {z_self[t]:.1f}): "
                 "memorised on its own"
             )
         if flag_bleu[t]:
@@ -101,3 +101,8 @@ def risky_unique_records(
             reasons.append(f"membership-inference AUC {auc[t]:.2f}")
         findings.append(RecordFinding(index=int(t), risk_score=float(score[t]), reasons=reasons))
     return findings
+
+
+def _scaled(x: float) -> str:
+    """Two decimals, or two significant digits below 0.01 (0.00073, not 0.00: #19)."""
+    return f"{x:.2f}" if not np.isfinite(x) or abs(x) >= 0.01 or x == 0 else f"{x:.2g}"

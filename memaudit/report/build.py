@@ -162,8 +162,10 @@ def build_report(
                 for f in risky
             ],
         },
-        "notes": _notes(analysis, n_extract, link_z, len(clusters), modality, cfg),
+        "notes": _notes(analysis, n_extract, link_z, len(clusters), modality, cfg)
+        + _calibration_note(findings),
         "convergence": _convergence(run),
+        **_weak_signal_sections(findings),
     }
     if findings.lira is not None:
         report["lira"] = lira_report(findings.lira)
@@ -242,6 +244,45 @@ def _group_table(masks: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -
         }
         for name, mask in masks.items()
     }
+
+
+# -- weak memorization (#19): the headline verdict and what the link thresholds rest on -------
+
+
+def _weak_signal_sections(findings: Findings) -> dict[str, Any]:
+    """``headline`` (findings.verdict.signal_verdict) and ``link_calibration``
+    (findings.calibration.LinkCalibration.to_json), when the findings have them."""
+    out: dict[str, Any] = {}
+    if findings.signal is not None:
+        out["headline"] = findings.signal
+    cal = findings.link_calibration
+    if cal is not None:
+        out["link_calibration"] = cal.to_json()
+    return out
+
+
+def _calibration_note(findings: Findings) -> list[str]:
+    cal = findings.link_calibration
+    if cal is None:
+        return []
+    mutual = cal.mutual_threshold
+    rule = (
+        ""
+        if mutual is None
+        else (
+            f"; the mutual low-margin rule needs its candidate group's pooled z >= {mutual:.2f}"
+            if np.isfinite(mutual)
+            else "; the mutual low-margin rule made no link on any shuffle and needs no more"
+        )
+    )
+    return [
+        f"Link thresholds are calibrated on {cal.replicates} null shuffles of this run (each "
+        "record's losses permuted within its own inclusion strata): the z rule needs "
+        f"z >= {cal.z_threshold:.2f}{rule}. Each rule lets at most {cal.level:g} false links "
+        "per run through on the shuffles (so the chance of any false link is under "
+        f"{2 * cal.level:g}), or, where the run has far more candidate links than the "
+        f"shuffles, at most {findings.config.link_fdr or 0:g} of the links it keeps."
+    ]
 
 
 def _cluster_dict(c) -> dict[str, Any]:

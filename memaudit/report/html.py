@@ -77,7 +77,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
         return "—"
     if v == 0:
         return "0"
-    if abs(v) < 1e-3 or abs(v) >= 1e5:
+    # Down to 1e-4 as a plain decimal (0.00073, its scale at a glance; issue #19).
+    if abs(v) < 1e-4 or abs(v) >= 1e5:
         return f"{v:.{max(digits - 1, 1)}e}"
     if abs(v) >= 10**digits:
         return f"{v:.0f}"
@@ -85,8 +86,11 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def _fmt_bleu(x: Any) -> str:
-    """A score in [0, 1] (BLEU, AUC) with three decimals."""
+    """A score in [0, 1] (BLEU, AUC) with three decimals; a smaller nonzero value (a BLEU gain
+    of 0.0004) with significant digits instead of 0.000."""
     v = _num(x)
+    if v is not None and 0 < abs(v) < 1e-3:
+        return _fmt(v, 2)
     return "—" if v is None else f"{v:.3f}"
 
 
@@ -604,6 +608,26 @@ def _header(report: dict[str, Any]) -> str:
         f"{banner}<table class='meta'>{meta}</table>"
         "</header>"
     )
+
+
+def _link_rule(link: dict[str, Any]) -> str:
+    """Which rule made a link and its evidence (#19): "mutual: pooled z 4.1 >= 3.52"."""
+    rule = _esc(link.get("basis") or "evidence")
+    stat, bar = _num(link.get("statistic")), _num(link.get("threshold"))
+    if stat is None:
+        return rule
+    name = "z" if rule == "evidence" else "pooled z"
+    return f"{rule}: {name} {stat:.2f}" + (f" &ge; {bar:.2f}" if bar is not None else "")
+
+
+def _headline_section(report: dict[str, Any]) -> str:
+    """The signal-strength verdict (#19) above everything else; '' for reports without one."""
+    headline = report.get("headline")
+    if not isinstance(headline, dict) or not headline.get("text"):
+        return ""
+    kind = {"strong": "ok", "weak": "warn", "none": "warn"}.get(headline.get("strength"), "")
+    lines = "".join(f"<p>{_esc(t)}</p>" for t in headline["text"])
+    return f"<section class='headline {kind}' id='headline'><h2>Verdict</h2>{lines}</section>"
 
 
 def _summary_cards(report: dict[str, Any]) -> str:
@@ -1235,7 +1259,7 @@ def _clusters_section(report: dict[str, Any], has_bleu: bool, flagged: dict | No
                     f"<td class='num'>{_fmt_pm(ln.get('influence'), ln.get('se'))}</td>"
                     f"<td class='num'>{_fmt(ln.get('z'))}</td>"
                     f"<td class='num'>{_fmt(_link_similarity(ln))}</td>"
-                    f"<td>{_esc(ln.get('basis') or 'evidence')}</td></tr>"
+                    f"<td>{_link_rule(ln)}</td></tr>"
                 )
             more = (
                 f"<p class='muted'>{len(links) - MAX_LINKS_PER_CLUSTER} more links in "
@@ -1385,6 +1409,8 @@ table.meta{border-collapse:collapse;margin:6px 0 4px}
 table.meta th{text-align:left;font-weight:600;color:var(--muted);padding:3px 18px 3px 0;
 vertical-align:top;white-space:nowrap}
 table.meta td{padding:3px 0}
+.headline{border:1px solid var(--line);border-left:6px solid #1a7f37;padding:4px 14px;
+margin:12px 0}.headline.warn{border-left-color:#e08a00;background:#fff8ee}
 .banner{background:#fff4e5;border:1px solid #f0b45b;border-left:6px solid #e08a00;
 padding:10px 14px;border-radius:6px;margin:10px 0 14px}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0 16px}
@@ -1496,6 +1522,7 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
     schema = f"{report.get('schema', 'memaudit-report')} {report.get('schema_version', '')}"
     body = [
         _header(report),
+        _headline_section(report),
         toc,
         _table_section(report, has_bleu),
         _convergence_section(report),

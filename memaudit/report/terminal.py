@@ -29,6 +29,7 @@ from memaudit.config import RunConfig
 from memaudit.ensemble.driver import EnsembleProgress
 from memaudit.estimate.analysis import Analysis
 from memaudit.modality import MODALITIES, TEXT
+from memaudit.report.numbers import mean_std, sig
 
 console = Console(stderr=True, width=None)
 
@@ -129,9 +130,7 @@ def print_status(status: dict, run_dir, out: Console | None = None) -> None:
 def _fmt(stats: dict, key: str = "mean") -> str:
     if not stats or stats.get("n", 0) == 0:
         return "n/a"
-    std = stats.get("std")
-    text = f"{stats['mean']:.3f}" + (f" ± {std:.3f}" if std is not None else "")
-    return f"{text}  (median {stats['median']:.2f})"
+    return f"{mean_std(stats['mean'], stats.get('std'), 3)}  (median {sig(stats['median'])})"
 
 
 def print_summary(
@@ -190,7 +189,7 @@ def print_summary(
         r = analysis.records[t]
         margin = f"{res.margin[t]:.2f}" if res.margin_defined[t] else "undef."
         top.add_row(
-            r.id, f"{res.self_influence[t]:.3f}", f"{res.self_se[t]:.3f}", margin, r.group or ""
+            r.id, sig(res.self_influence[t], 3), sig(res.self_se[t], 3), margin, r.group or ""
         )
     out.print(top)
     if n_ok < 64:
@@ -207,8 +206,7 @@ def print_summary(
 def _ms(stats: dict | None, digits: int = 2) -> str:
     if not stats or not stats.get("n"):
         return "n/a"
-    std = stats.get("std")
-    return f"{stats['mean']:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    return mean_std(stats["mean"], stats.get("std"), digits)
 
 
 def _diff_text(base: str, text: str, width: int) -> Text:
@@ -241,7 +239,7 @@ def _label(rec: dict) -> str:
 
 
 def _f(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+    return sig(x, digits)
 
 
 # -- each flagged record's influence distribution, in one line ----------------------------------
@@ -317,6 +315,7 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     if report["redacted"]:
         head += " · [reverse] REDACTED [/]"
     out.print(head)
+    _print_headline(report.get("headline"), out)
 
     table = Table(
         title="records in near-duplicate clusters vs unique records (mean ± std)",
@@ -424,6 +423,16 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     print_convergence(report.get("convergence"), out)
     for note in report["notes"]:
         out.print(f"[dim]note: {note}[/]")
+
+
+def _print_headline(headline: dict | None, out: Console) -> None:
+    """The signal-strength verdict (#19), first: how much memorization the ensemble measures
+    and whether clusters are resolvable. Reports from before it have none."""
+    if not headline:
+        return
+    style = {"strong": "green", "weak": "yellow", "none": "red"}.get(headline.get("strength"), "")
+    for k, line in enumerate(headline.get("text") or []):
+        out.print(Text(line, style=style if k else "bold"))
 
 
 def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> None:

@@ -338,3 +338,24 @@ def test_diagnose_runs_the_estimator_of_its_result_or_the_default():
     assert reliabilities(result=plain) != reliabilities(result=plain, estimator="adjusted")
     assert DEFAULT == "adjusted"
     assert reliabilities() == reliabilities(estimator="adjusted")
+
+
+def test_stopping_rule_watches_partners_as_well_as_members():
+    """#14: the verdict is stable only when the flagged records *and* their cluster partners
+    stay; the same members regrouped are an unstable verdict."""
+    losses, p = ensemble(60, 1024)
+    flagged = flagged_of(losses, p, None)
+    members = sorted(flagged)
+    pairs = {(a, b) for k, a in enumerate(members[:4]) for b in members[k + 1 : 4]}
+    same = diagnose(
+        losses, p, flagged, previous_flagged=set(flagged), cfg=CFG, pairs=pairs,
+        previous_pairs=set(pairs),
+    )  # fmt: skip
+    assert same.flag_change == 0.0 and same.converged
+    # The same records, grouped differently (a-b, c-d instead of one group of four).
+    regrouped = {(members[0], members[1]), (members[2], members[3])}
+    moved = diagnose(
+        losses, p, flagged, previous_flagged=set(flagged), cfg=CFG, pairs=regrouped,
+        previous_pairs=pairs,
+    )  # fmt: skip
+    assert moved.flag_change > CFG.max_flag_change and not moved.converged

@@ -25,7 +25,9 @@ def test_text_run_findings_are_their_parts(tmp_path):
     run = RunDir(tmp_path / "run")
     analysis = analyze_run(run, AnalysisConfig())
     # Loose enough that 6 models give clusters and risky records to compare.
-    cfg = FindingsConfig(link_z=2.0, link_fwer=None, mia_auc=0.7, top_clusters=2)
+    cfg = FindingsConfig(
+        link_z=2.0, link_fwer=None, link_null_ensembles=0, mia_auc=0.7, top_clusters=2
+    )
     found = build_findings(run, analysis, cfg)
 
     inclusion, losses = run.inclusion(), np.nan_to_num(analysis.losses)

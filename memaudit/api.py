@@ -55,10 +55,16 @@ class Audit:
         self._executor = None  # made on first training, kept across --models auto rounds
 
     @classmethod
-    def open(cls, out: str | Path, executor=None) -> Audit:
-        """An existing run directory, with the configuration saved in it."""
+    def open(cls, out: str | Path, executor=None, trust_remote_code: bool = False) -> Audit:
+        """An existing run directory, with the configuration saved in it. Remote model code
+        runs only if this call says so: a stored ``trust_remote_code`` is ignored, since a run
+        directory is data that can be handed around."""
         run = RunDir(out)
-        return cls(run.config(), out, executor)
+        cfg = run.config()
+        if trust_remote_code:
+            model = dataclasses.replace(cfg.model, trust_remote_code=True)
+            cfg = dataclasses.replace(cfg, model=model)
+        return cls(cfg, out, executor)
 
     # -- stages ---------------------------------------------------------------------------------
     def prepare(self) -> Prepared:

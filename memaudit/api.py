@@ -73,7 +73,7 @@ class Audit:
         All checks that can fail on user input run before the directory is touched, so a bad
         input leaves nothing behind.
         """
-        from memaudit.data.partition import inclusion_matrix
+        from memaudit.data.partition import check_minimums, inclusion_matrix
         from memaudit.data.tokens import tokenize_records
         from memaudit.ensemble.models import (
             MemberFactory,
@@ -88,6 +88,7 @@ class Audit:
         if cfg.is_image:
             return self._prepare_images()
         records = load_records(cfg.data, RecordFormat(cfg.preset, cfg.template))
+        check_minimums(len(records), cfg.ensemble, cfg.data)
         data_sha = file_sha256(cfg.data)
         device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.train.dtype, device)
@@ -116,7 +117,7 @@ class Audit:
         import torch
 
         from memaudit.data.images import load_images
-        from memaudit.data.partition import inclusion_matrix
+        from memaudit.data.partition import check_minimums, inclusion_matrix
         from memaudit.ensemble.models import pick_device
         from memaudit.ensemble.vision import ImageTask, build_model
 
@@ -125,6 +126,7 @@ class Audit:
         build_model(cfg.model.name, 2)  # an unknown image model fails before anything is read
         data = load_images(cfg.data or None, img.dataset, img.data_root, img.resize)
         records = data.records()
+        check_minimums(len(records), cfg.ensemble, cfg.data or img.dataset)
         device = pick_device(cfg.device)
         task = ImageTask(
             data.images,

@@ -95,11 +95,12 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
             bar.update(state["steps"], completed=step, info=f"loss {loss:.3f}")
 
         def on_model(j: int, meta: dict) -> None:
-            info = (
-                f"model {j}: train loss {meta['train_loss']:.3f}"
-                if meta.get("status") == "ok"
-                else f"model {j}: {_m(meta.get('status'))}"
-            )
+            if meta.get("status") != "ok":
+                info = f"model {j}: {_m(meta.get('status'))}"
+            elif meta.get("train_loss") is None:
+                info = f"model {j}: untrained (empty half)"
+            else:
+                info = f"model {j}: train loss {meta['train_loss']:.3f}"
             bar.update(state["models"], advance=1, info=info)
 
         def on_failure(j: int, attempt: int, error: str) -> None:

@@ -88,7 +88,6 @@ class Audit:
         if cfg.is_image:
             return self._prepare_images()
         records = load_records(cfg.data, RecordFormat(cfg.preset, cfg.template))
-        check_minimums(len(records), cfg.ensemble, cfg.data)
         data_sha = file_sha256(cfg.data)
         device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.train.dtype, device)
@@ -102,6 +101,7 @@ class Audit:
             records, tokenizer, cfg.train.max_length, cfg.train.loss_on, cfg.data
         )
         model = load_base_model(cfg.model, device, dtype)
+        check_minimums(len(records), cfg.ensemble, cfg.data, self.run_dir.exists())
         # With --models auto, the first round; adaptive.run_adaptive grows it.
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
         resumed = self.run_dir.check_or_create(cfg, records, data_sha)
@@ -126,7 +126,6 @@ class Audit:
         build_model(cfg.model.name, 2)  # an unknown image model fails before anything is read
         data = load_images(cfg.data or None, img.dataset, img.data_root, img.resize)
         records = data.records()
-        check_minimums(len(records), cfg.ensemble, cfg.data or img.dataset)
         device = pick_device(cfg.device)
         task = ImageTask(
             data.images,
@@ -139,6 +138,7 @@ class Audit:
             device=device,
             eval_batch_size=cfg.eval_batch_size,
         )
+        check_minimums(len(records), cfg.ensemble, cfg.data or img.dataset, self.run_dir.exists())
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
         resumed = self.run_dir.check_or_create(cfg, records, data.sha256())
         self.run_dir.check_idle()

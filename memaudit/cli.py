@@ -828,8 +828,20 @@ def _int_range(value: str, option: str) -> tuple[int, int]:
 
 
 def main() -> None:
+    import warnings
+
     from memaudit.errors import escape_controls
 
+    if not getattr(warnings.showwarning, "_memaudit", False):
+        # A library's warning can quote the data (matplotlib names a glyph it cannot draw,
+        # ESC included): shown escaped, like everything else that reaches the terminal.
+        shown = warnings.showwarning
+
+        def show_escaped(message, category, filename, lineno, file=None, line=None):
+            shown(escape_controls(message), category, filename, lineno, file, line)
+
+        show_escaped._memaudit = True  # type: ignore[attr-defined]
+        warnings.showwarning = show_escaped
     try:
         cli.main(standalone_mode=False)
     except MemauditError as exc:

@@ -252,3 +252,14 @@ def test_an_unexpected_error_is_one_escaped_line_with_its_log(tmp_path, cli, mon
     with open(log) as f:
         assert "Traceback" in f.read()
     os.unlink(log)
+
+
+def test_library_warnings_quoting_the_data_are_escaped(cli):
+    import io
+    import warnings
+
+    with warnings.catch_warnings():
+        cli("--help")
+        out = io.StringIO()
+        warnings.showwarning("glyph \x1b) missing", UserWarning, "f.py", 1, file=out)
+    assert "glyph \\x1b) missing" in out.getvalue() and "\x1b" not in out.getvalue()

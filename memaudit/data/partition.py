@@ -53,11 +53,14 @@ MIN_RECORDS = 2
 MIN_MODELS = 2
 
 
-def check_minimums(n_records: int, cfg: EnsembleConfig, source: str) -> None:
+def check_minimums(
+    n_records: int, cfg: EnsembleConfig, source: str, resuming: bool = False
+) -> None:
     """Refuse, before anything is written, what cannot give an estimate: influence compares
     models trained with a record against models trained without it, so it needs at least two
-    models, and an audit of one record has nothing to compare it with."""
-    if n_records < MIN_RECORDS:
+    models, and an audit of one record has nothing to compare it with. ``resuming``: the
+    records are checked against the run directory instead (another dataset is refused there)."""
+    if n_records < MIN_RECORDS and not resuming:
         raise MemauditError(
             f"{source}: {n_records} record; an audit needs at least {MIN_RECORDS} (influence "
             "compares records with one another)"

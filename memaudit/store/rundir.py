@@ -447,7 +447,14 @@ class RunDir:
             meta = read_json(js)
         except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8
             return None
-        if not isinstance(meta, dict) or meta.get("meta_sha256") != _meta_digest(meta):
+        if not isinstance(meta, dict):
+            return None
+        if "meta_sha256" not in meta:
+            # Written before metadata held its own checksum: only a plain "ok" whose files
+            # match counts; anything else (an edited status) is retrained.
+            if meta.get("status") != "ok":
+                return None
+        elif meta["meta_sha256"] != _meta_digest(meta):
             return None
         if meta.get("status") != "ok":
             return meta  # a recorded failure is a result too: not retried silently

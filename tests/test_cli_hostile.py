@@ -259,6 +259,7 @@ def test_library_warnings_quoting_the_data_are_escaped(cli):
     import warnings
 
     with warnings.catch_warnings():
+        warnings.showwarning = warnings._showwarning_orig  # Python's own, not pytest's recorder
         cli("--help")
         out = io.StringIO()
         warnings.showwarning("glyph \x1b) missing", UserWarning, "f.py", 1, file=out)

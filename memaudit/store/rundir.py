@@ -261,9 +261,10 @@ class RunDir:
             raise MemauditError(f"{self.path}: not a memaudit run directory (no config.json)")
         saved = self._read_json(self.config_path)
         missing = [k for k in ("format_version", "config", "dataset") if k not in saved]
-        if missing or not isinstance(saved.get("dataset"), dict):
+        malformed = [k for k in ("config", "dataset") if not isinstance(saved.get(k), dict)]
+        if missing or malformed:
             raise self._damaged(
-                self.config_path, f"missing or malformed {', '.join(missing) or 'dataset'}"
+                self.config_path, f"missing or malformed {', '.join(missing or malformed)}"
             )
         return saved
 

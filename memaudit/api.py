@@ -60,10 +60,16 @@ class Audit:
         self._executor = None  # made on first training, kept across --models auto rounds
 
     @classmethod
-    def open(cls, out: str | Path, executor=None) -> Audit:
-        """An existing run directory, with the configuration saved in it."""
+    def open(cls, out: str | Path, executor=None, trust_remote_code: bool = False) -> Audit:
+        """An existing run directory, with the configuration saved in it. Remote model code
+        runs only if this call says so: a stored ``trust_remote_code`` is ignored, since a run
+        directory is data that can be handed around."""
         run = RunDir(out)
-        return cls(run.config(), out, executor)
+        cfg = run.config()
+        if trust_remote_code:
+            model = dataclasses.replace(cfg.model, trust_remote_code=True)
+            cfg = dataclasses.replace(cfg, model=model)
+        return cls(cfg, out, executor)
 
     # -- stages ---------------------------------------------------------------------------------
     def prepare(self) -> Prepared:
@@ -77,7 +83,7 @@ class Audit:
 
     def _prepare_text(self) -> Prepared:
         """prepare() for a text run: records, a tokenizer and a pretrained base model."""
-        from memaudit.data.partition import inclusion_matrix
+        from memaudit.data.partition import check_minimums, inclusion_matrix
         from memaudit.data.tokens import tokenize_records
         from memaudit.ensemble.models import (
             MemberFactory,
@@ -103,6 +109,7 @@ class Audit:
             records, tokenizer, cfg.train.max_length, cfg.train.loss_on, cfg.data
         )
         model = load_base_model(cfg.model, device, dtype)
+        check_minimums(len(records), cfg.ensemble, cfg.data, self.run_dir.exists())
         # With --models auto, the first round; adaptive.run_adaptive grows it.
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
         resumed = self.run_dir.check_or_create(cfg, records, data_sha)
@@ -118,7 +125,7 @@ class Audit:
         import torch
 
         from memaudit.data.images import load_images
-        from memaudit.data.partition import inclusion_matrix
+        from memaudit.data.partition import check_minimums, inclusion_matrix
         from memaudit.ensemble.models import pick_device
         from memaudit.ensemble.vision import ImageTask, build_model
 
@@ -139,6 +146,7 @@ class Audit:
             device=device,
             eval_batch_size=cfg.eval_batch_size,
         )
+        check_minimums(len(records), cfg.ensemble, cfg.data or img.dataset, self.run_dir.exists())
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
         resumed = self.run_dir.check_or_create(cfg, records, data.sha256())
         self.run_dir.check_idle()

@@ -946,17 +946,54 @@ def _int_range(value: str, option: str) -> tuple[int, int]:
 
 
 def main() -> None:
+    import warnings
+
+    from memaudit.errors import escape_controls
+
+    if not getattr(warnings.showwarning, "_memaudit", False):
+        # A library's warning can quote the data (matplotlib names a glyph it cannot draw,
+        # ESC included): shown escaped, like everything else that reaches the terminal.
+        shown = warnings.showwarning
+
+        def show_escaped(message, category, filename, lineno, file=None, line=None):
+            shown(escape_controls(message), category, filename, lineno, file, line)
+
+        show_escaped._memaudit = True  # type: ignore[attr-defined]
+        warnings.showwarning = show_escaped
     try:
         cli.main(standalone_mode=False)
     except MemauditError as exc:
-        _fail(str(exc), exc.exit_code)
+        _fail(escape_controls(exc), exc.exit_code)
     except click.UsageError as exc:
         # click prints usage plus the error over several lines; keep it to one.
         where = f" ({exc.ctx.command_path})" if exc.ctx else ""
-        _fail(f"{exc.format_message()}{where}")
+        _fail(escape_controls(f"{exc.format_message()}{where}"))
     except click.ClickException as exc:
-        _fail(exc.format_message())
+        _fail(escape_controls(exc.format_message()))
     except click.Abort:
         _fail("aborted; rerun the same command to resume", 130)
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume", 130)
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+        _fail(_unexpected(exc), 1)
+
+
+def _unexpected(exc: Exception) -> str:
+    """One line for an error nobody foresaw: its type and message, escaped, and the file that
+    holds the traceback (for a bug report)."""
+    import tempfile
+    import traceback
+
+    from memaudit.errors import escape_controls
+
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    where = "not logged"
+    try:
+        fd, log = tempfile.mkstemp(prefix="memaudit-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"memaudit {' '.join(sys.argv[1:])}\n")
+            f.write("".join(traceback.format_exception(exc)))
+        where = f"details in {log}"
+    except OSError:
+        pass
+    return escape_controls(f"unexpected {type(exc).__name__}: {first} ({where})")

@@ -20,6 +20,7 @@ pixels go to ``RUN/images.npz``.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,7 +147,14 @@ def _load_folder(root: Path, resize: int | None) -> ImageData:
                 with Image.open(f) as im:
                     im.load()
                     arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
+            except (
+                UnidentifiedImageError,
+                OSError,
+                ValueError,
+                Image.DecompressionBombError,
+            ) as exc:
+                # DecompressionBombError: more pixels than PIL's MAX_IMAGE_PIXELS allows twice
+                # over (a decompression bomb); refused before decoding.
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise MemauditError(f"{f}: unreadable image ({reason})") from None
             if resize is not None:
@@ -175,10 +183,11 @@ def stored_images(run) -> ImageData | None:
 def load_npz(path: Path, resize: int | None) -> ImageData:
     import zipfile
 
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, MemoryError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MemauditError(f"{path}: not a readable .npz ({reason})") from None
     for key in ("images", "labels"):
@@ -196,6 +205,8 @@ def load_npz(path: Path, resize: int | None) -> ImageData:
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     n = len(images)
+    if n == 0:
+        raise MemauditError(f"{path}: no images; an audit needs at least 2")
     if labels.shape != (n,):
         raise MemauditError(f"{path}: 'labels' must have shape ({n},), got {labels.shape}")
     if labels.dtype.kind not in "iu":
@@ -220,6 +231,48 @@ def load_npz(path: Path, resize: int | None) -> ImageData:
     return ImageData(
         np.ascontiguousarray(images), labels, class_names, ids, [g or None for g in groups]
     )
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse an .npz whose arrays claim more bytes than they hold (a forged header, say
+    27 TiB) or than this machine's memory, before numpy allocates them."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # np.load reports it, one line
+    limit = _memory_bytes()
+    with archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            try:
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(f)
+            except Exception:  # noqa: BLE001 - any malformed header: np.load reports it
+                return
+            need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            name = info.filename.removesuffix(".npy")
+            if need > info.file_size or (limit and need > limit):
+                raise MemauditError(
+                    f"{path}: array '{name}' claims {shape} {dtype} ({need / 2**30:,.1f} GiB), "
+                    f"but the file holds {info.file_size:,} bytes for it"
+                    + (f" and this machine has {limit / 2**30:,.1f} GiB" if limit else "")
+                )
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _strings(arrays: dict, key: str, n: int, path: Path) -> list[str] | None:

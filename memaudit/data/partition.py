@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from memaudit.config import EnsembleConfig
+from memaudit.errors import MemauditError
 
 _P_STREAM = 0x50  # separate streams for subsets and for training seeds
 _SEED_STREAM = 0x53
@@ -46,3 +47,26 @@ def shard_members(n_models: int, index: int, count: int) -> list[int]:
     """Shard ``index`` of ``count`` (1-based): every count-th member, so shards stay balanced
     and a larger M adds members to every shard."""
     return list(range(index - 1, n_models, count))
+
+
+MIN_RECORDS = 2
+MIN_MODELS = 2
+
+
+def check_minimums(
+    n_records: int, cfg: EnsembleConfig, source: str, resuming: bool = False
+) -> None:
+    """Refuse, before anything is written, what cannot give an estimate: influence compares
+    models trained with a record against models trained without it, so it needs at least two
+    models, and an audit of one record has nothing to compare it with. ``resuming``: the
+    records are checked against the run directory instead (another dataset is refused there)."""
+    if n_records < MIN_RECORDS and not resuming:
+        raise MemauditError(
+            f"{source}: {n_records} record; an audit needs at least {MIN_RECORDS} (influence "
+            "compares records with one another)"
+        )
+    if cfg.models < MIN_MODELS:
+        raise MemauditError(
+            f"--models: {cfg.models}; at least {MIN_MODELS} are needed (each record's influence "
+            "compares models trained with it against models trained without it)"
+        )

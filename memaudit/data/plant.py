@@ -13,6 +13,7 @@ planted one.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -142,8 +143,28 @@ def plant(
                 raise MemauditError(f"{path}: planted id '{copy_id}' collides with an existing id")
             taken.add(copy_id)
             out.append({**put(base, value), ID_FIELD: copy_id})
-    return out
+    planted = Planted(out)
+    planted.source = Path(path)
+    return planted
 
 
-def write_jsonl(objects: list[dict], out: str | Path) -> None:
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+class Planted(list):
+    """plant()'s records, remembering the file they came from (so it is never overwritten)."""
+
+    source: Path | None = None
+
+
+def write_jsonl(objects: list[dict], out: str | Path, source: str | Path | None = None) -> None:
+    """Write ``objects`` to ``out``; refused when ``out`` is the input (``source``, or the
+    file a :class:`Planted` list came from): planting never overwrites the user's dataset."""
+    source = source if source is not None else getattr(objects, "source", None)
+    if source is not None and _same_file(source, out):
+        raise MemauditError(f"--out: {out} is the input file; write the planted data elsewhere")
     atomic_write_text(out, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects))

@@ -65,6 +65,15 @@ def template_fields(template: str) -> list[str]:
     except ValueError as exc:
         raise MemauditError(f"--template: malformed template {template!r}: {exc}") from None
     fields = [name for _, name, spec, conv in parsed if name is not None]
+    for _, name, spec, conv in parsed:
+        if name is not None and (spec or conv):
+            # A spec or conversion ({text:d}, {text!x}, {text:{text}}) would format record
+            # values: refused, so that only plain field names ever reach str.format.
+            raise MemauditError(
+                f"--template: field '{{{name}{'!' + conv if conv else ''}"
+                f"{':' + spec if spec else ''}}}' has a conversion or format spec; "
+                "use plain field names such as '{text}'"
+            )
     if not fields:
         raise MemauditError(f"--template: {template!r} names no field, e.g. '{{text}}'")
     for name in fields:
@@ -95,7 +104,7 @@ def render(obj: dict, fmt: RecordFormat, where: str) -> tuple[str, str | None]:
         completion_parts: list[str] = []
         fields = template_fields(tpl)
         seen = 0
-        for literal, name, spec, conv in string.Formatter().parse(tpl):
+        for literal, name, _spec, _conv in string.Formatter().parse(tpl):
             # The completion starts where the last field's value starts.
             target = completion_parts if seen == len(fields) else prompt_parts
             target.append(literal)
@@ -104,10 +113,7 @@ def render(obj: dict, fmt: RecordFormat, where: str) -> tuple[str, str | None]:
                 if name not in obj:
                     source = f"--preset {fmt.preset}" if fmt.preset else "--template"
                     raise MemauditError(f"{where}: missing field '{name}' (named by {source})")
-                value = _field(obj, name, where, fmt.preset)
-                if conv:
-                    value = {"r": repr, "s": str, "a": ascii}[conv](value)
-                value = format(value, spec) if spec else value
+                value = _field(obj, name, where, fmt.preset)  # plain names only (see above)
                 (completion_parts if seen == len(fields) else prompt_parts).append(value)
         prompt, completion = "".join(prompt_parts), "".join(completion_parts)
         return prompt + completion, prompt
@@ -154,6 +160,11 @@ def iter_json_lines(path: Path):
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise MemauditError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        except RecursionError:
+            raise MemauditError(f"{where}: invalid JSON: nested too deeply") from None
+        except ValueError as exc:  # an integer of more digits than Python converts
+            first = str(exc).splitlines()[0][:120]
+            raise MemauditError(f"{where}: invalid JSON: {first}") from None
         if not isinstance(obj, dict):
             raise MemauditError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj
@@ -179,7 +190,21 @@ def load_records(path: str | Path, fmt: RecordFormat | None = None) -> list[Reco
             )
         first_line[rid] = lineno
         group = _optional_str(obj, GROUP_FIELD, where)
+        for name, value in (("id", rid), ("text", text), ("group", group)):
+            if value is not None and not _encodable(value):
+                raise MemauditError(
+                    f"{where}: field '{name}' holds a lone surrogate (invalid Unicode, e.g. "
+                    "\\ud800); it cannot be stored or shown"
+                )
         records.append(Record(len(records), rid, text, prompt, group, lineno))
     if not records:
         raise MemauditError(f"{path}: empty file (no records)")
     return records
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -213,8 +213,18 @@ class LocalExecutor:
     def map(self, members: list[int], inclusion: np.ndarray, on_step=None) -> Iterator[Outcome]:
         k, why = packed.pack_size(self.ctx, len(members))
         if k > 1:  # K members at once: memaudit.ensemble.member_packs
+            # Members with an empty half (tiny datasets) are the untrained base model: computed
+            # alone, since a pack has no steps to give them.
+            empty = [j for j in members if not inclusion[:, j].any()]
+            members = [j for j in members if inclusion[:, j].any()]
             with torch_threads(self.threads):
-                yield from packed.map_packed(self.ctx, members, inclusion, k, why, on_step)
+                for j in empty:
+                    try:
+                        yield j, ensemble.compute_member(self.ctx, j, inclusion[:, j], on_step)
+                    except Exception as exc:  # noqa: BLE001 - retried by the driver
+                        yield j, exc
+                if members:
+                    yield from packed.map_packed(self.ctx, members, inclusion, k, why, on_step)
             return
         plan = self.plan(len(members))
         if plan.workers > 1:

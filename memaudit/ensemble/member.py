@@ -134,7 +134,9 @@ def compute_member(ctx: MemberContext, j: int, column: np.ndarray, on_step=None)
         "pack": 1,  # trained alone (memaudit.ensemble.member_packs trains K at once)
     }
     try:
-        stats = task.train(model, subset, seed, on_step)
+        # An empty half (possible with a handful of records) leaves the base model as it is:
+        # a valid "out" measurement for every record, so the member is kept, untrained.
+        stats = task.train(model, subset, seed, on_step) if len(subset) else TrainStats(0, 0, None)
     except TrainingDiverged as exc:
         # Excluded from the estimates and reported, never averaged in; deterministic, so
         # it is a result, not a failure to retry.

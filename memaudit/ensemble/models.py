@@ -111,6 +111,17 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError)
+
+
+_LOAD_ERRORS = _load_errors()
+
+
 def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
@@ -127,7 +138,9 @@ def load_base_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
             # fallback with torch.load(weights_only=True).
             use_safetensors=True if has_safetensors else None,
         )
-    except (OSError, ValueError) as exc:
+    except _LOAD_ERRORS as exc:
+        # A corrupt safetensors file, or a pickled checkpoint holding more than tensors
+        # (torch.load(weights_only=True) refuses it: nothing is executed).
         raise _not_found(cfg.name, _first_line(exc)) from None
     model.to(device)
     fast_activations(model)

@@ -115,9 +115,18 @@ def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
     n_models = inclusion.shape[1]
     losses, valid = run.collect_losses(len(records), n_models)
     if valid.sum() < 2:
+        status = run.status(n_models)
+        pending = len(status["missing"]) + len(status["failed"])
+        if len(status["ok"]) + pending >= 2:
+            advice = "rerun `memaudit run` (or `memaudit train`) to train the rest"
+        else:  # the rest diverged: deterministic, so a rerun would diverge again
+            advice = (
+                f"{len(status['diverged'])} diverged (non-finite loss), which a rerun repeats; "
+                "use a lower --lr (or other training options) with a new --out"
+            )
         raise MemauditError(
             f"{run.path}: only {int(valid.sum())} of {n_models} models have results; "
-            "at least 2 are needed (rerun `memaudit run` to train the rest)"
+            f"at least 2 are needed: {advice}"
         )
     dense = run.file("influence_dense.npy") if len(records) <= cfg.dense_max else None
     result = get_estimator(cfg.estimator).estimate(

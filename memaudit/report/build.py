@@ -227,10 +227,9 @@ def _covariates(saved: dict[str, Any]) -> int:
 
 def _convergence(run: RunDir) -> dict[str, Any] | None:
     """The diagnostics of every round (RUN/convergence.json), when the run has them."""
-    path = run.file("convergence.json")
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return run.read_optional_json(
+        "convergence.json", "rerun the same `memaudit run` to write it again"
+    )
 
 
 def _group_table(masks: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -> dict:

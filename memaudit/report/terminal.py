@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,11 +27,23 @@ from rich.text import Text
 
 from memaudit.config import RunConfig
 from memaudit.ensemble.driver import EnsembleProgress
+from memaudit.errors import escape_controls
 from memaudit.estimate.analysis import Analysis
 from memaudit.modality import MODALITIES, TEXT
 from memaudit.report.numbers import mean_std, sig
 
 console = Console(stderr=True, width=None)
+
+
+def safe_text(value: object) -> Text:
+    """Data (an id, a record text, a group, a class name) as a rich Text: control characters
+    escaped, and never read as markup (``[/x]`` in an id neither crashes nor restyles)."""
+    return Text(escape_controls(value))
+
+
+def _m(value: object) -> str:
+    """Data to put inside a markup string: control characters and markup escaped."""
+    return escape_markup(escape_controls(value))
 
 
 @contextlib.contextmanager
@@ -44,14 +56,14 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
     if not modality.pretrained:  # trained from scratch: the task holds the model
         console.print(
             f"[bold]memaudit[/] {n} {modality.unit}, {prepared.inclusion.shape[1]} models, "
-            f"{config.model.name} ({prepared.task.n_params:,} parameters, from scratch), "
+            f"{_m(config.model.name)} ({prepared.task.n_params:,} parameters, from scratch), "
             f"{prepared.device}/float32"
         )
     else:
         factory = prepared.factory
         console.print(
             f"[bold]memaudit[/] {n} records, {prepared.inclusion.shape[1]} models, "
-            f"{config.model.name} ({config.model.finetune}, {factory.n_trainable:,} of "
+            f"{_m(config.model.name)} ({config.model.finetune}, {factory.n_trainable:,} of "
             f"{factory.n_params:,} parameters trained), {prepared.device}/"
             f"{str(prepared.dtype).removeprefix('torch.')}"
         )
@@ -86,18 +98,19 @@ def ensemble_progress(enabled: bool, config: RunConfig, prepared) -> Iterator[En
             bar.update(state["steps"], completed=step, info=f"loss {loss:.3f}")
 
         def on_model(j: int, meta: dict) -> None:
-            info = (
-                f"model {j}: train loss {meta['train_loss']:.3f}"
-                if meta.get("status") == "ok"
-                else f"model {j}: {meta.get('status')}"
-            )
+            if meta.get("status") != "ok":
+                info = f"model {j}: {_m(meta.get('status'))}"
+            elif meta.get("train_loss") is None:
+                info = f"model {j}: untrained (empty half)"
+            else:
+                info = f"model {j}: train loss {meta['train_loss']:.3f}"
             bar.update(state["models"], advance=1, info=info)
 
         def on_failure(j: int, attempt: int, error: str) -> None:
-            console.print(f"[yellow]model {j} failed[/] (attempt {attempt}): {error}")
+            console.print(f"[yellow]model {j} failed[/] (attempt {attempt}): {_m(error)}")
 
         def on_note(text: str) -> None:
-            console.print(text)
+            console.print(safe_text(text))
 
         yield EnsembleProgress(on_start, on_step, on_model, on_failure, on_note)
 
@@ -116,13 +129,13 @@ def print_status(status: dict, run_dir, out: Console | None = None) -> None:
             f"{_indices(status['diverged'])}"
         )
     for j, error in status["failed"].items():
-        out.print(f"[yellow]warning:[/] model {j} failed on every attempt ({error})")
+        out.print(f"[yellow]warning:[/] model {j} failed on every attempt ({_m(error)})")
     pending = [*status["failed"], *status["missing"]]
     if pending:
         out.print(
             f"[yellow]warning:[/] {len(pending)} of {status['models']} models have no result "
             f"({_indices(sorted(pending))}); the estimates use the other "
-            f"{len(status['ok'])}. Train them with `memaudit train {run_dir.path}` (or its "
+            f"{len(status['ok'])}. Train them with `memaudit train {_m(run_dir.path)}` (or its "
             "shards) or rerun the same `memaudit run`, then `memaudit report` again"
         )
 
@@ -189,7 +202,11 @@ def print_summary(
         r = analysis.records[t]
         margin = f"{res.margin[t]:.2f}" if res.margin_defined[t] else "undef."
         top.add_row(
-            r.id, sig(res.self_influence[t], 3), sig(res.self_se[t], 3), margin, r.group or ""
+            safe_text(r.id),
+            sig(res.self_influence[t], 3),
+            sig(res.self_se[t], 3),
+            margin,
+            safe_text(r.group or ""),
         )
     out.print(top)
     if n_ok < 64:
@@ -197,7 +214,7 @@ def print_summary(
             f"[dim]note: with {n_ok} models the margin's denominator is a noise maximum; "
             "margins are comparable only at equal model counts.[/]"
         )
-    out.print(f"results: {run_dir.path}/influence.json")
+    out.print(f"results: {_m(run_dir.path)}/influence.json")
 
 
 # -- the full report -----------------------------------------------------------------------------
@@ -212,7 +229,7 @@ def _ms(stats: dict | None, digits: int = 2) -> str:
 def _diff_text(base: str, text: str, width: int) -> Text:
     """``text`` with the whitespace tokens that differ from ``base`` highlighted, cut to
     ``width`` characters around the first difference."""
-    a, b = base.split(), text.split()
+    a, b = escape_controls(base).split(), escape_controls(text).split()
     out = Text()
     first_diff = None
     ops = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
@@ -235,7 +252,11 @@ def _diff_text(base: str, text: str, width: int) -> Text:
 
 
 def _label(rec: dict) -> str:
-    return rec["text"] if rec["text"] is not None else f"sha256:{rec['text_sha256'][:12]}"
+    return (
+        escape_controls(rec["text"])
+        if rec["text"] is not None
+        else f"sha256:{rec['text_sha256'][:12]}"
+    )
 
 
 def _f(x: float | None, digits: int = 2) -> str:
@@ -304,7 +325,7 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     modality = MODALITIES.get(report.get("modality"), TEXT)
     head = (
         f"[bold]memaudit report[/]  {ens['n_records']} records · {ens['n_models_used']}/"
-        f"{ens['n_models']} models · {ens['estimator']} · {cfg['model']['name']} "
+        f"{ens['n_models']} models · {_m(ens['estimator'])} · {_m(cfg['model']['name'])} "
         + (
             "(from scratch) · extractability does not apply to images"
             if not modality.decodes
@@ -368,8 +389,8 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
     for cid in shown:
         c = by_id[cid]
         out.print(
-            f"[bold]cluster {cid}[/] · {len(c['members'])} records · {c['kind']} · "
-            + "; ".join(c["reasons"])
+            f"[bold]cluster {_m(cid)}[/] · {len(c['members'])} records · {_m(c['kind'])} · "
+            + _m("; ".join(c["reasons"]))
         )
         members = Table(show_edge=False, box=None, pad_edge=False)
         for col, just in (
@@ -386,12 +407,12 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
             text = (
                 _diff_text(base["text"], r["text"], text_width)
                 if r["text"] is not None
-                else Text(_label(r))
+                else safe_text(_label(r))
             )
             if strips:  # on a line of its own under the text: the columns keep their room
                 text = Text("\n").join([text, distribution_strip(r, bins, ascii_only)])
             members.add_row(
-                r["id"][:16],
+                safe_text(r["id"][:16]),
                 text,
                 _f(r["self_influence"]),
                 _f(r["margin"]),
@@ -413,16 +434,16 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
         for f in risky:
             r = records[f["index"]]
             label = _label(r)
-            text = Text(label[:40] + ("…" if len(label) > 40 else ""))
+            text = safe_text(label[:40] + ("…" if len(label) > 40 else ""))
             if strips:
                 text = Text("\n").join([text, distribution_strip(r, bins, ascii_only)])
-            rt.add_row(r["id"][:16], text, "; ".join(f["reasons"]))
+            rt.add_row(safe_text(r["id"][:16]), text, safe_text("; ".join(f["reasons"])))
         out.print(rt)
     print_lira(report.get("lira"), out)
     print_dedup(report.get("dedup"), report["records"], out)
     print_convergence(report.get("convergence"), out)
     for note in report["notes"]:
-        out.print(f"[dim]note: {note}[/]")
+        out.print(f"[dim]note: {_m(note)}[/]")
 
 
 def _print_headline(headline: dict | None, out: Console) -> None:
@@ -432,7 +453,7 @@ def _print_headline(headline: dict | None, out: Console) -> None:
         return
     style = {"strong": "green", "weak": "yellow", "none": "red"}.get(headline.get("strength"), "")
     for k, line in enumerate(headline.get("text") or []):
-        out.print(Text(line, style=style if k else "bold"))
+        out.print(Text(escape_controls(line), style=style if k else "bold"))
 
 
 def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> None:
@@ -462,9 +483,9 @@ def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> Non
         if top.get("label") not in (None, e["label"]):
             labels += f"/{top['label']}"  # a top influencer of another class
         cells = [
-            e["id"],
-            str(top.get("id", "–")),
-            labels,
+            safe_text(e["id"]),
+            safe_text(top.get("id", "–")),
+            safe_text(labels),
             f"{_f(e['centred_margin'])} ({_f(e['margin'])})",
             _f(top.get("centred_influence")),
             _f(top.get("pixel_similarity")),
@@ -482,11 +503,11 @@ def _criteria_line(criteria: list[dict]) -> str:
     parts = []
     for c in criteria:
         if c.get("value") is None:
-            parts.append(f"{c['name']} not evaluated")
+            parts.append(f"{_m(c['name'])} not evaluated")
             continue
         mark = "[green]ok[/]" if c["met"] else "[red]no[/]"
         moved = f", moved {c['change']:+.3f}" if c.get("change") is not None else ""
-        parts.append(f"{c['name']} {c['value']:.3f} (needs {c['threshold']}) {mark}{moved}")
+        parts.append(f"{_m(c['name'])} {c['value']:.3f} (needs {c['threshold']}) {mark}{moved}")
     return "; ".join(parts)
 
 
@@ -501,7 +522,7 @@ def print_convergence(conv: dict | None, out: Console) -> None:
     if not conv or not conv.get("rounds"):
         return
     last = conv["rounds"][-1]
-    out.print(f"\n[bold]Convergence[/] ({len(conv['rounds'])} round(s)): {conv['stopped_by']}")
+    out.print(f"\n[bold]Convergence[/] ({len(conv['rounds'])} round(s)): {_m(conv['stopped_by'])}")
     out.print(_criteria_line(last["criteria"]))
     evaluated = [c for c in last["criteria"] if c.get("value") is not None]
     if any(not c["met"] for c in evaluated):
@@ -548,8 +569,8 @@ def print_lira(lira: dict | None, out: Console) -> None:
             if auc is not None and ci:
                 auc_text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
             table.add_row(
-                escape(str(variant)),
-                escape(names.get(group, str(group))),
+                _m(variant),
+                _m(names.get(group, str(group))),
                 auc_text,
                 _pct_ci(m, "tpr_at_0.1%"),
                 _pct_ci(m, "tpr_at_1%"),
@@ -569,7 +590,7 @@ def print_dedup(dedup: dict | None, records: list[dict], out: Console) -> None:
         else f"perceptual hash, Hamming <= {params.get('max_distance', '?')} of 64 bits"
     )
     out.print(
-        f"\n[bold]Beside a deduplicator[/] ({escape(how)}): {dedup['dedup_groups']} groups, "
+        f"\n[bold]Beside a deduplicator[/] ({_m(how)}): {dedup['dedup_groups']} groups, "
         f"{dedup['dedup_pairs']} pairs; influence clusters: {dedup['cluster_pairs']} pairs"
     )
     table = Table(show_edge=False, box=None, pad_edge=False)
@@ -578,7 +599,7 @@ def print_dedup(dedup: dict | None, records: list[dict], out: Console) -> None:
     table.add_column("example", overflow="fold")
 
     def label(i: int) -> str:
-        return escape(str(records[i]["id"])[:20])
+        return _m(str(records[i]["id"])[:20])
 
     def example(kind: dict) -> str:
         for ex in kind.get("examples", [])[:1]:

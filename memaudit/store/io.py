@@ -29,8 +29,11 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -44,10 +47,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 f"{path}: no space left on device ({os.strerror(exc.errno)}); free space and "
                 "rerun the same command: finished models are kept"
             ) from None
-        raise
+        raise _cannot_write(path, exc) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _cannot_write(path: Path, exc: OSError) -> MemauditError:
+    """A read-only, missing or special (/proc) place: one line naming the file."""
+    return MemauditError(f"{path}: cannot write ({exc.strerror or exc}); choose another path")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

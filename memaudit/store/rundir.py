@@ -27,13 +27,17 @@ Every file is written atomically (memaudit.store.io), so a killed run leaves onl
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import os
 import platform
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -47,7 +51,6 @@ from memaudit.store.io import (
     atomic_save_npy,
     atomic_write_bytes,
     atomic_write_json,
-    atomic_write_text,
     finite_or_none,
     read_json,
     sha256_bytes,
@@ -97,8 +100,12 @@ class RunDir:
     def check_or_create(self, cfg: RunConfig, records: list[Record], data_sha256: str) -> bool:
         """Create the directory for ``cfg``, or check that an existing one belongs to it.
 
-        Returns True when it resumes an existing run. Refuses another dataset or configuration.
+        Returns True when it resumes an existing run. Refuses another dataset or configuration,
+        and a directory another run or shards are writing, before writing anything: a refused
+        run leaves the directory byte-identical. A new directory is built beside its place and
+        renamed into it, so an interrupted creation leaves no half-made run behind.
         """
+        records_bytes = _records_bytes(records)
         if self.exists():
             saved = self.read_config()
             if saved.get("format_version") != FORMAT_VERSION:
@@ -106,42 +113,73 @@ class RunDir:
                     f"{self.path}: run directory format {saved.get('format_version')} is not "
                     f"{FORMAT_VERSION}; use a new --out"
                 )
-            if saved["dataset"]["sha256"] != data_sha256:
+            if saved["dataset"].get("sha256") != data_sha256:
                 raise MemauditError(
                     f"{self.path}: was made from a different dataset (sha256 "
-                    f"{saved['dataset']['sha256'][:12]}, now {data_sha256[:12]}); use a new --out"
+                    f"{str(saved['dataset'].get('sha256'))[:12]}, now {data_sha256[:12]}); "
+                    "use a new --out"
                 )
-            old = RunConfig.from_dict(saved["config"]).fingerprint()
+            old = self._stored_config(saved).fingerprint()
             changes = _diff(old, cfg.fingerprint())
             if changes:
                 raise MemauditError(
                     f"{self.path}: was made with a different configuration ({'; '.join(changes)}); "
                     "use a new --out, or the original options to resume"
                 )
-            self._write_config(cfg, saved["dataset"], saved["created"])
+            config_bytes = _config_bytes(cfg, saved["dataset"], saved.get("created", ""))
+            # Atomically alone (RUN/lock), and no shard training: only then rewrite anything.
+            with _exclusive(self.file("lock"), self.check_unlocked):
+                self._check_no_shards()
+                atomic_write_bytes(self.config_path, config_bytes)
+                # Same dataset, same records: a missing or damaged copy is repaired here.
+                if not _same_bytes(self.file("records.jsonl"), records_bytes):
+                    atomic_write_bytes(self.file("records.jsonl"), records_bytes)
             return True
-        if self.path.exists() and any(self.path.iterdir()):
-            raise MemauditError(f"{self.path}: exists and is not a memaudit run directory")
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            self.file("records.jsonl"),
-            "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records),
-        )
         dataset = {"path": cfg.data, "sha256": data_sha256, "records": len(records)}
-        self._write_config(cfg, dataset, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        config_bytes = _config_bytes(cfg, dataset, created)
+        self._create(records_bytes, config_bytes)
         return False
 
-    def _write_config(self, cfg: RunConfig, dataset: dict, created: str) -> None:
-        atomic_write_json(
-            self.config_path,
-            {
-                "format_version": FORMAT_VERSION,
-                "created": created,
-                "config": cfg.to_dict(),
-                "dataset": dataset,
-                "versions": package_versions(),
-            },
-        )
+    def _create(self, records_bytes: bytes, config_bytes: bytes) -> None:
+        """Build the new directory as a hidden sibling, then rename it into place (atomic: the
+        run directory exists whole or not at all)."""
+        if self.path.exists():
+            if not self.path.is_dir():
+                raise MemauditError(f"{self.path}: exists and is not a directory")
+            leftovers = list(self.path.iterdir())
+            if leftovers and not _half_created(self.path, leftovers):
+                raise MemauditError(f"{self.path}: exists and is not a memaudit run directory")
+            for entry in leftovers:  # what an interrupted creation by an older version left
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            for stale in parent.glob(f".{self.path.name}.creating-*"):
+                if _creator_dead(stale):
+                    shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.creating-", dir=parent))
+        except OSError as exc:
+            raise _os_error(self.path, exc) from None
+        try:
+            (tmp / "creator").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+            (tmp / "models").mkdir()
+            atomic_write_bytes(tmp / "records.jsonl", records_bytes)
+            atomic_write_bytes(tmp / "config.json", config_bytes)  # last: marks the run whole
+            (tmp / "creator").unlink()
+            os.rename(tmp, self.path)  # onto a missing or empty directory
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise MemauditError(
+                    f"{self.path}: was filled by another process while this run created it; "
+                    "rerun to resume it"
+                ) from None
+            raise _os_error(self.path, exc) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -222,21 +260,101 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         if not self.exists():
             raise MemauditError(f"{self.path}: not a memaudit run directory (no config.json)")
-        return read_json(self.config_path)
+        saved = self._read_json(self.config_path)
+        missing = [k for k in ("format_version", "config", "dataset") if k not in saved]
+        malformed = [k for k in ("config", "dataset") if not isinstance(saved.get(k), dict)]
+        if missing or malformed:
+            raise self._damaged(
+                self.config_path, f"missing or malformed {', '.join(missing or malformed)}"
+            )
+        return saved
 
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(self.read_config()["config"])
+        """The stored configuration, with ``trust_remote_code`` off: a run directory is data
+        that can be handed around, so only the command line of the process that loads a model
+        may turn remote code on (see memaudit.api.Audit.open)."""
+        return self._stored_config(self.read_config())
+
+    def _stored_config(self, saved: dict[str, Any]) -> RunConfig:
+        try:
+            cfg = RunConfig.from_dict(saved["config"])
+        except MemauditError as exc:
+            raise self._damaged(self.config_path, f"invalid configuration: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise self._damaged(
+                self.config_path, f"malformed configuration ({type(exc).__name__}: {exc})"
+            ) from None
+        if cfg.model.trust_remote_code:
+            cfg = replace(cfg, model=replace(cfg.model, trust_remote_code=False))
+        return cfg
 
     def records(self) -> list[Record]:
-        with open(self.file("records.jsonl"), encoding="utf-8") as f:
-            return [Record(**json.loads(line)) for line in f]
+        path = self.file("records.jsonl")
+        hint = "rerun the same `memaudit run` (same data and options) to rewrite it"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise self._damaged(path, "missing", hint) from None
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+        out = []
+        for lineno, line in enumerate(raw.splitlines(), start=1):
+            try:
+                out.append(Record(**json.loads(line.decode("utf-8"))))
+            except (ValueError, TypeError, RecursionError) as exc:
+                msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                raise self._damaged(path, f"line {lineno}: {msg}", hint) from None
+        expected = self._read_json(self.config_path).get("dataset", {}).get("records")
+        if expected is not None and expected != len(out):
+            raise self._damaged(path, f"{len(out)} records, config.json says {expected}", hint)
+        return out
 
     # -- inclusion matrix ---------------------------------------------------------------------
     def save_inclusion(self, inclusion: np.ndarray) -> None:
         atomic_save_npy(self.file("inclusion.npy"), inclusion.astype(bool))
 
     def inclusion(self) -> np.ndarray:
-        return np.load(self.file("inclusion.npy"), allow_pickle=False)
+        path = self.file("inclusion.npy")
+        hint = "rerun the same `memaudit run` to rewrite it (trained models are kept)"
+        try:
+            p = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise self._damaged(path, "missing", hint) from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise self._damaged(path, f"unreadable ({exc})", hint) from None
+        n = self._read_json(self.config_path).get("dataset", {}).get("records")
+        if p.ndim != 2 or p.dtype != bool or (n is not None and p.shape[0] != n):
+            raise self._damaged(
+                path, f"a {p.dtype} array of shape {p.shape}, expected bool ({n}, models)", hint
+            )
+        return p
+
+    def read_optional_json(self, name: str, hint: str) -> Any:
+        """RUN/<name> parsed, None when absent; a damaged one is a one-line error with ``hint``."""
+        path = self.file(name)
+        if not path.exists():
+            return None
+        return self._read_json(path, hint)
+
+    def _read_json(self, path: Path, hint: str | None = None) -> dict[str, Any]:
+        try:
+            obj = read_json(path)
+        except FileNotFoundError:
+            raise self._damaged(path, "missing", hint) from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise self._damaged(path, f"not valid JSON ({msg})", hint) from None
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+        if not isinstance(obj, dict):
+            raise self._damaged(path, f"expected a JSON object, got {type(obj).__name__}", hint)
+        return obj
+
+    def _damaged(self, path: Path, what: str, hint: str | None = None) -> MemauditError:
+        hint = hint or (
+            "a rerun does not repair it: restore the file, or start again with a new --out"
+        )
+        return MemauditError(f"{path}: damaged run directory file: {what}; {hint}")
 
     # -- per-model results --------------------------------------------------------------------
     def _model_paths(self, j: int) -> tuple[Path, Path]:
@@ -270,6 +388,7 @@ class RunDir:
             data = _npy_bytes(np.asarray(array))
             atomic_write_bytes(self._array_path(j, name), data)
             meta[f"{name}_sha256"] = sha256_bytes(data)
+        meta["meta_sha256"] = _meta_digest(meta)
         atomic_write_json(js, meta)
         with contextlib.suppress(FileNotFoundError):
             self._failure_path(j).unlink()
@@ -292,9 +411,10 @@ class RunDir:
 
     def failure(self, j: int) -> dict[str, Any] | None:
         try:
-            return read_json(self._failure_path(j))
-        except (FileNotFoundError, json.JSONDecodeError):
+            fail = read_json(self._failure_path(j))
+        except (OSError, ValueError, RecursionError):
             return None
+        return fail if isinstance(fail, dict) else None
 
     def status(self, n_models: int) -> dict[str, Any]:
         """Which models are done, diverged, failed (retries exhausted) or not trained yet."""
@@ -310,7 +430,7 @@ class RunDir:
             if meta is not None:
                 out["ok" if meta.get("status") == "ok" else "diverged"].append(j)
             elif (fail := self.failure(j)) is not None:
-                out["failed"][j] = fail["error"]
+                out["failed"][j] = str(fail.get("error", "unknown error"))
             else:
                 out["missing"].append(j)
         return out
@@ -321,11 +441,22 @@ class RunDir:
     def model_meta(
         self, j: int, need_extraction: bool = False, need_arrays: tuple[str, ...] = ()
     ) -> dict[str, Any] | None:
-        """Metadata of a completed model, or None when model j must be (re)trained."""
+        """Metadata of a completed model, or None when model j must be (re)trained: missing,
+        unreadable, or altered (the metadata holds its own checksum and those of the files
+        before it), so a damaged file is retrained, never read."""
         npy, js = self._model_paths(j)
         try:
             meta = read_json(js)
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8
+            return None
+        if not isinstance(meta, dict):
+            return None
+        if "meta_sha256" not in meta:
+            # Written before metadata held its own checksum: only a plain "ok" whose files
+            # match counts; anything else (an edited status) is retrained.
+            if meta.get("status") != "ok":
+                return None
+        elif meta["meta_sha256"] != _meta_digest(meta):
             return None
         if meta.get("status") != "ok":
             return meta  # a recorded failure is a result too: not retried silently
@@ -385,31 +516,56 @@ class RunDir:
 
 @contextlib.contextmanager
 def _exclusive(path: Path, refuse) -> Iterator[None]:
-    """Create ``path`` naming this process (host and pid), hold it, remove it at the end.
+    """Hold ``path`` (its content names this process, host and pid), remove it at the end.
 
-    If it exists, ``refuse()`` raises when its holder is alive; a dead holder's file is stale
-    and taken over.
+    Atomic: an ``fcntl.flock`` on the open file, so of two processes only one ever holds it
+    (a stale file left by a killed process is simply locked again, never unlinked by a
+    loser). ``refuse()`` raises when the lock is held; a file naming a process on another
+    host (where flock may not reach) is refused the same way.
     """
     me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
+    for _ in range(20):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
             refuse()
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # stale: its process is gone
+            raise MemauditError(f"{path}: held by another process; wait for it to finish") from None
+        # The file may have been unlinked (released) between our open and flock: retry on
+        # the path's current file, so two holders never hold two different inodes.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me + "\n")
         break
     else:
         raise MemauditError(f"{path.parent}: could not take {path}")
     try:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        if holder and holder != me and _holder_alive(path):
+            # A live holder that takes no flock: another host's run (flock does not reach
+            # across hosts) or an older memaudit.
+            refuse()
+            raise MemauditError(f"{path}: held by {holder}; wait for it to finish")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (me + "\n").encode(), 0)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
-            if path.read_text(encoding="utf-8").strip() == me:
-                path.unlink()
+            path.unlink()  # still holding the flock: nobody else can hold this file now
+        os.close(fd)
 
 
 def _holder_alive(path: Path) -> bool:
@@ -428,6 +584,80 @@ def _holder_alive(path: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of the metadata without its own checksum, in a canonical JSON form."""
+    rest = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    try:
+        text = json.dumps(rest, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return sha256_bytes(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError):
+        return ""  # not what save_model writes: never matches
+
+
+def _records_bytes(records: list[Record]) -> bytes:
+    """records.jsonl's content, made before anything is written: a text that cannot be stored
+    (a lone surrogate) is refused up front, naming its record."""
+    lines = []
+    for r in records:
+        line = json.dumps(asdict(r), ensure_ascii=False) + "\n"
+        try:
+            lines.append(line.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise MemauditError(
+                f"line {r.line} (id {ascii(r.id)}): holds a lone surrogate (invalid Unicode)"
+            ) from None
+    return b"".join(lines)
+
+
+def _config_bytes(cfg: RunConfig, dataset: dict, created: str) -> bytes:
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "created": created,
+        "config": cfg.to_dict(),
+        "dataset": dataset,
+        "versions": package_versions(),
+    }
+    try:
+        return (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise MemauditError(f"options: cannot be stored ({exc})") from None
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+_CREATED = {"models", "records.jsonl", "config.json", "lock", "locks"}
+
+
+def _half_created(path: Path, entries: list[Path]) -> bool:
+    """Whether ``path`` holds only what an interrupted creation leaves (no config.json, no
+    model result): such a directory is cleaned and created again instead of blocking."""
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            continue
+        if name not in _CREATED or name == "config.json":
+            return False
+        if name == "models" and (not entry.is_dir() or any(entry.iterdir())):
+            return False
+    return True
+
+
+def _creator_dead(tmp: Path) -> bool:
+    """A hidden creation directory whose creating process is gone (or never named itself)."""
+    marker = tmp / "creator"
+    return not marker.exists() or not _holder_alive(marker)
+
+
+def _os_error(path: Path, exc: OSError) -> MemauditError:
+    where = exc.filename or path
+    return MemauditError(f"{where}: cannot write the run directory: {exc.strerror or exc}")
 
 
 def _matches(path: Path, sha256: str | None) -> bool:

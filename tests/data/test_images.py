@@ -197,3 +197,52 @@ def test_torchvision_cifar10_from_local_files(tmp_path, monkeypatch):
         first = pickle.load(f)["data"][0]
     assert np.array_equal(data.images[0], first.reshape(3, 32, 32).transpose(1, 2, 0))
     assert load_images(None, "cifar10", tmp_path, resize=8).images.shape == (10, 8, 8, 3)
+
+
+# -- hostile image data (issue 15) ---------------------------------------------------------------
+
+
+def test_npz_whose_header_claims_27_tib_is_refused_before_allocating(tmp_path):
+    import zipfile
+
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': (30000000, 1000, 1000, 1), }"
+    header = header.ljust(118) + "\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 64
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images.npy", npy)
+        z.writestr("labels.npy", npy)
+    with pytest.raises(MemauditError, match=r"bomb.npz: array 'images' claims .*27,939") as err:
+        load_images(path)
+    assert "\n" not in str(err.value)
+
+
+def test_zero_images_with_resize_is_one_line(tmp_path):
+    path = tmp_path / "empty.npz"
+    np.savez(path, images=np.zeros((0, 8, 8, 3), np.uint8), labels=np.zeros(0, np.int64))
+    with pytest.raises(MemauditError, match="no images"):
+        load_images(path, resize=4)
+
+
+def test_decompression_bomb_png_is_one_line(tmp_path):
+    """A 20000 x 20000 PNG (400 megapixels, over twice PIL's MAX_IMAGE_PIXELS): refused from its
+    header, before any pixel is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    root = _folder(tmp_path / "imgs")
+    (root / "cat" / "bomb.png").write_bytes(png)
+    with pytest.raises(MemauditError, match=r"bomb.png: unreadable image \(.*decompression bomb"):
+        load_images(root)

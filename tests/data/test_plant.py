@@ -111,3 +111,13 @@ def test_ranges_of_group_sizes_and_edits(tmp_path, cli):
     bad = cli("plant", DEMO_SOURCE, "--preset", "nq", "--groups", "3", "--copies", "5-2",
               "--out", out)  # fmt: skip
     assert bad.code == 2 and "--copies" in bad.err and "\n" not in bad.err.strip()
+
+
+def test_plant_refuses_to_overwrite_its_input(tmp_path, cli):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": f"record {i} a b c"} for i in range(4)])
+    before = data.read_bytes()
+    result = cli("plant", data, "--groups", "1", "--out", data)
+    assert result.code == 2 and "is the input file" in result.err
+    assert data.read_bytes() == before
+    result = cli("plant", data, "--groups", "1", "--out", tmp_path / "." / "d.jsonl")
+    assert result.code == 2 and data.read_bytes() == before

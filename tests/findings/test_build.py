@@ -441,7 +441,7 @@ def test_mutual_fraction_drops_look_alikes_and_keeps_substitutes():
     images = np.zeros((len(texts), 4, 4, 3), dtype=np.uint8)
     _, for_images = find_clusters(result, texts, FindingsConfig(), images=images, **kw)
     assert ((for_images >= 0) == (strict >= 0)).all()
-    with pytest.raises(ValueError, match="mutual_fraction"):
+    with pytest.raises(ValueError, match="mutual.fraction"):
         FindingsConfig(mutual_fraction=1.5)
 
 

@@ -173,6 +173,7 @@ def _optional(check: Check) -> Check:
     return dataclasses.replace(check, optional=True)
 
 
+_ANY = Check("", object, lambda value: value)  # a field declared without setting()
 POSITIVE = _integer(1)
 NON_NEGATIVE = _integer(0)
 FRACTION = _number(0.0, 1.0)
@@ -672,7 +673,7 @@ def is_image_model(name: str) -> bool:
 IMAGE_TRAIN_DEFAULTS = {
     f.name: f.metadata["image_default"]
     for f in dataclasses.fields(TrainConfig)
-    if f.metadata["image_default"] is not MISSING
+    if f.metadata.get("image_default", MISSING) is not MISSING
 }
 
 
@@ -756,19 +757,22 @@ def _collect_options() -> dict[str, Option]:
     def add(section: str | None, f: dataclasses.Field) -> None:
         if (section or "", f.name) in _NOT_OPTIONS:
             return
-        key = f.metadata["key"] or f.name
-        image_default = f.metadata["image_default"]
+        # A field declared without setting() is an option too (by its name, Python and saved
+        # configs only, unchecked); tests/test_config.py asks every field for a setting().
+        meta = {"check": _ANY, "help": "", "cli": False, "shown": None, **f.metadata}
+        key = meta.get("key") or f.name
+        image_default = meta.get("image_default", MISSING)
         assert key not in options, f"two options named {key}"
         options[key] = Option(
             key=key,
             section=section,
             field=f.name,
-            check=_OPTION_CHECKS.get(key, f.metadata["check"]),
+            check=_OPTION_CHECKS.get(key, meta["check"]),
             default=f.default if f.default_factory is MISSING else f.default_factory(),
-            help=f.metadata["help"],
-            cli=f.metadata["cli"],
+            help=meta["help"],
+            cli=meta["cli"],
             image_default=None if image_default is MISSING else image_default,
-            shown=f.metadata["shown"],
+            shown=meta["shown"],
         )
         if key == "max_models":
             options[_FIRST_ROUND.key] = _FIRST_ROUND

@@ -18,7 +18,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from memaudit.config import CLI_OPTIONS, OPTIONS, Option
+from memaudit.config import CLI_OPTIONS, OPTIONS, Option, shown_value
 from memaudit.errors import MemauditError
 
 
@@ -39,7 +39,7 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         raise MemauditError(f"--config: {path}: no such file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError, or an int too long
         raise MemauditError(f"--config: {path}: invalid TOML: {exc}") from None
     # Keys are option names as typed (--max-length -> max_length or max-length).
     known = {
@@ -74,7 +74,6 @@ def _toml_type_error(param: click.Option, value) -> str | None:
     """Why a TOML value cannot stand for ``param`` on the command line, or None. TOML has
     integers, floats, booleans and strings as the command line has; click would convert a float
     to an integer option by truncating it, so the types are held to the option's here."""
-    shown = {dict: "a table", list: "a list"}.get(type(value), repr(value)[:60])
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if param.is_flag:
         ok, want = isinstance(value, bool), "true or false"
@@ -87,7 +86,7 @@ def _toml_type_error(param: click.Option, value) -> str | None:
         want = "an integer or a word"
     else:
         ok, want = isinstance(value, str), "a string"
-    return None if ok else f"must be {want}, got {shown}"
+    return None if ok else f"must be {want}, got {shown_value(value)}"
 
 
 def _given(ctx: click.Context, values: dict) -> dict:

@@ -228,18 +228,22 @@ def _validate(obj: Any) -> None:
         try:
             accepted = check(value)
         except _Rejected:
-            raise OptionError(f"{_option_name(f)}: {check.says}, got {_show(value)}") from None
+            got = shown_value(value)
+            raise OptionError(f"{_option_name(f)}: {check.says}, got {got}") from None
         if accepted is not value:
             object.__setattr__(obj, f.name, accepted)
 
 
-def _show(value: Any) -> str:
+def shown_value(value: Any) -> str:
     """A rejected value in a message, one short line however long or odd the value is."""
     if isinstance(value, dict):
         return "a table"
-    if isinstance(value, list | tuple) and not all(isinstance(v, str) for v in value):
+    if isinstance(value, list | tuple):
         return "a list"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int over Python's 4,300-digit limit for str()
+        return "an integer of more than 4,300 digits"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -722,7 +726,8 @@ class Option:
         try:
             return self.check(value)
         except _Rejected:
-            raise OptionError(f"{self.name}: {self.check.says}, got {_show(value)}") from None
+            got = shown_value(value)
+            raise OptionError(f"{self.name}: {self.check.says}, got {got}") from None
 
 
 def _models_accept(value: Any) -> int | str:
@@ -822,7 +827,7 @@ def build_run_config(data: str | os.PathLike | None, model: str, **options: Any)
     if data is not None:
         data = PATH(data) if isinstance(data, str | os.PathLike) else data
         if not isinstance(data, str):
-            raise OptionError(f"DATA: must be a path, got {_show(data)}")
+            raise OptionError(f"DATA: must be a path, got {shown_value(data)}")
     image = is_image_model(name)
     _check_data(data, model, image, values)
 

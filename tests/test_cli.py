@@ -199,6 +199,7 @@ TOML_BAD = [
     ("seed = -1", "--seed: must be an integer in [0, 2**63 - 1], got -1"),
     ("mia_auc = 5", "--mia-auc: must be a number in [0, 1], got 5.0"),
     ("epochs = ", "c.toml: invalid TOML"),
+    ("seed = " + "1" * 5000, "c.toml: invalid TOML: Exceeds the limit (4300 digits)"),
 ]
 
 

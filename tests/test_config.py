@@ -135,6 +135,7 @@ BAD = [
     ({"bleu_gain": math.nan}, "--bleu-gain: must be a number in [0, 1], got nan"),
     ({"seed": -1}, "--seed: must be an integer in [0, 2**63 - 1], got -1"),
     ({"seed": 2**64}, "--seed: must be an integer in [0, 2**63 - 1]"),
+    ({"seed": 10**5000}, "--seed: must be an integer in [0, 2**63 - 1], got an integer of more"),
     ({"mia_auc": 5}, "--mia-auc: must be a number in [0, 1], got 5"),
     ({"lora_alpha": -5}, "--lora-alpha: must be a positive integer, got -5"),
     ({"epochs": 1.7}, "--epochs: must be a positive integer, got 1.7"),

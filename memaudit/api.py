@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from memaudit.config import FindingsConfig, ModelConfig, RunConfig, resolve_model_name
+from memaudit.config import FindingsConfig, RunConfig
 from memaudit.data.records import Record, RecordFormat, load_records
 from memaudit.errors import MemauditError
 from memaudit.estimate.analysis import Analysis, analyze_run
@@ -428,35 +428,19 @@ class Audit:
 
 
 def run(
-    data: str | Path, model: str, out: str | Path | None = None, **options: Any
+    data: str | Path | None, model: str, out: str | Path | None = None, **options: Any
 ) -> dict[str, Any]:
-    """One-call audit: ``memaudit.run("data.jsonl", "gpt-neo-125M", models=64, epochs=3)``.
+    """One-call audit, as ``memaudit run`` does it; returns the report.
 
-    Options are RunConfig / TrainConfig / EnsembleConfig / ModelConfig / ExtractConfig /
-    FindingsConfig field names (ExtractConfig's with an ``extract_`` prefix). Returns the report.
+    ``memaudit.run("data.jsonl", "gpt-neo-125M", models=64, epochs=3)``;
+    ``memaudit.run("images.npz", "resnet-tiny", models="auto")`` (an image model makes an image
+    run); ``memaudit.run(None, "resnet18", dataset="cifar10", data_root="cifar/")``.
+    Options are ``memaudit run``'s options with underscores (``max_length=64``), plus the
+    configuration fields the command line lacks (``link_fwer``, ``bootstrap``, ...): the keys of
+    memaudit.config.OPTIONS, made into a RunConfig by memaudit.config.build_run_config.
     """
-    from memaudit.config import EnsembleConfig, ExtractConfig, TrainConfig
+    from memaudit.config import build_run_config
 
-    def pick(cls) -> dict[str, Any]:
-        names = set(cls.__dataclass_fields__)
-        return {k: options.pop(k) for k in list(options) if k in names}
-
-    model_cfg = ModelConfig(name=resolve_model_name(model), **pick(ModelConfig))
-    train_cfg = TrainConfig(**pick(TrainConfig))
-    ens_cfg = EnsembleConfig(**pick(EnsembleConfig))
-    find_cfg = FindingsConfig(**pick(FindingsConfig))
-    extract = {
-        k.removeprefix("extract_"): options.pop(k)
-        for k in list(options)
-        if k.startswith("extract_")
-    }
-    cfg = RunConfig(
-        data=str(data),
-        model=model_cfg,
-        train=train_cfg,
-        ensemble=ens_cfg,
-        extract=ExtractConfig(**extract),
-        findings=find_cfg,
-        **options,
-    )
-    return Audit(cfg, out or default_out(data, model_cfg.name)).run()
+    cfg = build_run_config(data, model, **options)
+    named = data if data is not None else cfg.image.dataset
+    return Audit(cfg, out or default_out(named, cfg.model.name)).run()

@@ -5,6 +5,8 @@ Every user error ends as one line on stderr and exit code 2, without a traceback
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,9 +17,8 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-import tomllib
 
-from memaudit.data.records import PRESETS, RecordFormat
+from memaudit.config import CLI_OPTIONS, OPTIONS, Option, shown_value
 from memaudit.errors import MemauditError
 
 
@@ -28,7 +29,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     """``--config FILE``: TOML whose keys are option names (dashes or underscores); options on the
-    command line win. Relative paths in it resolve against the file's folder when they exist."""
+    command line win. Relative paths in it resolve against the file's folder when they exist.
+    Each value must have the option's type (``epochs = 1.7`` is refused, as ``--epochs 1.7``
+    is, never truncated); its range is checked with the command line's values."""
     if value is None:
         return
     path = Path(value)
@@ -36,11 +39,11 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         raise MemauditError(f"--config: {path}: no such file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError, or an int too long
         raise MemauditError(f"--config: {path}: invalid TOML: {exc}") from None
     # Keys are option names as typed (--max-length -> max_length or max-length).
     known = {
-        flag.lstrip("-").replace("-", "_"): p.name
+        flag.lstrip("-").replace("-", "_"): p
         for p in ctx.command.params
         if isinstance(p, click.Option) and p.name != "config"
         for flag in p.opts
@@ -48,144 +51,98 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
     }
     defaults = {}
     for key, val in data.items():
-        name = known.get(key.replace("-", "_"))
-        if name is None:
+        option = known.get(key.replace("-", "_"))
+        if option is None:
             raise MemauditError(f"--config: {path}: unknown option '{key}'")
-        if name == "model" and isinstance(val, str) and not Path(val).is_absolute():
+        wrong = _toml_type_error(option, val)
+        if wrong:
+            raise MemauditError(f"--config: {path}: {key}: {wrong}")
+        if option.name == "model" and isinstance(val, str) and not Path(val).is_absolute():
             # A model folder relative to the config file, so the file works from any folder.
             candidate = path.parent / val
             if candidate.is_dir():
                 val = os.path.normpath(candidate)
-        defaults[name] = val
+        defaults[option.name] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
-def _record_format(preset: str | None, template: str | None) -> RecordFormat:
-    return RecordFormat(preset=preset, template=template)
+# Text options that take a count or a word (models = 64 or "auto"; pack; workers).
+_COUNT_OR_WORD = ("models", "pack", "workers")
 
 
-format_options = [
-    click.option(
-        "--preset",
-        type=click.Choice(sorted(PRESETS)),
-        default=None,
-        help="A known dataset format: nq = NQ-open {question, answer: [..]}.",
-    ),
-    click.option(
-        "--template",
-        default=None,
-        help='Record text from arbitrary fields, e.g. "Q: {question} A: {answer}"; '
-        "the completion is the part from the last field on.",
-    ),
-]
+def _toml_type_error(param: click.Option, value) -> str | None:
+    """Why a TOML value cannot stand for ``param`` on the command line, or None. TOML has
+    integers, floats, booleans and strings as the command line has; click would convert a float
+    to an integer option by truncating it, so the types are held to the option's here."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if param.is_flag:
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(param.type, click.types.IntParamType):
+        ok, want = number and isinstance(value, int), "an integer"
+    elif isinstance(param.type, click.types.FloatParamType):
+        ok, want = number, "a number"
+    elif param.name in _COUNT_OR_WORD:
+        ok = isinstance(value, str) or number and isinstance(value, int)
+        want = "an integer or a word"
+    else:
+        ok, want = isinstance(value, str), "a string"
+    return None if ok else f"must be {want}, got {shown_value(value)}"
 
 
-findings_options = [
-    click.option(
-        "--link-z",
-        type=float,
-        default=None,
-        help="Near-duplicate link: influence / standard error at least this [4.0].",
-    ),
-    click.option(
-        "--link-fraction",
-        type=float,
-        default=None,
-        help="... and at least this fraction of the target's largest influence [0.5].",
-    ),
-    click.option(
-        "--mutual-fraction",
-        type=float,
-        default=None,
-        help="Mutual low-margin link: the larger share of either record's largest influence "
-        "at least this [0 for text, 0.6 for images].",
-    ),
-    click.option(
-        "--lexical-threshold",
-        type=float,
-        default=None,
-        help="Character n-gram cosine at which a link counts as textual [0.5].",
-    ),
-    click.option(
-        "--bleu-gain",
-        type=float,
-        default=None,
-        help="Flag a unique record whose BLEU gain (in - out) reaches this [0.3].",
-    ),
-    click.option(
-        "--mia-auc",
-        type=float,
-        default=None,
-        help="Flag a unique record whose membership AUC reaches this [0.9].",
-    ),
-]
+def _given(ctx: click.Context, values: dict) -> dict:
+    """The values given on the command line or in --config; the rest take their defaults in
+    memaudit.config.build_run_config (the one place that knows them)."""
+    default = click.core.ParameterSource.DEFAULT
+    return {k: v for k, v in values.items() if ctx.get_parameter_source(k) is not default}
 
 
-FINDINGS_KEYS = (
-    "link_z",
-    "link_fraction",
-    "mutual_fraction",
-    "lexical_threshold",
-    "bleu_gain",
-    "mia_auc",
-)
+# Threshold options whose default `memaudit run --help` states in brackets (and `memaudit
+# report` overrides with the run's own value).
+_BRACKETED = ("findings", "convergence")
 
 
-def _gathered(options, keys: tuple[str, ...], name: str):
-    """Add ``options`` to a command; their values reach it as one dict argument, ``name``."""
-    import functools
-
-    def deco(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            given = {k: kwargs.pop(k) for k in keys}
-            return f(*args, **{name: given}, **kwargs)
-
-        return _apply(options)(wrapper)
-
-    return deco
-
-
-def _findings_config(base, **given):
-    """Thresholds from the options given, the rest from ``base`` (saved with the run)."""
-    from dataclasses import replace
-
-    from memaudit.config import FindingsConfig
-
-    given = {k: v for k, v in given.items() if v is not None}
-    try:
-        return replace(base or FindingsConfig(), **given)
-    except ValueError as exc:
-        raise MemauditError(f"--{str(exc).split()[0].replace('_', '-')}: {exc}") from None
-
-
-def _ensemble_config(models, max_models, first_round, design, seed):
-    from memaudit.config import EnsembleConfig
-
-    text = str(models).strip().lower()
-    if text == "auto":
-        return EnsembleConfig(
-            models=first_round, design=design, seed=seed, auto=True, max_models=max_models
-        )
-    try:
-        count = int(text)
-    except ValueError:
-        raise MemauditError(f"--models: expected a number or 'auto', got '{models}'") from None
-    return EnsembleConfig(models=count, design=design, seed=seed)
+def config_option(option: Option, override: str | None = None):
+    """The click option of a config option (memaudit.config.OPTIONS): flag, type, choices, help
+    and default all come from the field. ``override``: an option that changes a saved run's
+    value (``memaudit report --link-z``); not given, it keeps the run's, which the help says."""
+    check = option.check
+    kind: object = {int: int, float: float, str: str}.get(check.kind)
+    if check.choices is not None:
+        kind = click.Choice(list(check.choices))
+    elif check.kind is Path:
+        kind = click.Path(path_type=Path)
+    attrs: dict = {"type": kind, "help": option.help}
+    flags = [option.flag]
+    if option.required:
+        attrs["required"] = True
+    elif override is not None:
+        attrs["default"] = None
+        attrs["help"] = f"{option.help} [default: {override}]".strip()
+    elif option.image_default is not None or option.shown or option.section in _BRACKETED:
+        attrs["default"] = None  # the default depends on the run (text or images)
+        attrs["help"] = f"{option.help} [{option.shown_default()}]".strip()
+    elif check.kind is bool:
+        attrs.pop("type")
+        if option.default:
+            flags = [f"{option.flag}/--no-{option.flag[2:]}"]
+            attrs.update(default=True, show_default=True)
+        else:
+            attrs.update(is_flag=True, default=False)
+    else:
+        default = option.default
+        attrs["default"] = str(default) if kind is str and default is not None else default
+        attrs["show_default"] = default is not None
+    return click.option(*flags, option.key, **attrs)
 
 
-def _convergence_config(min_reliability, max_flag_change):
-    from memaudit.config import ConvergenceConfig
+def config_options(keys, override: str | None = None):
+    """Decorator: the click options of ``keys`` (memaudit.config.OPTIONS), in that order."""
+    return _apply([config_option(OPTIONS[key], override) for key in keys])
 
-    given = {
-        k: v
-        for k, v in (("min_reliability", min_reliability), ("max_flag_change", max_flag_change))
-        if v is not None
-    }
-    for key, value in given.items():
-        if not 0.0 <= value <= 1.0:
-            raise MemauditError(f"--{key.replace('_', '-')}: must be between 0 and 1")
-    return ConvergenceConfig(**given)
+
+FINDINGS_KEYS = tuple(k for k, o in CLI_OPTIONS.items() if o.section == "findings")
+FORMAT_KEYS = ("preset", "template")
+IMAGE_KEYS = ("dataset", "data_root", "resize")
 
 
 executor_options = [
@@ -250,6 +207,9 @@ def _executor_config(
 
     if ray_address and executor != "ray":
         raise MemauditError("--ray-address: needs --executor ray")
+    for flag, value in (("--cpus-per-model", cpus_per_model), ("--gpus-per-model", gpus_per_model)):
+        if not math.isfinite(value):
+            raise MemauditError(f"{flag}: must be a finite number, got {value}")
     if workers == "auto":
         workers = None
     elif not str(workers).isdigit() or int(workers) < 1:
@@ -267,6 +227,20 @@ def _executor_config(
     )
 
 
+def _gathered(options, keys: tuple[str, ...], name: str):
+    """Add ``options`` to a command; their values reach it as one dict argument, ``name``."""
+
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            given = {k: kwargs.pop(k) for k in keys}
+            return f(*args, **{name: given}, **kwargs)
+
+        return _apply(options)(wrapper)
+
+    return deco
+
+
 def _apply(options):
     def deco(f):
         for opt in reversed(options):
@@ -282,29 +256,6 @@ def cli() -> None:
     """memaudit: measure what a model memorizes from its training data."""
 
 
-image_options = [
-    click.option(
-        "--dataset",
-        type=click.Choice(["cifar10", "cifar100"]),
-        default=None,
-        help="Images: torchvision's CIFAR-10/100 training set from --data-root (no DATA; "
-        "never downloads).",
-    ),
-    click.option(
-        "--data-root",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Images: the folder holding --dataset's files.",
-    ),
-    click.option(
-        "--resize",
-        type=int,
-        default=None,
-        help="Images: resize every image to S x S (needed when sizes differ).",
-    ),
-]
-
-
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path), required=False)
 @click.option(
@@ -313,28 +264,8 @@ image_options = [
     callback=_load_config_file,
     is_eager=True,
     expose_value=False,
-    help="TOML file of option values (options given here win).",
-)
-@click.option(
-    "--model",
-    required=True,
-    help="Hub id, local directory, or alias (gpt-neo-1.3B, gpt-neo-125M); for images "
-    "resnet-tiny, resnet20 or resnet18.",
-)
-@_apply(format_options)
-@_apply(image_options)
-@click.option(
-    "--crop-padding",
-    type=int,
-    default=4,
-    show_default=True,
-    help="Images: random-crop augmentation from a zero-padded image (0: none).",
-)
-@click.option(
-    "--flip/--no-flip",
-    default=True,
-    show_default=True,
-    help="Images: random horizontal flip augmentation.",
+    help="TOML file of option values (options given here win); every option below is a key, "
+    "named alike with underscores (max_length = 64).",
 )
 @click.option(
     "--out",
@@ -342,140 +273,7 @@ image_options = [
     default=None,
     help="Run directory [default: memaudit-runs/<data>-<model>]. Rerun to resume.",
 )
-@click.option(
-    "--models",
-    "n_models",
-    default="1000",
-    show_default=True,
-    help="Ensemble size M (the paper's full mode is 1,000), or 'auto': train in rounds of "
-    "16, 32, 64, ... until the convergence diagnostics agree.",
-)
-@click.option(
-    "--max-models",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="With --models auto: the most models to train.",
-)
-@click.option(
-    "--first-round",
-    type=int,
-    default=16,
-    show_default=True,
-    help="With --models auto: the first round's models.",
-)
-@click.option(
-    "--min-reliability",
-    type=float,
-    default=None,
-    help="Convergence: split-half reliability of self-influence and margin [0.9].",
-)
-@click.option(
-    "--max-flag-change",
-    type=float,
-    default=None,
-    help="Convergence: most change (1 - Jaccard) of the flagged set per round [0.15].",
-)
-@click.option(
-    "--design",
-    type=click.Choice(["bernoulli", "complementary"]),
-    default="bernoulli",
-    show_default=True,
-    help="Inclusion design: iid halves, or complementary pairs.",
-)
-@click.option("--finetune", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
-@click.option("--lora-r", type=int, default=8, show_default=True)
-@click.option("--lora-alpha", type=int, default=16, show_default=True)
-@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
-@click.option(
-    "--lora-targets",
-    default=None,
-    help="Comma-separated module names for LoRA [default: peft's for the model].",
-)
-@click.option("--epochs", type=int, default=None, help="[text: 3, images: 30]")
-@click.option("--lr", type=float, default=None, help="[text: 2e-4 (AdamW), images: 0.05 (SGD)]")
-@click.option("--batch-size", type=int, default=None, help="[text: 50, images: 64]")
-@click.option(
-    "--micro-batch-size",
-    type=int,
-    default=None,
-    help="Split each batch for gradient accumulation (same result, less memory).",
-)
-@click.option(
-    "--max-length",
-    type=int,
-    default=100,
-    show_default=True,
-    help="Tokens per record; longer records are truncated.",
-)
-@click.option("--weight-decay", type=float, default=None, help="[text: 0, images: 5e-4]")
-@click.option("--warmup-steps", type=int, default=0, show_default=True)
-@click.option(
-    "--loss-on",
-    type=click.Choice(["full", "completion"]),
-    default="full",
-    show_default=True,
-    help="Measure each record's loss on all tokens or its completion.",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bfloat16 on CUDA, else float32.",
-)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--top-k", type=int, default=10, show_default=True, help="Top influencers kept per target."
-)
-@click.option(
-    "--estimator",
-    type=click.Choice(["adjusted", "plain"]),
-    default="adjusted",
-    show_default=True,
-    help="adjusted: difference of means after regressing out each target's own inclusion and "
-    "its strongest influencers (far less noise at small M); plain: the paper's difference of "
-    "means.",
-)
-@click.option(
-    "--covariates",
-    type=int,
-    default=4,
-    show_default=True,
-    help="Influencers per target the adjusted estimator regresses out (at most M/4 - 1).",
-)
-@click.option("--eval-batch-size", type=int, default=64, show_default=True)
-@click.option(
-    "--pack",
-    default="auto",
-    show_default=True,
-    help="Ensemble members trained at once (text models): auto (CUDA: as many as fit in "
-    "memory; CPU: one at a time, measured faster there), off, or a number.",
-)
-@click.option(
-    "--extract-models",
-    type=int,
-    default=16,
-    show_default=True,
-    help="Members that decode every record for extractability (0: none).",
-)
-@click.option(
-    "--prefix-tokens",
-    type=int,
-    default=32,
-    show_default=True,
-    help="Plain-text records: prompt with this many tokens, score the rest.",
-)
-@_gathered(findings_options, FINDINGS_KEYS, "findings_given")
-@click.option(
-    "--trust-remote-code",
-    is_flag=True,
-    default=False,
-    help="Allow model code from the model's repository to run (off by default).",
-)
+@config_options(CLI_OPTIONS)
 @_gathered(executor_options, EXECUTOR_KEYS, "executor_given")
 @click.option(
     "--prepare-only",
@@ -483,51 +281,7 @@ image_options = [
     default=False,
     help="Create the run directory and stop: train it with `memaudit train RUN --shard I/K`.",
 )
-def run(
-    data: Path,
-    model: str,
-    preset,
-    template,
-    dataset,
-    data_root,
-    resize,
-    crop_padding,
-    flip,
-    out,
-    n_models,
-    max_models,
-    first_round,
-    min_reliability,
-    max_flag_change,
-    design,
-    finetune,
-    lora_r,
-    lora_alpha,
-    lora_dropout,
-    lora_targets,
-    epochs,
-    lr,
-    batch_size,
-    micro_batch_size,
-    max_length,
-    weight_decay,
-    warmup_steps,
-    loss_on,
-    dtype,
-    device,
-    seed,
-    top_k,
-    estimator,
-    covariates,
-    eval_batch_size,
-    pack,
-    extract_models,
-    prefix_tokens,
-    findings_given,
-    trust_remote_code,
-    executor_given,
-    prepare_only,
-) -> None:
+def run(data: Path | None, out: Path | None, executor_given, prepare_only, **options) -> None:
     """Train an ensemble on random halves of DATA and estimate the influence matrix.
 
     DATA is JSON Lines for a language model, or for an image model (--model resnet-tiny, ...)
@@ -536,93 +290,17 @@ def run(
     models are never retrained.
     """
     from memaudit import api
-    from memaudit.config import (
-        AnalysisConfig,
-        ExtractConfig,
-        ImageConfig,
-        ModelConfig,
-        RunConfig,
-        TrainConfig,
-        resolve_model_name,
-    )
-    from memaudit.data.images import is_image_source
-    from memaudit.ensemble.vision import IMAGE_TRAIN_DEFAULTS, VISION_MODELS, is_vision_model
+    from memaudit.config import build_run_config
 
-    images = is_vision_model(model)
-    if images:
-        if data is not None and dataset is not None:
-            raise MemauditError("give DATA or --dataset, not both")
-        if data is None and dataset is None:
-            raise MemauditError(
-                f"--model {model}: give DATA (an image folder or .npz) or --dataset"
-            )
-        if data is not None and not is_image_source(data, None):
-            raise MemauditError(
-                f"--model {model} is an image model: DATA must be an image folder or an .npz, "
-                f"not {data}"
-            )
-        if dataset is not None and data_root is None:
-            raise MemauditError(f"--dataset {dataset}: give --data-root, the folder with its files")
-    else:
-        if data is None:
-            raise MemauditError("missing DATA (a JSON Lines file)")
-        if dataset is not None or is_image_source(data, None) and data.suffix == ".npz":
-            raise MemauditError(f"image data needs an image --model ({', '.join(VISION_MODELS)})")
-    given = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay}
-    train_opts = {k: v for k, v in given.items() if v is not None}
-    if images:
-        train_opts = {**IMAGE_TRAIN_DEFAULTS, **train_opts}
-        finetune, extract_models = "full", 0  # trained from scratch; nothing to decode
-
-    targets = (
-        tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else None
-    )
-    _record_format(preset, template)
-    cfg = RunConfig(
-        data=str(data if data is not None else data_root),
-        model=ModelConfig(
-            name=resolve_model_name(model),
-            finetune=finetune,
-            lora_r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            lora_targets=targets,
-            trust_remote_code=trust_remote_code,
-        ),
-        preset=preset,
-        template=template,
-        train=TrainConfig(
-            **train_opts,
-            micro_batch_size=micro_batch_size,
-            max_length=max_length,
-            warmup_steps=warmup_steps,
-            loss_on=loss_on,
-            dtype=dtype,
-        ),
-        ensemble=_ensemble_config(n_models, max_models, first_round, design, seed),
-        convergence=_convergence_config(min_reliability, max_flag_change),
-        analysis=AnalysisConfig(top_k=top_k, estimator=estimator, covariates=covariates),
-        extract=ExtractConfig(models=extract_models, prefix_tokens=prefix_tokens),
-        findings=_findings_config(None, **findings_given),
-        device=device,
-        eval_batch_size=eval_batch_size,
-        pack=pack,
-        image=ImageConfig(
-            dataset=dataset,
-            data_root=None if data_root is None else str(data_root),
-            resize=resize,
-            crop_padding=crop_padding,
-            flip=flip,
-        )
-        if images
-        else None,
-    )
-    out = out or api.default_out(data if data is not None else dataset, cfg.model.name)
+    given = _given(click.get_current_context(), options)
+    model = given.pop("model")
+    cfg = build_run_config(data, model, **given)
     ecfg = _executor_config(**executor_given)
+    if prepare_only and cfg.ensemble.auto:
+        raise MemauditError("--prepare-only: needs a fixed --models (shards train a fixed M)")
+    out = out or api.default_out(data if data is not None else cfg.image.dataset, cfg.model.name)
     audit = api.Audit(cfg, out, executor=ecfg)
     if prepare_only:
-        if cfg.ensemble.auto:
-            raise MemauditError("--prepare-only: needs a fixed --models (shards train a fixed M)")
         audit.prepare()
         click.echo(
             f"prepared {out}: {cfg.ensemble.models} models; train them with "
@@ -680,13 +358,7 @@ def train(
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--top-k", type=int, default=None, help="Top influencers kept per target.")
-@click.option(
-    "--estimator",
-    type=click.Choice(["adjusted", "plain"]),
-    default=None,
-    help="Override the run's estimator for this analysis.",
-)
+@config_options(("top_k", "estimator"), override="the run's")
 def analyze(run_dir: Path, top_k: int | None, estimator: str | None) -> None:
     """Recompute the influence estimates of RUN_DIR from its saved losses (no training)."""
     from memaudit import api
@@ -712,14 +384,17 @@ def analyze(run_dir: Path, top_k: int | None, estimator: str | None) -> None:
     help="Replace record texts by ids and sha256 hashes in every output "
     "(written as report.redacted.*).",
 )
-@_gathered(findings_options, FINDINGS_KEYS, "findings_given")
-def report(run_dir: Path, formats, redact, findings_given) -> None:
+@config_options(FINDINGS_KEYS, override="the run's")
+def report(run_dir: Path, formats, redact, **thresholds) -> None:
     """Re-render the reports of RUN_DIR from what it holds, without training."""
+    from dataclasses import replace
+
     from memaudit import api
 
+    given = _given(click.get_current_context(), thresholds)
     audit = api.Audit.open(run_dir)
     chosen = {"terminal", "json", "html"} if "all" in formats else set(formats)
-    findings = _findings_config(audit.config.findings, **findings_given)
+    findings = replace(audit.config.findings, **{OPTIONS[k].field: v for k, v in given.items()})
     audit.report(
         formats=tuple(chosen - {"terminal"}),
         redact=redact,
@@ -733,8 +408,7 @@ def report(run_dir: Path, formats, redact, findings_given) -> None:
 
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path), required=False)
-@_apply(format_options)
-@_apply(image_options)
+@config_options(FORMAT_KEYS + IMAGE_KEYS)
 @click.option("--groups", type=int, required=True, help="How many records get near-duplicates.")
 @click.option(
     "--copies",
@@ -778,6 +452,7 @@ def plant(
     """
     from memaudit.data import plant as planting
     from memaudit.data.images import is_image_source
+    from memaudit.data.records import RecordFormat
 
     if is_image_source(data, dataset):
         from memaudit.data.images import load_images, npz_bytes
@@ -798,7 +473,7 @@ def plant(
     if data is None:
         raise MemauditError("missing DATA (a JSON Lines file, an image folder or .npz)")
 
-    fmt = _record_format(preset, template)
+    fmt = RecordFormat(preset=preset, template=template)
     tok = None
     if tokenizer is not None:
         from memaudit.ensemble.models import load_tokenizer
@@ -815,8 +490,7 @@ def plant(
 
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path), required=False)
-@_apply(format_options)
-@_apply(image_options)
+@config_options(FORMAT_KEYS + IMAGE_KEYS)
 @click.option(
     "--threshold",
     type=float,
@@ -863,7 +537,7 @@ def dedup(
     """Only the deduplicator's pass (no training, seconds): near-duplicate groups of DATA by
     MinHash LSH over shingles (text) or a perceptual hash (images), to compare with an audit."""
     from memaudit.data.images import is_image_source, load_images
-    from memaudit.data.records import load_records
+    from memaudit.data.records import RecordFormat, load_records
     from memaudit.findings import dedup as dd
     from memaudit.findings.ground_truth import score_against_groups
     from memaudit.store.io import atomic_write_json
@@ -882,7 +556,7 @@ def dedup(
         ids, texts = list(images.ids), [None] * len(images.ids)
         groups = list(images.groups) if images.groups is not None else []
     else:
-        records = load_records(data, _record_format(preset, template))
+        records = load_records(data, RecordFormat(preset, template))
         texts = [r.text for r in records]
         result = dd.text_groups(texts, threshold=threshold, ngram=ngram, unit=unit)
         ids, groups = [r.id for r in records], [r.group for r in records]

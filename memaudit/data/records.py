@@ -13,15 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memaudit.config import PRESETS
 from memaudit.errors import MemauditError
 from memaudit.store.record import Record
 
-__all__ = ["Record", "RecordFormat", "load_records", "iter_json_lines"]
+__all__ = ["PRESETS", "Record", "RecordFormat", "load_records", "iter_json_lines"]
 
-PRESETS = {
-    # NQ-open: {"question": str, "answer": [str, ...]}; the paper's "Q: {question} A: {answer}".
-    "nq": "Q: {question} A: {answer}",
-}
 ID_FIELD = "id"
 GROUP_FIELD = "group"
 

@@ -36,6 +36,8 @@ from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models.resnet import BasicBlock, conv1x1
 
+# Image training defaults live with TrainConfig's fields (the options' one source).
+from memaudit.config import IMAGE_TRAIN_DEFAULTS  # noqa: F401 (re-exported)
 from memaudit.ensemble.train import TrainingDiverged, TrainStats
 from memaudit.errors import MemauditError
 from memaudit.modality import IMAGE
@@ -46,10 +48,6 @@ VISION_MODELS = {
     "resnet20": "CIFAR ResNet-20 (widths 16/32/64, three blocks per stage)",
     "resnet18": "ResNet-18 with a CIFAR stem (3x3 conv, no max-pool)",
 }
-
-# Defaults for image training where the text defaults (AdamW 2e-4, 3 epochs) do not fit: SGD
-# from scratch needs a large learning rate and enough epochs to fit its half of the data.
-IMAGE_TRAIN_DEFAULTS = {"epochs": 30, "lr": 0.05, "batch_size": 64, "weight_decay": 5e-4}
 
 
 def is_vision_model(name: str) -> bool:

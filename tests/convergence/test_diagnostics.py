@@ -313,7 +313,7 @@ def test_diagnostics_to_dict_is_plain_json():
 
 
 def test_config_rejects_bad_tolerances():
-    with pytest.raises(ValueError, match="max_flag_change"):
+    with pytest.raises(ValueError, match="max.flag.change"):
         ConvergenceConfig(max_flag_change=1.5)
     with pytest.raises(ValueError, match="bootstrap"):
         ConvergenceConfig(bootstrap=-1)

@@ -267,7 +267,7 @@ def test_mutual_fraction_drops_look_alikes_and_keeps_substitutes():
         result, texts, FindingsConfig(), images=images, modality=IMAGE, **kw
     )
     assert ((for_images >= 0) == (strict >= 0)).all()
-    with pytest.raises(ValueError, match="mutual_fraction"):
+    with pytest.raises(ValueError, match="mutual.fraction"):
         FindingsConfig(mutual_fraction=1.5)
 
 

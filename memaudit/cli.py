@@ -478,6 +478,14 @@ image_options = [
 )
 @_gathered(executor_options, EXECUTOR_KEYS, "executor_given")
 @click.option(
+    "--plan",
+    "plan_only",
+    is_flag=True,
+    default=False,
+    help="Measure a few training and evaluation steps of one member, print what the run will "
+    "cost (time, memory, disk) and write RUN/plan.json; trains nothing.",
+)
+@click.option(
     "--prepare-only",
     is_flag=True,
     default=False,
@@ -526,6 +534,7 @@ def run(
     findings_given,
     trust_remote_code,
     executor_given,
+    plan_only,
     prepare_only,
 ) -> None:
     """Train an ensemble on random halves of DATA and estimate the influence matrix.
@@ -619,6 +628,10 @@ def run(
     )
     out = out or api.default_out(data if data is not None else dataset, cfg.model.name)
     ecfg = _executor_config(**executor_given)
+    if plan_only or _full_mode_start(cfg, out, prepare_only):
+        _print_plan(cfg, out, ecfg)
+        if plan_only:
+            return
     audit = api.Audit(cfg, out, executor=ecfg)
     if prepare_only:
         if cfg.ensemble.auto:
@@ -630,6 +643,28 @@ def run(
         )
         return
     audit.run(progress=True)
+
+
+def _full_mode_start(cfg, out: Path, prepare_only: bool) -> bool:
+    """A new text run of 1,000 models or more: it shows its cost plan before it starts."""
+    new = not (out / "config.json").exists()
+    return (
+        new
+        and not (prepare_only or cfg.is_image or cfg.ensemble.auto)
+        and (cfg.ensemble.models >= 1000)
+    )
+
+
+def _print_plan(cfg, out: Path, ecfg) -> None:
+    """Measure and print the cost plan (memaudit.ensemble.plan); write it to RUN/plan.json."""
+    from memaudit.ensemble.plan import describe, plan_run, write_plan
+    from memaudit.store.rundir import RunDir
+
+    plan = plan_run(cfg, ecfg)
+    write_plan(RunDir(out), plan)
+    for line in describe(plan):
+        click.echo(line)
+    click.echo(f"wrote {out / 'plan.json'}")
 
 
 def _shard(value: str | None) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memaudit.data import formats
 from memaudit.errors import MemauditError
 from memaudit.store.record import Record
 
@@ -166,14 +167,16 @@ def load_records(path: str | Path, fmt: RecordFormat | None = None) -> list[Reco
     path = Path(path)
     records: list[Record] = []
     first_line: dict[str, int] = {}
-    for lineno, obj in iter_json_lines(path):
-        where = f"{path}:{lineno}"
+    # CSV, TSV, Parquet and dataset folders: memaudit.data.formats, numbered by row.
+    table = formats.kind(path) != "jsonl"
+    for lineno, obj in formats.iter_rows(path) if table else iter_json_lines(path):
+        where = f"{path}: row {lineno}" if table else f"{path}:{lineno}"
         text, prompt = render(obj, fmt, where)
         if not text.strip():
             raise MemauditError(f"{where}: empty text")
         if prompt is not None and not text[len(prompt) :].strip():
             raise MemauditError(f"{where}: empty completion")
-        rid = _optional_str(obj, ID_FIELD, where) or f"line{lineno}"
+        rid = _optional_str(obj, ID_FIELD, where) or f"{'row' if table else 'line'}{lineno}"
         if rid in first_line:
             raise MemauditError(
                 f"{where}: duplicate id '{rid}' (first used on line {first_line[rid]})"
@@ -187,6 +190,8 @@ def load_records(path: str | Path, fmt: RecordFormat | None = None) -> list[Reco
 
 
 def file_sha256(path: str | Path) -> str:
+    if Path(path).is_dir():
+        return formats.folder_sha256(Path(path))  # a dataset folder
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -119,7 +119,8 @@ class RunDir:
                 )
             self._write_config(cfg, saved["dataset"], saved["created"])
             return True
-        if self.path.exists() and any(self.path.iterdir()):
+        # A folder with only the cost plan (memaudit run --plan) is where this run goes.
+        if self.path.exists() and any(p.name != "plan.json" for p in self.path.iterdir()):
             raise MemauditError(f"{self.path}: exists and is not a memaudit run directory")
         self.models_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(

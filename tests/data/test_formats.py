@@ -1,0 +1,140 @@
+"""Record sources besides JSON Lines (memaudit.data.formats): CSV, TSV, Parquet and a
+save_to_disk dataset folder give the same records as the same rows in JSON Lines; every bad
+input is one MemauditError naming the file and the row (one line, exit 2, nothing written)."""
+
+import json
+
+import pytest
+
+from memaudit.data.records import RecordFormat, file_sha256, load_records
+from memaudit.errors import MemauditError
+from tests.conftest import SMALL_RUN, write_jsonl
+
+ROWS = [
+    {"id": "a", "question": "who wrote hamlet", "answer": "Shakespeare"},
+    {"id": "b", "question": "capital of france", "answer": "Paris"},
+    {"id": "c", "question": "largest planet", "answer": "Jupiter"},
+]
+TEMPLATE = RecordFormat(template="Q: {question} A: {answer}")
+
+
+def _csv(path, rows, sep=","):
+    keys = list(rows[0])
+    lines = [sep.join(keys)] + [sep.join(str(r[k]) for k in keys) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _same(got, want):
+    assert [(r.id, r.text, r.prompt) for r in got] == [(r.id, r.text, r.prompt) for r in want]
+
+
+@pytest.fixture
+def reference(tmp_path):
+    return load_records(write_jsonl(tmp_path / "ref.jsonl", ROWS), TEMPLATE)
+
+
+def test_csv_and_tsv_give_the_json_lines_records(tmp_path, reference):
+    _same(load_records(_csv(tmp_path / "d.csv", ROWS), TEMPLATE), reference)
+    _same(load_records(_csv(tmp_path / "d.tsv", ROWS, "\t"), TEMPLATE), reference)
+
+
+def test_rows_without_ids_are_numbered_and_quoted_cells_kept(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('text,id\n"a, quoted ""cell""",\nsecond,x\n', encoding="utf-8")
+    got = load_records(path)
+    assert [(r.id, r.text, r.line) for r in got] == [
+        ("row1", 'a, quoted "cell"', 1),
+        ("x", "second", 2),
+    ]
+
+
+def test_parquet_keeps_types_for_presets(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [{"id": r["id"], "question": r["question"], "answer": [r["answer"]]} for r in ROWS]
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    want = load_records(write_jsonl(tmp_path / "ref.jsonl", rows), RecordFormat(preset="nq"))
+    _same(load_records(path, RecordFormat(preset="nq")), want)
+
+
+def test_save_to_disk_dataset_and_its_train_split(tmp_path, reference):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list(ROWS)
+    ds.save_to_disk(str(tmp_path / "ds"))
+    _same(load_records(tmp_path / "ds", TEMPLATE), reference)
+    datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(tmp_path / "dd"))
+    _same(load_records(tmp_path / "dd", TEMPLATE), reference)
+    # The folder's checksum covers its files: the run directory knows its dataset.
+    assert file_sha256(tmp_path / "ds") != file_sha256(tmp_path / "dd")
+    datasets.DatasetDict({"a": ds, "b": ds}).save_to_disk(str(tmp_path / "ab"))
+    with pytest.raises(MemauditError, match="splits a, b and no 'train'"):
+        load_records(tmp_path / "ab", TEMPLATE)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("question,answer\nq1,a1\nq2\n", r"d\.csv: row 2: 1 cells, the header has 2"),
+        ("question,answer\nq1,a1\nq2,\n", r"d\.csv: row 2: missing field 'answer'"),
+        ('question,answer\nq1,"a1\n', r"d\.csv: line \d+: malformed \.csv"),
+        ("", r"d\.csv: empty file"),
+        ("question,question\nq,a\n", r"d\.csv: header: column names must be unique"),
+        ("question,answer,id\nq,a,x\nq2,a2,x\n", r"d\.csv: row 2: duplicate id 'x'"),
+    ],
+)
+def test_bad_csv_rows_name_file_and_row(tmp_path, content, message):
+    path = tmp_path / "d.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(MemauditError, match=message):
+        load_records(path, TEMPLATE)
+
+
+def test_bad_bytes_and_bad_files(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"text\nok\n\xff\xfe\n")
+    with pytest.raises(MemauditError, match=r"d\.csv:3: invalid UTF-8"):
+        load_records(path)
+    with pytest.raises(MemauditError, match="no such file"):
+        load_records(tmp_path / "missing.tsv")
+    pytest.importorskip("pyarrow")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(MemauditError, match=r"bad\.parquet: not a readable Parquet file"):
+        load_records(tmp_path / "bad.parquet")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", "-dataset"])
+def test_each_format_runs_through_the_pipeline(cli, tmp_path, suffix):
+    """--prepare-only: records read, validated, tokenized, the run directory made with the ids."""
+    data = tmp_path / f"d{suffix}"
+    rows = [{**r, "answer": [r["answer"]]} for r in ROWS] if suffix == ".parquet" else ROWS
+    if suffix in (".csv", ".tsv"):
+        _csv(data, ROWS, "," if suffix == ".csv" else "\t")
+        fmt = ["--template", TEMPLATE.template]
+    elif suffix == ".parquet":
+        pa = pytest.importorskip("pyarrow")
+        pytest.importorskip("pyarrow.parquet").write_table(pa.Table.from_pylist(rows), data)
+        fmt = []
+    else:
+        pytest.importorskip("datasets").Dataset.from_list(rows).save_to_disk(str(data))
+        fmt = ["--template", TEMPLATE.template]
+    args = [a for a in SMALL_RUN if a != "nq"]
+    args = [a for a in args if a != "--preset"] + (fmt or ["--preset", "nq"])
+    out = tmp_path / "run"
+    r = cli("run", data, *args, "--models", "2", "--out", out, "--prepare-only")
+    assert r.code == 0, r.err
+    stored = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in stored] == ["a", "b", "c"]
+    assert stored[1]["text"] == "Q: capital of france A: Paris"
+
+
+def test_a_bad_row_is_one_line_exit_2_and_nothing_written(cli, tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("question,answer\nq1,a1\nq2\n", encoding="utf-8")
+    out = tmp_path / "run"
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    r = cli("run", data, *args, "--template", TEMPLATE.template, "--models", "2", "--out", out)
+    assert r.code == 2
+    assert r.err.count("\n") == 1 and "d.csv: row 2: 1 cells" in r.err
+    assert not out.exists()

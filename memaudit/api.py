@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import FindingsConfig, ModelConfig, RunConfig, resolve_model_name
-from memaudit.data.records import Record, RecordFormat, file_sha256, load_records
+from memaudit.data.records import Record, file_sha256
 from memaudit.errors import MemauditError
 from memaudit.estimate.analysis import Analysis, analyze_run
 from memaudit.findings.build import Findings
@@ -77,15 +77,17 @@ class Audit:
             pick_device,
             pick_dtype,
         )
+        from memaudit.ensemble.plan import load_run_records
 
         cfg = self.config
         if cfg.is_image:
             return self._prepare_images()
-        records = load_records(cfg.data, RecordFormat(cfg.preset, cfg.template))
+        # Chat records are rendered with the model's tokenizer, loaded first for them.
+        records, tokenizer = load_run_records(cfg)
         data_sha = file_sha256(cfg.data)
         device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.train.dtype, device)
-        tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+        tokenizer = tokenizer or load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
         limit = max_positions(cfg.model)
         if limit is not None and cfg.train.max_length > limit:
             raise MemauditError(

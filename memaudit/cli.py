@@ -413,9 +413,9 @@ image_options = [
 @click.option(
     "--loss-on",
     type=click.Choice(["full", "completion"]),
-    default="full",
-    show_default=True,
-    help="Measure each record's loss on all tokens or its completion.",
+    default=None,
+    help="Measure each record's loss on all tokens or its completion [chat records: "
+    "completion, the last assistant turn; else full].",
 )
 @click.option(
     "--dtype",
@@ -587,6 +587,11 @@ def run(
         tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else None
     )
     _record_format(preset, template)
+    if loss_on is None:
+        from memaudit.data.formats import is_chat_source
+
+        chat = not images and template is None and preset is None and is_chat_source(data)
+        loss_on = "completion" if chat else "full"
     cfg = RunConfig(
         data=str(data if data is not None else data_root),
         model=ModelConfig(

@@ -159,3 +159,66 @@ def folder_sha256(path: Path) -> str:
             for block in iter(lambda s=stream: s.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+# -- chat records -------------------------------------------------------------------------------
+def is_chat(obj: dict) -> bool:
+    """A chat record: ``{"messages": [{"role": ..., "content": ...}, ...]}``."""
+    return "messages" in obj
+
+
+def is_chat_source(path: str | Path) -> bool:
+    """Whether the first record of ``path`` is a chat record (for ``--loss-on``'s default);
+    False for anything unreadable (the loading reports that)."""
+    import json
+
+    path = Path(path)
+    try:
+        if kind(path) == "jsonl":
+            with open(path, encoding="utf-8") as f:
+                first = next((line for line in f if line.strip()), "")
+            return is_chat(json.loads(first))
+        return is_chat(next(iter_rows(path), (0, {}))[1])
+    except (OSError, ValueError, MemauditError, AttributeError, TypeError):
+        return False
+
+
+def render_chat(obj: dict, where: str, tokenizer) -> tuple[str, str]:
+    """(text, prompt) of a chat record with the tokenizer's own chat template: the
+    conversation up to and including its last assistant turn; the prompt is everything before
+    that turn (with the template's generation prompt), the completion the turn itself, so the
+    loss (with ``--loss-on completion``) and the extraction are on the last assistant answer."""
+    if tokenizer is None:
+        raise MemauditError(f"{where}: a chat record needs the model's tokenizer to render it")
+    if not getattr(tokenizer, "chat_template", None):
+        raise MemauditError(
+            f"{where}: chat records need a tokenizer with a chat template "
+            f"({getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none); give a model "
+            "whose tokenizer has one, or convert the records to prompt/completion"
+        )
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise MemauditError(f"{where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise MemauditError(f"{where}: messages[{i}] must be an object with a 'role'")
+        if not isinstance(m.get("content"), str):
+            raise MemauditError(f"{where}: messages[{i}]: 'content' must be a string")
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise MemauditError(f"{where}: no assistant turn (nothing to learn or extract)")
+    if not messages[last]["content"].strip():
+        raise MemauditError(f"{where}: the last assistant turn is empty")
+    try:
+        prompt = tokenizer.apply_chat_template(
+            messages[:last], tokenize=False, add_generation_prompt=True
+        )
+        text = tokenizer.apply_chat_template(messages[: last + 1], tokenize=False)
+    except Exception as exc:  # noqa: BLE001 - a template may raise anything (raise_exception)
+        raise MemauditError(f"{where}: the chat template failed: {_first_line(exc)}") from None
+    if not text.startswith(prompt):
+        raise MemauditError(
+            f"{where}: the chat template does not render the conversation as its prompt "
+            "followed by the last assistant turn"
+        )
+    return text, prompt

@@ -161,8 +161,9 @@ def iter_json_lines(path: Path):
         yield lineno, obj
 
 
-def load_records(path: str | Path, fmt: RecordFormat | None = None) -> list[Record]:
-    """Read and validate every record; raise :class:`MemauditError` on the first problem."""
+def load_records(path: str | Path, fmt: RecordFormat | None = None, chat=None) -> list[Record]:
+    """Read and validate every record; raise :class:`MemauditError` on the first problem.
+    ``chat``: the tokenizer that renders chat records (memaudit.data.formats.render_chat)."""
     fmt = fmt or RecordFormat()
     path = Path(path)
     records: list[Record] = []
@@ -171,7 +172,10 @@ def load_records(path: str | Path, fmt: RecordFormat | None = None) -> list[Reco
     table = formats.kind(path) != "jsonl"
     for lineno, obj in formats.iter_rows(path) if table else iter_json_lines(path):
         where = f"{path}: row {lineno}" if table else f"{path}:{lineno}"
-        text, prompt = render(obj, fmt, where)
+        if formats.is_chat(obj) and fmt.effective_template is None:
+            text, prompt = formats.render_chat(obj, where, chat)
+        else:
+            text, prompt = render(obj, fmt, where)
         if not text.strip():
             raise MemauditError(f"{where}: empty text")
         if prompt is not None and not text[len(prompt) :].strip():

@@ -239,18 +239,32 @@ def make_plan(cfg: RunConfig, records, ctx, workers: int = 1, threads: int | Non
     return out
 
 
+def load_run_records(cfg: RunConfig):
+    """(records, tokenizer or None): a file of chat records (judged by its first record) is
+    rendered with the model's tokenizer, loaded first; any other file is read (and its errors
+    reported) before the model is looked at."""
+    from memaudit.data.formats import is_chat_source
+    from memaudit.data.records import RecordFormat, load_records
+    from memaudit.ensemble.models import load_tokenizer
+
+    fmt = RecordFormat(cfg.preset, cfg.template)
+    tokenizer = None
+    if fmt.effective_template is None and is_chat_source(cfg.data):
+        tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+    return load_records(cfg.data, fmt, chat=tokenizer), tokenizer
+
+
 def plan_run(cfg: RunConfig, executor=None) -> dict:
     """Load what the run would load (records, tokenizer, model) and measure its plan; the
     executor configuration (memaudit.ensemble.executors.ExecutorConfig) sets the workers and
     torch threads per member, as the run would use them."""
-    from memaudit.data.records import RecordFormat, load_records
     from memaudit.ensemble.executors import ExecutorConfig, plan_local
     from memaudit.ensemble.member import member_context
     from memaudit.errors import MemauditError
 
     if cfg.is_image:
         raise MemauditError("--plan: text models only in this release (not image models)")
-    records = load_records(cfg.data, RecordFormat(cfg.preset, cfg.template))
+    records, _ = load_run_records(cfg)
     ctx = member_context(cfg, records)
     ecfg = executor or ExecutorConfig()
     m = cfg.ensemble.max_models if cfg.ensemble.auto else cfg.ensemble.models

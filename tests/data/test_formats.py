@@ -138,3 +138,101 @@ def test_a_bad_row_is_one_line_exit_2_and_nothing_written(cli, tmp_path):
     assert r.code == 2
     assert r.err.count("\n") == 1 and "d.csv: row 2: 1 cells" in r.err
     assert not out.exists()
+
+
+# -- chat records ------------------------------------------------------------------------------
+CHATS = [
+    {
+        "id": "c1",
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "and 3+3?"},
+            {"role": "assistant", "content": "6"},
+        ]
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    from memaudit.ensemble.models import load_tokenizer
+    from tests.conftest import TINY_MODEL
+
+    tok = load_tokenizer(str(TINY_MODEL))
+    assert tok.chat_template  # fixtures/make_fixtures.py step 8
+    return tok
+
+
+def test_chat_records_render_with_the_chat_template(tmp_path, chat_tokenizer):
+    got = load_records(write_jsonl(tmp_path / "c.jsonl", CHATS), chat=chat_tokenizer)
+    assert got[0].id == "c1" and got[1].id == "line2"
+    assert got[0].text == "user: hi\nassistant: hello\n"
+    assert got[0].prompt == "user: hi\nassistant:" and got[0].completion == " hello\n"
+    # Multi-turn: earlier turns are the prompt; the completion is the last assistant turn.
+    assert got[1].prompt == "system: be brief\nuser: 2+2?\nassistant: 4\nuser: and 3+3?\nassistant:"
+    assert got[1].completion == " 6\n"
+
+
+@pytest.mark.parametrize(
+    "messages,message",
+    [
+        ("hi", r"c\.jsonl:1: 'messages' must be a non-empty list"),
+        ([{"role": "user", "content": "hi"}], r"c\.jsonl:1: no assistant turn"),
+        ([{"role": "assistant", "content": 3}], r"c\.jsonl:1: messages\[0\]: 'content' must be"),
+        (["x"], r"c\.jsonl:1: messages\[0\] must be an object with a 'role'"),
+        ([{"role": "assistant", "content": "  "}], r"c\.jsonl:1: the last assistant turn is empty"),
+    ],
+)
+def test_bad_chat_records_name_the_line(tmp_path, chat_tokenizer, messages, message):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": messages}])
+    with pytest.raises(MemauditError, match=message):
+        load_records(path, chat=chat_tokenizer)
+
+
+def test_a_tokenizer_without_a_chat_template_is_a_clear_error(tmp_path, chat_tokenizer):
+    path = write_jsonl(tmp_path / "c.jsonl", CHATS)
+    template, chat_tokenizer.chat_template = chat_tokenizer.chat_template, None
+    try:
+        with pytest.raises(MemauditError, match=r"c\.jsonl:1: chat records need a tokenizer "):
+            load_records(path, chat=chat_tokenizer)
+    finally:
+        chat_tokenizer.chat_template = template
+
+
+def test_chat_demo_runs_end_to_end_with_the_loss_on_the_answer(cli, tmp_path):
+    from tests.conftest import ROOT
+
+    demo = (ROOT / "fixtures" / "demo" / "chat_demo.jsonl").read_text().splitlines(True)
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(demo[:24]))
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    out = tmp_path / "run"
+    r = cli("run", data, *args, "--models", "2", "--extract-models", "1", "--out", out)
+    assert r.code == 0, r.err
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["train"]["loss_on"] == "completion"  # chat records: the assistant's answer
+    assert (out / "report.json").is_file()
+    first = json.loads((out / "records.jsonl").read_text().splitlines()[0])
+    assert first["id"] == "line1" and first["prompt"].endswith("assistant:")
+
+
+def test_chat_without_a_template_in_the_cli_is_one_line_and_nothing_written(cli, tmp_path):
+    import shutil
+
+    from tests.conftest import TINY_MODEL
+
+    model = tmp_path / "model"
+    shutil.copytree(TINY_MODEL, model, ignore=shutil.ignore_patterns("chat_template.jinja"))
+    data = write_jsonl(tmp_path / "c.jsonl", CHATS)
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    args[args.index("--model") + 1] = str(model)
+    out = tmp_path / "run"
+    r = cli("run", data, *args, "--models", "2", "--out", out)
+    assert r.code == 2 and r.err.count("\n") == 1
+    assert "chat records need a tokenizer with a chat template" in r.err
+    assert not out.exists()

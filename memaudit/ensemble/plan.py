@@ -202,7 +202,7 @@ def pack_on_gpu(cfg: RunConfig, model, device: torch.device, n_models: int) -> d
         return out
     free = GPU_FREE_GIB * 2**30
     k = max(1, min(MAX_AUTO_PACK, n_models, int(0.6 * free) // max(1, state + act)))
-    out.update(k=k, why=f"on a GPU with {GPU_FREE_GIB:.0f} GiB free (here: CPU, not packed)")
+    out.update(k=k, why=f"on a GPU with {GPU_FREE_GIB:.0f} GiB free; here on CPU one at a time")
     return out
 
 

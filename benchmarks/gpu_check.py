@@ -12,8 +12,8 @@ Sections (each timed; one that fails is recorded and the others still run):
   the peak, peak memory, the K that ``--pack auto`` would choose for 1,000 members; and greedy
   extraction decoding in mixed-adapter batches against member by member (agreement);
 - ``exactness``: K members trained one at a time and packed, every record's loss compared
-  (bf16: within 8 bf16 ulps of the loss, i.e. 3%; float32: 1e-4), and packed evaluation against
-  each member's own;
+  (bf16: within 3% of the mean loss, 8 units of bf16's precision; float32: 1e-4), and packed
+  evaluation against each member's own; training must move the losses by twice that;
 - ``end_to_end``: ``memaudit run`` (LoRA, bf16, ``--pack auto``, 32 models, the 300 demo
   records) on the 125M-shaped model saved with the tiny model's tokenizer: wall-clock and the
   pack size the run used;
@@ -124,10 +124,12 @@ def packed_vs_loop(device: torch.device, dtype: torch.dtype, smoke: bool, peak: 
 
 
 def loss_tolerance(dtype: torch.dtype, losses: np.ndarray) -> float:
-    """Absolute tolerance on a record's mean loss: 8 ulps at the losses' size in bf16 (each
-    path rounds its activations differently), float32 rounding amplified by AdamW otherwise."""
+    """Absolute tolerance on a record's mean loss: in bf16 8 units of its 2^-8 relative
+    precision at the losses' mean size (3%: packed and alone run different matrix shapes, so
+    round differently, and AdamW amplifies that over the steps); in float32 1e-4 (the unit
+    tests' float32 comparison, 1e-5, with room for other kernels)."""
     if dtype == torch.bfloat16:
-        return float(8 * 2.0**-8 * np.abs(losses).max())
+        return float(8 * 2.0**-8 * np.abs(losses).mean())
     return 1e-4
 
 
@@ -137,12 +139,14 @@ def exactness(device: torch.device, dtype: torch.dtype, smoke: bool) -> dict:
     s = SIZES[_mode(smoke)]["exact"]
     model = packed.build("lora", device, dtype, s["layers"], smoke)
     factory = MemberFactory(model)
-    toks = packed.records(s["records"], s["seq"], model.config.vocab_size, seed=3)
+    # Tokens from a 64-token sub-vocabulary: something to learn (a unigram distribution) for a
+    # random-weight model, so that training moves the losses well beyond the tolerance.
+    toks = packed.records(s["records"], s["seq"], 64, seed=3)
     rng = np.random.default_rng(4)
     subsets = [np.flatnonzero(rng.random(s["records"]) < 0.5) for _ in range(s["k"])]
     seeds = [model_seed(0, j) for j in range(s["k"])]
     # A learning rate that moves the adapters visibly in a few steps.
-    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=s["batch"], max_length=s["seq"])
+    cfg = TrainConfig(epochs=2, lr=5e-3, batch_size=s["batch"], max_length=s["seq"])
     alone = []
     for subset, seed in zip(subsets, seeds, strict=True):
         train_member(factory.fresh(), toks, subset, cfg, seed, device)
@@ -170,7 +174,7 @@ def exactness(device: torch.device, dtype: torch.dtype, smoke: bool) -> dict:
         "packed_eval_vs_own_eval_max_diff": eval_diff,
         "tolerance": tol,
         "checks": {
-            "training_changed_the_losses": moved > tol,  # else the comparison says nothing
+            "training_changed_the_losses": moved > 2 * tol,  # else the comparison says nothing
             "packed_training_equals_alone": train_diff <= tol,
             "packed_evaluation_equals_own": eval_diff <= tol,
         },

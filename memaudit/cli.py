@@ -478,6 +478,12 @@ image_options = [
 )
 @_gathered(executor_options, EXECUTOR_KEYS, "executor_given")
 @click.option(
+    "--id-field",
+    default=None,
+    help="The field (column) holding each record's id, required in every record "
+    "[default: 'id' where present, else line<N> / row<N>].",
+)
+@click.option(
     "--plan",
     "plan_only",
     is_flag=True,
@@ -534,6 +540,7 @@ def run(
     findings_given,
     trust_remote_code,
     executor_given,
+    id_field,
     plan_only,
     prepare_only,
 ) -> None:
@@ -621,6 +628,7 @@ def run(
         device=device,
         eval_batch_size=eval_batch_size,
         pack=pack,
+        id_field=id_field,
         image=ImageConfig(
             dataset=dataset,
             data_root=None if data_root is None else str(data_root),

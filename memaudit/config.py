@@ -296,6 +296,8 @@ class RunConfig:
     # CPU: 1), "off", or a number. Changes results only by floating-point rounding, so not in the
     # fingerprint.
     pack: str = "auto"
+    # --id-field: the column/field holding each record's id (None: "id", else the row number).
+    id_field: str | None = None
 
     @property
     def is_image(self) -> bool:
@@ -332,6 +334,7 @@ class RunConfig:
             eval_batch_size=d.get("eval_batch_size", 64),
             image=ImageConfig(**d["image"]) if d.get("image") else None,
             pack=d.get("pack", "auto"),
+            id_field=d.get("id_field"),
         )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -346,6 +349,8 @@ class RunConfig:
             d.pop(key)
         for key in ("models", "auto", "max_models"):
             d["ensemble"].pop(key)
+        if d.get("id_field") is None:
+            d.pop("id_field", None)  # runs made before --id-field keep their fingerprint
         if d.get("image") is None:
             d.pop("image", None)  # text runs: the same fingerprint as before images existed
         else:

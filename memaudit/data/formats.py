@@ -69,6 +69,10 @@ def _present(value: Any) -> bool:
     return not (isinstance(value, float) and math.isnan(value))
 
 
+def has_value(obj: dict, name: str) -> bool:
+    return name in obj and _present(obj[name])
+
+
 def _table(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.is_dir():
         raise MemauditError(f"{path}: is a directory, expected a {path.suffix} file")

@@ -35,6 +35,7 @@ class RecordFormat:
 
     preset: str | None = None
     template: str | None = None
+    id_field: str | None = None  # --id-field: required in every record when given
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.template is not None:
@@ -180,7 +181,10 @@ def load_records(path: str | Path, fmt: RecordFormat | None = None, chat=None) -
             raise MemauditError(f"{where}: empty text")
         if prompt is not None and not text[len(prompt) :].strip():
             raise MemauditError(f"{where}: empty completion")
-        rid = _optional_str(obj, ID_FIELD, where) or f"{'row' if table else 'line'}{lineno}"
+        if fmt.id_field is not None and not formats.has_value(obj, fmt.id_field):
+            raise MemauditError(f"{where}: missing id field '{fmt.id_field}' (--id-field)")
+        rid = _optional_str(obj, fmt.id_field or ID_FIELD, where)
+        rid = rid or f"{'row' if table else 'line'}{lineno}"
         if rid in first_line:
             raise MemauditError(
                 f"{where}: duplicate id '{rid}' (first used on line {first_line[rid]})"

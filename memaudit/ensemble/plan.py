@@ -247,7 +247,7 @@ def load_run_records(cfg: RunConfig):
     from memaudit.data.records import RecordFormat, load_records
     from memaudit.ensemble.models import load_tokenizer
 
-    fmt = RecordFormat(cfg.preset, cfg.template)
+    fmt = RecordFormat(cfg.preset, cfg.template, cfg.id_field)
     tokenizer = None
     if fmt.effective_template is None and is_chat_source(cfg.data):
         tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)

@@ -236,3 +236,35 @@ def test_chat_without_a_template_in_the_cli_is_one_line_and_nothing_written(cli,
     assert r.code == 2 and r.err.count("\n") == 1
     assert "chat records need a tokenizer with a chat template" in r.err
     assert not out.exists()
+
+
+def test_id_field_names_the_id_column_and_is_required(tmp_path):
+    rows = [
+        {"qid": f"q{i}", **{k: v for k, v in r.items() if k != "id"}} for i, r in enumerate(ROWS)
+    ]
+    path = _csv(tmp_path / "d.csv", rows)
+    fmt = RecordFormat(template=TEMPLATE.template, id_field="qid")
+    assert [r.id for r in load_records(path, fmt)] == ["q0", "q1", "q2"]
+    rows[1]["qid"] = ""
+    with pytest.raises(
+        MemauditError, match=r"d\.csv: row 2: missing id field 'qid' \(--id-field\)"
+    ):
+        load_records(_csv(path, rows), fmt)
+
+
+def test_id_field_in_the_cli_and_the_fingerprint(cli, tmp_path):
+    from memaudit.config import ModelConfig, RunConfig
+
+    # Runs made before --id-field existed keep their fingerprint.
+    assert "id_field" not in RunConfig(data="-", model=ModelConfig("m")).fingerprint()
+    rows = [{"qid": f"q{i}", "text": r["question"]} for i, r in enumerate(ROWS)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    out = tmp_path / "run"
+    r = cli(
+        "run", data, *args, "--models", "2", "--id-field", "qid", "--out", out, "--prepare-only"
+    )
+    assert r.code == 0, r.err
+    stored = [json.loads(x)["id"] for x in (out / "records.jsonl").read_text().splitlines()]
+    assert stored == ["q0", "q1", "q2"]
+    assert json.loads((out / "config.json").read_text())["config"]["id_field"] == "qid"

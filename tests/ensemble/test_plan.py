@@ -101,3 +101,23 @@ def test_plan_of_bad_input_is_one_line_and_writes_nothing(cli, tmp_path):
     assert r.code == 2
     assert r.err.count("\n") == 1 and "error" in r.err
     assert not out.exists()
+
+
+def test_a_new_full_mode_run_shows_its_plan_before_it_starts(cli, tmp_path, monkeypatch):
+    """M = 1,000: the projection is printed and written before training; training itself is
+    replaced here by a stub that records that it was reached."""
+    from memaudit import api
+
+    started = []
+    monkeypatch.setattr(api.Audit, "run", lambda self, progress=False: started.append(1))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(DEMO_DATA.read_text().splitlines(True)[:20]))
+    out = tmp_path / "run"
+    r = cli("run", data, *SMALL_RUN, "--models", "1000", "--workers", "1", "--out", out)
+    assert r.code == 0, r.err
+    assert "--models 1000:" in r.out and (out / "plan.json").is_file() and started == [1]
+    # Not for a fixed smaller M, nor --models auto.
+    started.clear()
+    r = cli("run", data, *SMALL_RUN, "--models", "8", "--out", tmp_path / "small")
+    assert r.code == 0 and "plan:" not in r.out and started == [1]
+    assert not (tmp_path / "small").exists()

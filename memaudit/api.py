@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import FindingsConfig, RunConfig
-from memaudit.data.records import Record, RecordFormat, load_records
+from memaudit.data.records import Record, data_sha256
 from memaudit.errors import MemauditError
 from memaudit.estimate.analysis import Analysis, analyze_run
 from memaudit.findings.build import Findings
 from memaudit.modality import TEXT, Modality, modality_of
-from memaudit.store.io import sha256_file
 from memaudit.store.rundir import RunDir
 
 
@@ -93,13 +92,15 @@ class Audit:
             pick_device,
             pick_dtype,
         )
+        from memaudit.ensemble.plan import load_run_records
 
         cfg = self.config
-        records = load_records(cfg.data, RecordFormat(cfg.preset, cfg.template))
-        data_sha = sha256_file(cfg.data)
+        # Chat records are rendered with the model's tokenizer, loaded first for them.
+        records, tokenizer = load_run_records(cfg)
+        data_sha = data_sha256(cfg.data)
         device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.train.dtype, device)
-        tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+        tokenizer = tokenizer or load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
         limit = max_positions(cfg.model)
         if limit is not None and cfg.train.max_length > limit:
             raise MemauditError(
@@ -440,7 +441,8 @@ def run(
     memaudit.config.OPTIONS, made into a RunConfig by memaudit.config.build_run_config.
     """
     from memaudit.config import build_run_config
+    from memaudit.data.formats import chat_defaults
 
-    cfg = build_run_config(data, model, **options)
+    cfg = build_run_config(data, model, **chat_defaults(data, options))
     named = data if data is not None else cfg.image.dataset
     return Audit(cfg, out or default_out(named, cfg.model.name)).run()

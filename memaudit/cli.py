@@ -276,12 +276,22 @@ def cli() -> None:
 @config_options(CLI_OPTIONS)
 @_gathered(executor_options, EXECUTOR_KEYS, "executor_given")
 @click.option(
+    "--plan",
+    "plan_only",
+    is_flag=True,
+    default=False,
+    help="Measure a few training and evaluation steps of one member, print what the run will "
+    "cost (time, memory, disk) and write RUN/plan.json; trains nothing.",
+)
+@click.option(
     "--prepare-only",
     is_flag=True,
     default=False,
     help="Create the run directory and stop: train it with `memaudit train RUN --shard I/K`.",
 )
-def run(data: Path | None, out: Path | None, executor_given, prepare_only, **options) -> None:
+def run(
+    data: Path | None, out: Path | None, executor_given, plan_only, prepare_only, **options
+) -> None:
     """Train an ensemble on random halves of DATA and estimate the influence matrix.
 
     DATA is JSON Lines for a language model, or for an image model (--model resnet-tiny, ...)
@@ -291,14 +301,20 @@ def run(data: Path | None, out: Path | None, executor_given, prepare_only, **opt
     """
     from memaudit import api
     from memaudit.config import build_run_config
+    from memaudit.data.formats import chat_defaults
 
     given = _given(click.get_current_context(), options)
     model = given.pop("model")
+    given = chat_defaults(data, given)
     cfg = build_run_config(data, model, **given)
     ecfg = _executor_config(**executor_given)
     if prepare_only and cfg.ensemble.auto:
         raise MemauditError("--prepare-only: needs a fixed --models (shards train a fixed M)")
     out = out or api.default_out(data if data is not None else cfg.image.dataset, cfg.model.name)
+    if plan_only or _full_mode_start(cfg, out, prepare_only):
+        _print_plan(cfg, out, ecfg)
+        if plan_only:
+            return
     audit = api.Audit(cfg, out, executor=ecfg)
     if prepare_only:
         audit.prepare()
@@ -308,6 +324,28 @@ def run(data: Path | None, out: Path | None, executor_given, prepare_only, **opt
         )
         return
     audit.run(progress=True)
+
+
+def _full_mode_start(cfg, out: Path, prepare_only: bool) -> bool:
+    """A new text run of 1,000 models or more: it shows its cost plan before it starts."""
+    new = not (out / "config.json").exists()
+    return (
+        new
+        and not (prepare_only or cfg.is_image or cfg.ensemble.auto)
+        and (cfg.ensemble.models >= 1000)
+    )
+
+
+def _print_plan(cfg, out: Path, ecfg) -> None:
+    """Measure and print the cost plan (memaudit.ensemble.plan); write it to RUN/plan.json."""
+    from memaudit.ensemble.plan import describe, plan_run, write_plan
+    from memaudit.store.rundir import RunDir
+
+    plan = plan_run(cfg, ecfg)
+    write_plan(RunDir(out), plan)
+    for line in describe(plan):
+        click.echo(line)
+    click.echo(f"wrote {out / 'plan.json'}")
 
 
 def _shard(value: str | None) -> tuple[int, int]:

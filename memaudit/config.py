@@ -636,6 +636,12 @@ class RunConfig:
         "memory; CPU: one at a time, measured faster there), off, or a number.",
         check=Check("expected auto, off or a positive integer", str, _pack_accept),
     )
+    # --id-field: the column/field holding each record's id (None: "id", else the row number).
+    id_field: str | None = setting(
+        None,
+        "The field (or column) holding each record's id; default: 'id', else the row number.",
+        check=_optional(TEXT),
+    )
 
     @property
     def is_image(self) -> bool:
@@ -669,6 +675,7 @@ class RunConfig:
             eval_batch_size=d.get("eval_batch_size", 64),
             image=ImageConfig(**d["image"]) if d.get("image") else None,
             pack=d.get("pack", "auto"),
+            id_field=d.get("id_field"),
         )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -683,6 +690,8 @@ class RunConfig:
             d.pop(key)
         for key in ("models", "auto", "max_models"):
             d["ensemble"].pop(key)
+        if d.get("id_field") is None:
+            d.pop("id_field", None)  # runs made before --id-field keep their fingerprint
         if d.get("image") is None:
             d.pop("image", None)  # text runs: the same fingerprint as before images existed
         else:

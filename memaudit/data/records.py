@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from memaudit.config import PRESETS
+from memaudit.data import formats
 from memaudit.errors import MemauditError
+from memaudit.store.io import sha256_file
 from memaudit.store.record import Record
 
 __all__ = ["PRESETS", "Record", "RecordFormat", "load_records", "iter_json_lines"]
@@ -30,6 +32,7 @@ class RecordFormat:
 
     preset: str | None = None
     template: str | None = None
+    id_field: str | None = None  # --id-field: required in every record when given
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.template is not None:
@@ -167,20 +170,29 @@ def iter_json_lines(path: Path):
         yield lineno, obj
 
 
-def load_records(path: str | Path, fmt: RecordFormat | None = None) -> list[Record]:
-    """Read and validate every record; raise :class:`MemauditError` on the first problem."""
+def load_records(path: str | Path, fmt: RecordFormat | None = None, chat=None) -> list[Record]:
+    """Read and validate every record; raise :class:`MemauditError` on the first problem.
+    ``chat``: the tokenizer that renders chat records (memaudit.data.formats.render_chat)."""
     fmt = fmt or RecordFormat()
     path = Path(path)
     records: list[Record] = []
     first_line: dict[str, int] = {}
-    for lineno, obj in iter_json_lines(path):
-        where = f"{path}:{lineno}"
-        text, prompt = render(obj, fmt, where)
+    # CSV, TSV, Parquet and dataset folders: memaudit.data.formats, numbered by row.
+    table = formats.kind(path) != "jsonl"
+    for lineno, obj in formats.iter_rows(path) if table else iter_json_lines(path):
+        where = f"{path}: row {lineno}" if table else f"{path}:{lineno}"
+        if formats.is_chat(obj) and fmt.effective_template is None:
+            text, prompt = formats.render_chat(obj, where, chat)
+        else:
+            text, prompt = render(obj, fmt, where)
         if not text.strip():
             raise MemauditError(f"{where}: empty text")
         if prompt is not None and not text[len(prompt) :].strip():
             raise MemauditError(f"{where}: empty completion")
-        rid = _optional_str(obj, ID_FIELD, where) or f"line{lineno}"
+        if fmt.id_field is not None and not formats.has_value(obj, fmt.id_field):
+            raise MemauditError(f"{where}: missing id field '{fmt.id_field}' (--id-field)")
+        rid = _optional_str(obj, fmt.id_field or ID_FIELD, where)
+        rid = rid or f"{'row' if table else 'line'}{lineno}"
         if rid in first_line:
             raise MemauditError(
                 f"{where}: duplicate id '{rid}' (first used on line {first_line[rid]})"
@@ -205,3 +217,10 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def data_sha256(path: str | Path) -> str:
+    """What identifies a dataset: its file's sha256, or a dataset folder's (save_to_disk)."""
+    if Path(path).is_dir():
+        return formats.folder_sha256(Path(path))
+    return sha256_file(path)

@@ -144,10 +144,14 @@ class RunDir:
     def _create(self, records_bytes: bytes, config_bytes: bytes) -> None:
         """Build the new directory as a hidden sibling, then rename it into place (atomic: the
         run directory exists whole or not at all)."""
+        plan = None  # a folder with only the cost plan (memaudit run --plan) is where the run goes
         if self.path.exists():
             if not self.path.is_dir():
                 raise MemauditError(f"{self.path}: exists and is not a directory")
             leftovers = list(self.path.iterdir())
+            if [p.name for p in leftovers] == ["plan.json"]:
+                plan, leftovers = leftovers[0].read_bytes(), []
+                self.file("plan.json").unlink()
             if leftovers and not _half_created(self.path, leftovers):
                 raise MemauditError(f"{self.path}: exists and is not a memaudit run directory")
             for entry in leftovers:  # what an interrupted creation by an older version left
@@ -168,6 +172,8 @@ class RunDir:
             (tmp / "creator").write_text(f"{socket.gethostname()} {os.getpid()}\n")
             (tmp / "models").mkdir()
             atomic_write_bytes(tmp / "records.jsonl", records_bytes)
+            if plan is not None:
+                atomic_write_bytes(tmp / "plan.json", plan)
             atomic_write_bytes(tmp / "config.json", config_bytes)  # last: marks the run whole
             (tmp / "creator").unlink()
             os.rename(tmp, self.path)  # onto a missing or empty directory

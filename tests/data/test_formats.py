@@ -1,0 +1,270 @@
+"""Record sources besides JSON Lines (memaudit.data.formats): CSV, TSV, Parquet and a
+save_to_disk dataset folder give the same records as the same rows in JSON Lines; every bad
+input is one MemauditError naming the file and the row (one line, exit 2, nothing written)."""
+
+import json
+
+import pytest
+
+from memaudit.data.records import RecordFormat, data_sha256, load_records
+from memaudit.errors import MemauditError
+from tests.conftest import SMALL_RUN, write_jsonl
+
+ROWS = [
+    {"id": "a", "question": "who wrote hamlet", "answer": "Shakespeare"},
+    {"id": "b", "question": "capital of france", "answer": "Paris"},
+    {"id": "c", "question": "largest planet", "answer": "Jupiter"},
+]
+TEMPLATE = RecordFormat(template="Q: {question} A: {answer}")
+
+
+def _csv(path, rows, sep=","):
+    keys = list(rows[0])
+    lines = [sep.join(keys)] + [sep.join(str(r[k]) for k in keys) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _same(got, want):
+    assert [(r.id, r.text, r.prompt) for r in got] == [(r.id, r.text, r.prompt) for r in want]
+
+
+@pytest.fixture
+def reference(tmp_path):
+    return load_records(write_jsonl(tmp_path / "ref.jsonl", ROWS), TEMPLATE)
+
+
+def test_csv_and_tsv_give_the_json_lines_records(tmp_path, reference):
+    _same(load_records(_csv(tmp_path / "d.csv", ROWS), TEMPLATE), reference)
+    _same(load_records(_csv(tmp_path / "d.tsv", ROWS, "\t"), TEMPLATE), reference)
+
+
+def test_rows_without_ids_are_numbered_and_quoted_cells_kept(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('text,id\n"a, quoted ""cell""",\nsecond,x\n', encoding="utf-8")
+    got = load_records(path)
+    assert [(r.id, r.text, r.line) for r in got] == [
+        ("row1", 'a, quoted "cell"', 1),
+        ("x", "second", 2),
+    ]
+
+
+def test_parquet_keeps_types_for_presets(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [{"id": r["id"], "question": r["question"], "answer": [r["answer"]]} for r in ROWS]
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    want = load_records(write_jsonl(tmp_path / "ref.jsonl", rows), RecordFormat(preset="nq"))
+    _same(load_records(path, RecordFormat(preset="nq")), want)
+
+
+def test_save_to_disk_dataset_and_its_train_split(tmp_path, reference):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list(ROWS)
+    ds.save_to_disk(str(tmp_path / "ds"))
+    _same(load_records(tmp_path / "ds", TEMPLATE), reference)
+    datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(tmp_path / "dd"))
+    _same(load_records(tmp_path / "dd", TEMPLATE), reference)
+    # The folder's checksum covers its files: the run directory knows its dataset.
+    assert data_sha256(tmp_path / "ds") != data_sha256(tmp_path / "dd")
+    datasets.DatasetDict({"a": ds, "b": ds}).save_to_disk(str(tmp_path / "ab"))
+    with pytest.raises(MemauditError, match="splits a, b and no 'train'"):
+        load_records(tmp_path / "ab", TEMPLATE)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("question,answer\nq1,a1\nq2\n", r"d\.csv: row 2: 1 cells, the header has 2"),
+        ("question,answer\nq1,a1\nq2,\n", r"d\.csv: row 2: missing field 'answer'"),
+        ('question,answer\nq1,"a1\n', r"d\.csv: line \d+: malformed \.csv"),
+        ("", r"d\.csv: empty file"),
+        ("question,question\nq,a\n", r"d\.csv: header: column names must be unique"),
+        ("question,answer,id\nq,a,x\nq2,a2,x\n", r"d\.csv: row 2: duplicate id 'x'"),
+    ],
+)
+def test_bad_csv_rows_name_file_and_row(tmp_path, content, message):
+    path = tmp_path / "d.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(MemauditError, match=message):
+        load_records(path, TEMPLATE)
+
+
+def test_bad_bytes_and_bad_files(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"text\nok\n\xff\xfe\n")
+    with pytest.raises(MemauditError, match=r"d\.csv:3: invalid UTF-8"):
+        load_records(path)
+    with pytest.raises(MemauditError, match="no such file"):
+        load_records(tmp_path / "missing.tsv")
+    pytest.importorskip("pyarrow")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(MemauditError, match=r"bad\.parquet: not a readable Parquet file"):
+        load_records(tmp_path / "bad.parquet")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", "-dataset"])
+def test_each_format_runs_through_the_pipeline(cli, tmp_path, suffix):
+    """--prepare-only: records read, validated, tokenized, the run directory made with the ids."""
+    data = tmp_path / f"d{suffix}"
+    rows = [{**r, "answer": [r["answer"]]} for r in ROWS] if suffix == ".parquet" else ROWS
+    if suffix in (".csv", ".tsv"):
+        _csv(data, ROWS, "," if suffix == ".csv" else "\t")
+        fmt = ["--template", TEMPLATE.template]
+    elif suffix == ".parquet":
+        pa = pytest.importorskip("pyarrow")
+        pytest.importorskip("pyarrow.parquet").write_table(pa.Table.from_pylist(rows), data)
+        fmt = []
+    else:
+        pytest.importorskip("datasets").Dataset.from_list(rows).save_to_disk(str(data))
+        fmt = ["--template", TEMPLATE.template]
+    args = [a for a in SMALL_RUN if a != "nq"]
+    args = [a for a in args if a != "--preset"] + (fmt or ["--preset", "nq"])
+    out = tmp_path / "run"
+    r = cli("run", data, *args, "--models", "2", "--out", out, "--prepare-only")
+    assert r.code == 0, r.err
+    stored = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in stored] == ["a", "b", "c"]
+    assert stored[1]["text"] == "Q: capital of france A: Paris"
+
+
+def test_a_bad_row_is_one_line_exit_2_and_nothing_written(cli, tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("question,answer\nq1,a1\nq2\n", encoding="utf-8")
+    out = tmp_path / "run"
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    r = cli("run", data, *args, "--template", TEMPLATE.template, "--models", "2", "--out", out)
+    assert r.code == 2
+    assert r.err.count("\n") == 1 and "d.csv: row 2: 1 cells" in r.err
+    assert not out.exists()
+
+
+# -- chat records ------------------------------------------------------------------------------
+CHATS = [
+    {
+        "id": "c1",
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "and 3+3?"},
+            {"role": "assistant", "content": "6"},
+        ]
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    from memaudit.ensemble.models import load_tokenizer
+    from tests.conftest import TINY_MODEL
+
+    tok = load_tokenizer(str(TINY_MODEL))
+    assert tok.chat_template  # fixtures/make_fixtures.py step 8
+    return tok
+
+
+def test_chat_records_render_with_the_chat_template(tmp_path, chat_tokenizer):
+    got = load_records(write_jsonl(tmp_path / "c.jsonl", CHATS), chat=chat_tokenizer)
+    assert got[0].id == "c1" and got[1].id == "line2"
+    assert got[0].text == "user: hi\nassistant: hello\n"
+    assert got[0].prompt == "user: hi\nassistant:" and got[0].completion == " hello\n"
+    # Multi-turn: earlier turns are the prompt; the completion is the last assistant turn.
+    assert got[1].prompt == "system: be brief\nuser: 2+2?\nassistant: 4\nuser: and 3+3?\nassistant:"
+    assert got[1].completion == " 6\n"
+
+
+@pytest.mark.parametrize(
+    "messages,message",
+    [
+        ("hi", r"c\.jsonl:1: 'messages' must be a non-empty list"),
+        ([{"role": "user", "content": "hi"}], r"c\.jsonl:1: no assistant turn"),
+        ([{"role": "assistant", "content": 3}], r"c\.jsonl:1: messages\[0\]: 'content' must be"),
+        (["x"], r"c\.jsonl:1: messages\[0\] must be an object with a 'role'"),
+        ([{"role": "assistant", "content": "  "}], r"c\.jsonl:1: the last assistant turn is empty"),
+    ],
+)
+def test_bad_chat_records_name_the_line(tmp_path, chat_tokenizer, messages, message):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": messages}])
+    with pytest.raises(MemauditError, match=message):
+        load_records(path, chat=chat_tokenizer)
+
+
+def test_a_tokenizer_without_a_chat_template_is_a_clear_error(tmp_path, chat_tokenizer):
+    path = write_jsonl(tmp_path / "c.jsonl", CHATS)
+    template, chat_tokenizer.chat_template = chat_tokenizer.chat_template, None
+    try:
+        with pytest.raises(MemauditError, match=r"c\.jsonl:1: chat records need a tokenizer "):
+            load_records(path, chat=chat_tokenizer)
+    finally:
+        chat_tokenizer.chat_template = template
+
+
+def test_chat_demo_runs_end_to_end_with_the_loss_on_the_answer(cli, tmp_path):
+    from tests.conftest import ROOT
+
+    demo = (ROOT / "fixtures" / "demo" / "chat_demo.jsonl").read_text().splitlines(True)
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(demo[:24]))
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    out = tmp_path / "run"
+    r = cli("run", data, *args, "--models", "2", "--extract-models", "1", "--out", out)
+    assert r.code == 0, r.err
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["train"]["loss_on"] == "completion"  # chat records: the assistant's answer
+    assert (out / "report.json").is_file()
+    first = json.loads((out / "records.jsonl").read_text().splitlines()[0])
+    assert first["id"] == "line1" and first["prompt"].endswith("assistant:")
+
+
+def test_chat_without_a_template_in_the_cli_is_one_line_and_nothing_written(cli, tmp_path):
+    import shutil
+
+    from tests.conftest import TINY_MODEL
+
+    model = tmp_path / "model"
+    shutil.copytree(TINY_MODEL, model, ignore=shutil.ignore_patterns("chat_template.jinja"))
+    data = write_jsonl(tmp_path / "c.jsonl", CHATS)
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    args[args.index("--model") + 1] = str(model)
+    out = tmp_path / "run"
+    r = cli("run", data, *args, "--models", "2", "--out", out)
+    assert r.code == 2 and r.err.count("\n") == 1
+    assert "chat records need a tokenizer with a chat template" in r.err
+    assert not out.exists()
+
+
+def test_id_field_names_the_id_column_and_is_required(tmp_path):
+    rows = [
+        {"qid": f"q{i}", **{k: v for k, v in r.items() if k != "id"}} for i, r in enumerate(ROWS)
+    ]
+    path = _csv(tmp_path / "d.csv", rows)
+    fmt = RecordFormat(template=TEMPLATE.template, id_field="qid")
+    assert [r.id for r in load_records(path, fmt)] == ["q0", "q1", "q2"]
+    rows[1]["qid"] = ""
+    with pytest.raises(
+        MemauditError, match=r"d\.csv: row 2: missing id field 'qid' \(--id-field\)"
+    ):
+        load_records(_csv(path, rows), fmt)
+
+
+def test_id_field_in_the_cli_and_the_fingerprint(cli, tmp_path):
+    from memaudit.config import ModelConfig, RunConfig
+
+    # Runs made before --id-field existed keep their fingerprint.
+    assert "id_field" not in RunConfig(data="-", model=ModelConfig("m")).fingerprint()
+    rows = [{"qid": f"q{i}", "text": r["question"]} for i, r in enumerate(ROWS)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    out = tmp_path / "run"
+    r = cli(
+        "run", data, *args, "--models", "2", "--id-field", "qid", "--out", out, "--prepare-only"
+    )
+    assert r.code == 0, r.err
+    stored = [json.loads(x)["id"] for x in (out / "records.jsonl").read_text().splitlines()]
+    assert stored == ["q0", "q1", "q2"]
+    assert json.loads((out / "config.json").read_text())["config"]["id_field"] == "qid"

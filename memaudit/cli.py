@@ -369,10 +369,18 @@ def _shard(value: str | None) -> tuple[int, int]:
     "shards of one K run side by side [default: all members].",
 )
 @_gathered(executor_options, EXECUTOR_KEYS, "executor_given")
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    default=False,
+    help="Allow the model repository's code to run in this process (a run directory's own "
+    "setting is never trusted).",
+)
 def train(
     run_dir: Path,
     shard,
     executor_given,
+    trust_remote_code: bool,
 ) -> None:
     """Train the members RUN_DIR lacks (or one shard of them), without estimating.
 
@@ -384,7 +392,7 @@ def train(
 
     index, count = _shard(shard)
     ecfg = _executor_config(**executor_given)
-    audit = api.Audit.open(run_dir, executor=ecfg)
+    audit = api.Audit.open(run_dir, executor=ecfg, trust_remote_code=trust_remote_code)
     trained = audit.train_shard(index, count, progress=True)
     status = audit.status()
     click.echo(
@@ -499,6 +507,8 @@ def plant(
 
         if out.suffix.lower() != ".npz":
             raise MemauditError(f"--out: image data is planted into an .npz, not {out}")
+        if data is not None and planting.same_file(data, out):
+            raise MemauditError(f"--out: {out} is the input itself; plant into a new file")
         lo, hi = _int_range(copies, "--copies")
         if lo != hi:
             raise MemauditError("--copies: image planting takes one group size, not a range")

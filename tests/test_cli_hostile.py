@@ -187,6 +187,9 @@ def test_remote_code_is_not_run_because_a_run_directory_says_so(tmp_path, cli):
         res = cli(command, run.path)
         assert res.code == 2 and "Traceback" not in res.err
     assert not (model / "RAN").exists()
+    # Only this process's own command line opts in.
+    cli("train", run.path, "--trust-remote-code")
+    assert (model / "RAN").exists()
 
 
 @pytest.mark.parametrize(

@@ -148,7 +148,8 @@ def plant(
     return planted
 
 
-def _same_file(a: str | Path, b: str | Path) -> bool:
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (existing or not): planting never overwrites its input."""
     a, b = Path(a), Path(b)
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
@@ -165,6 +166,6 @@ def write_jsonl(objects: list[dict], out: str | Path, source: str | Path | None 
     """Write ``objects`` to ``out``; refused when ``out`` is the input (``source``, or the
     file a :class:`Planted` list came from): planting never overwrites the user's dataset."""
     source = source if source is not None else getattr(objects, "source", None)
-    if source is not None and _same_file(source, out):
+    if source is not None and same_file(source, out):
         raise MemauditError(f"--out: {out} is the input file; write the planted data elsewhere")
     atomic_write_text(out, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects))

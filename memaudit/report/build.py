@@ -34,8 +34,10 @@ from memaudit.store.io import finite_or_none as _num
 from memaudit.store.rundir import RunDir, package_versions
 
 SCHEMA_NAME = "memaudit-report"
-# 1.1: optional "convergence"; 1.2: optional link "basis"; 1.3: image runs (see report-1.json)
-SCHEMA_VERSION = "1.3"
+# 1.1: optional "convergence"; 1.2: optional link "basis"; 1.3: image runs; 1.4: per-record
+# influence distributions, LiRA and the deduplicator's table, the signal headline and each link's
+# rule, statistic and threshold (all optional: 1.0-1.3 reports still validate and render)
+SCHEMA_VERSION = "1.4"
 
 
 def load_schema() -> dict[str, Any]:

@@ -58,3 +58,12 @@ def test_cli_plant_image_folder(tmp_path, cli):
     res = cli("plant", root, "--groups", "99", "--out", tmp_path / "q.npz")
     assert res.code == 2 and "--groups: must be between 1 and 6" in res.err
     assert not (tmp_path / "q.npz").exists()
+
+
+def test_cli_plant_never_overwrites_its_image_input(tmp_path, cli):
+    src = tmp_path / "in.npz"
+    src.write_bytes(FIXTURE.read_bytes())
+    before = src.read_bytes()
+    res = cli("plant", src, "--groups", "2", "--copies", "2", "--out", src)
+    assert res.code == 2 and "is the input itself" in res.err
+    assert src.read_bytes() == before

@@ -374,8 +374,8 @@ class Audit:
         directory by the run's estimator: {"index", "id", "estimator", "influence" (N,),
         "se" (N,)}, where influence[i] = I[t, i] (i = t: the self-influence) and se its
         standard error, as numpy arrays in record order (NaN where undefined)."""
-        from memaudit.estimate.analysis import rows_with_se
         from memaudit.estimate.influence import InfluenceResult
+        from memaudit.estimate.registry import get_estimator
 
         records = self.records()
         t = self._target(t, records)
@@ -387,8 +387,7 @@ class Audit:
             if saved.exists()
             else self.config.analysis.estimator
         )
-        infl, se = rows_with_se(
-            estimator,
+        infl, se = get_estimator(estimator).rows_with_se(
             np.nan_to_num(losses),
             inclusion,
             np.array([t]),

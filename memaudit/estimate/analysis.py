@@ -188,20 +188,6 @@ def significance_df(estimator: str, n_models_used: int, covariates: int = 4) -> 
     return max(1, n_models_used - 2 - fitted)
 
 
-def rows_with_se(
-    estimator: str,
-    losses: np.ndarray,
-    inclusion: np.ndarray,
-    rows: np.ndarray,
-    model_mask: np.ndarray | None = None,
-    covariates: int = 4,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Full influence rows and their standard errors (two len(rows) x N arrays) of the targets
-    ``rows`` by the estimator a result names (or its option value), as the full estimate
-    computes them."""
-    return get_estimator(estimator).rows_with_se(losses, inclusion, rows, model_mask, covariates)
-
-
 def _write_influence_json(run, records, result, valid, summary, config) -> None:
     rows = [
         {"index": t, "id": r.id, "group": r.group, **influence_row(records, result, t)}

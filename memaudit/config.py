@@ -462,7 +462,12 @@ class FindingsConfig:
     # the family-wise false-link rate over both rules stays under link_fwer (0.05 if None).
     # Cost: this many reruns of the estimator and the link rules. 0: no calibration (the
     # analytic z threshold, and the mutual rule on its selection alone, as before).
-    link_null_ensembles: int = setting(39, check=NON_NEGATIVE, cli=False)
+    link_null_ensembles: int = setting(
+        39,
+        "Null shuffles of the run's own losses that calibrate the link thresholds (each one "
+        "reruns the estimator; 0: the analytic thresholds, as before calibration).",
+        check=NON_NEGATIVE,
+    )
     # ... and where a run has many more candidate links than the shuffles give, a rule's
     # threshold may drop to where the expected false links are at most link_fdr of the links
     # kept (calibration.fdr_threshold); with few links the family-wise bound above holds.
@@ -550,8 +555,15 @@ class FindingsConfig:
     # positives over all (record, model) out-pairs (0.1%: the field's low-FPR operating point);
     # a record is flagged when that attacker calls it a member in at least lira_tpr of the
     # models that trained on it. Used instead of mia_auc, which is uncalibrated across records.
-    lira_fpr: float = setting(0.001, check=FRACTION, cli=False)
-    lira_tpr: float = setting(0.5, check=FRACTION, cli=False)
+    lira_fpr: float = setting(
+        0.001, "LiRA: the dataset-wide false-positive rate of the attacker.", check=FRACTION
+    )
+    lira_tpr: float = setting(
+        0.5,
+        "Flag a unique record that LiRA at --lira-fpr calls a member in this share of the "
+        "models that trained on it.",
+        check=FRACTION,
+    )
 
     def __post_init__(self) -> None:
         _validate(self)

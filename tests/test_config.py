@@ -270,3 +270,16 @@ def test_api_run_trains_an_image_model_in_rounds(tmp_path):
     )
     assert saved.is_image and saved.ensemble.auto
     assert report["modality"] == "image" and report["convergence"]["rounds"]
+
+
+def test_calibration_and_lira_settings_are_options(tmp_path, cli):
+    """The settings added with the calibrated links and LiRA are command-line and TOML options
+    like the rest: a run at N = 20,000 can turn the 39 null shuffles off."""
+    cfg = build_run_config(ROOT / "d.jsonl", "m", link_null_ensembles=0, lira_tpr=0.7)
+    assert cfg.findings.link_null_ensembles == 0 and cfg.findings.lira_tpr == 0.7
+    for flag in ("--link-null-ensembles", "--lira-fpr", "--lira-tpr"):
+        assert flag in CLI_OPTIONS[flag[2:].replace("-", "_")].flag
+    toml = tmp_path / "c.toml"
+    toml.write_text("lira_fpr = 2.0\n")
+    res = cli("run", tmp_path / "d.jsonl", "--model", "m", "--config", toml)
+    assert res.code == 2 and "lira_fpr" in res.err.replace("-", "_")

@@ -104,12 +104,13 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     losses = np.nan_to_num(analysis.losses)
     extraction, n_extract = extraction_metrics(run, inclusion)
     bleu_gain = extraction.get("bleu_gain")
-    modality = saved_modality(run.read_config())
+    saved = run.read_config()  # read once: the modality and the estimator's covariates
+    modality = saved_modality(saved)
+    covariates = int(saved["config"].get("analysis", {}).get("covariates", 4))
     pixels = stored_images(run) if modality.stores_pixels else None
     mia = membership_scores(losses, inclusion, analysis.valid)
     calibration = None
     if cfg.link_null_ensembles > 0:
-        covariates = int(run.read_config()["config"].get("analysis", {}).get("covariates", 4))
         calibration = calibrate_links(
             res, cfg, losses, inclusion, analysis.valid, covariates=covariates
         )
@@ -133,14 +134,13 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         link_z = calibration.z_threshold
     lira = lira_section(analysis.losses, inclusion, analysis.valid, cluster_of, cfg)
     lira_tpr = lira["records"]["lira_tpr"]
-    risky = risky_unique_records(res, cluster_of, cfg, bleu_gain, mia["mia_auc"], lira_tpr=lira_tpr)
+    # Ranked once without the display cut; the report shows the first top_records of it.
     uncut = replace(cfg, top_records=len(records))
-    risky_all = [
-        f.index
-        for f in risky_unique_records(
-            res, cluster_of, uncut, bleu_gain, mia["mia_auc"], lira_tpr=lira_tpr
-        )
-    ]
+    every_risky = risky_unique_records(
+        res, cluster_of, uncut, bleu_gain, mia["mia_auc"], lira_tpr=lira_tpr
+    )
+    risky = every_risky[: cfg.top_records]
+    risky_all = [f.index for f in every_risky]
     signal = signal_verdict(
         res,
         int(analysis.valid.sum()),
@@ -148,7 +148,9 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         len(clusters),
         None if calibration is None else cfg.link_fwer,
     )
-    dedup, table = dedup_section(run, analysis, [r.text for r in records], pixels, cluster_of)
+    dedup, table = dedup_section(
+        analysis, [r.text for r in records], pixels, cluster_of, inclusion, covariates
+    )
     return Findings(
         cfg,
         clusters,
@@ -183,7 +185,12 @@ def lira_section(
 
 
 def dedup_section(
-    run: RunDir, analysis: Analysis, texts: list[str], pixels, cluster_of: np.ndarray
+    analysis: Analysis,
+    texts: list[str],
+    pixels,
+    cluster_of: np.ndarray,
+    inclusion: np.ndarray,
+    covariates: int,
 ) -> tuple[DedupResult, dict]:
     """The deduplicator's groups (MinHash for text, pHash for images) and the three-way table
     against the influence clusters, with the influence evidence for example pairs the
@@ -193,13 +200,12 @@ def dedup_section(
 
     dedup = image_groups(pixels.images) if pixels is not None else text_groups(texts)
     res = analysis.result
-    covariates = int(run.read_config().get("config", {}).get("analysis", {}).get("covariates", 4))
 
     def evidence(pairs: np.ndarray) -> list[dict]:
         idx = np.unique(pairs)
         rows = get_estimator(res.estimator).rows(
             np.nan_to_num(analysis.losses),
-            run.inclusion(),
+            inclusion,
             idx,
             model_mask=analysis.valid,
             covariates=covariates,

@@ -271,16 +271,21 @@ class Audit:
         return self.run_dir.status(self.inclusion().shape[1])
 
     def analyze(
-        self, top_k: int | None = None, show: bool = False, estimator: str | None = None
+        self,
+        top_k: int | None = None,
+        show: bool = False,
+        estimator: str | None = None,
+        models: int | None = None,
     ) -> Analysis:
         """Estimate influence from the saved losses and write the influence files; top_k and
-        estimator override the run's analysis options for this call."""
+        estimator override the run's analysis options for this call. ``models``: estimate from
+        the first ``models`` models only (what a smaller run would have found); writes nothing."""
         cfg = self.config.analysis
         if top_k is not None:
             cfg = dataclasses.replace(cfg, top_k=top_k)
         if estimator is not None:
             cfg = dataclasses.replace(cfg, estimator=estimator)
-        analysis = analyze_run(self.run_dir, cfg)
+        analysis = analyze_run(self.run_dir, cfg, models=models)
         if show:
             from memaudit.report.terminal import print_summary
 

@@ -47,10 +47,11 @@ class Round:
     diagnostics: Diagnostics
 
 
-def check(audit, previous: Round | None = None) -> Round:
+def check(audit, previous: Round | None = None, models: int | None = None) -> Round:
     """Estimate, build the findings once and diagnose the ensemble as the run directory holds
-    it, comparing the flagged set with ``previous`` round's."""
-    analysis = audit.analyze()
+    it, comparing the flagged set with ``previous`` round's. ``models``: only the first
+    ``models`` models (benchmarks replay ``--models auto`` on a finished run this way)."""
+    analysis = audit.analyze(models=models)
     findings = build_findings(audit.run_dir, analysis, audit.config.findings)
     # The stopping rule watches the verdict (every flagged record and its partners), not the
     # report's top-N display cut (#14).

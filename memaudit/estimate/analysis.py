@@ -108,12 +108,19 @@ def group_summary(records: list[Record], result: InfluenceResult) -> dict[str, A
     return summary
 
 
-def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
+def analyze_run(run: RunDir, cfg: AnalysisConfig, models: int | None = None) -> Analysis:
+    """Estimate influence from the run's saved losses and write the influence files.
+
+    ``models``: use only the first ``models`` models (what a run of that size would have
+    reported; the benchmarks replay ``--models auto`` this way). Such a partial analysis writes
+    nothing, so the run's own influence files stay those of the whole ensemble."""
     config = run.read_config()
     records = run.records()
     inclusion = run.inclusion()
     n_models = inclusion.shape[1]
-    losses, valid = run.collect_losses(len(records), n_models)
+    losses, valid = run.collect_losses(len(records), n_models, write=models is None)
+    if models is not None:
+        valid &= np.arange(n_models) < models
     if valid.sum() < 2:
         status = run.status(n_models)
         pending = len(status["missing"]) + len(status["failed"])
@@ -128,7 +135,8 @@ def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
             f"{run.path}: only {int(valid.sum())} of {n_models} models have results; "
             f"at least 2 are needed: {advice}"
         )
-    dense = run.file("influence_dense.npy") if len(records) <= cfg.dense_max else None
+    write = models is None
+    dense = run.file("influence_dense.npy") if write and len(records) <= cfg.dense_max else None
     result = get_estimator(cfg.estimator).estimate(
         np.nan_to_num(losses),
         inclusion,
@@ -138,9 +146,10 @@ def analyze_run(run: RunDir, cfg: AnalysisConfig) -> Analysis:
         dense_path=dense,
         distribution=True,
     )
-    result.save(run.file("influence.npz"))
     summary = group_summary(records, result)
-    _write_influence_json(run, records, result, valid, summary, config)
+    if write:
+        result.save(run.file("influence.npz"))
+        _write_influence_json(run, records, result, valid, summary, config)
     return Analysis(records, result, n_models, valid, losses=losses, summary=summary)
 
 

@@ -84,9 +84,15 @@ class Findings:
         return members | {int(f.index) for f in self.risky}
 
 
-def extraction_metrics(run: RunDir, inclusion: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
-    """Per-record in/out BLEU and exact match over the models that decoded; ({}, 0) if none."""
+def extraction_metrics(
+    run: RunDir, inclusion: np.ndarray, model_mask: np.ndarray | None = None
+) -> tuple[dict[str, np.ndarray], int]:
+    """Per-record in/out BLEU and exact match over the models that decoded (among
+    ``model_mask``'s, when given); ({}, 0) if none."""
     models, results = run.extraction(inclusion.shape[1])
+    if model_mask is not None:
+        keep = [k for k, j in enumerate(models) if model_mask[j]]
+        models, results = [models[k] for k in keep], [results[k] for k in keep]
     if not models:
         return {}, 0
 
@@ -102,7 +108,7 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     records, res = analysis.records, analysis.result
     inclusion = run.inclusion()
     losses = np.nan_to_num(analysis.losses)
-    extraction, n_extract = extraction_metrics(run, inclusion)
+    extraction, n_extract = extraction_metrics(run, inclusion, analysis.valid)
     bleu_gain = extraction.get("bleu_gain")
     saved = run.read_config()  # read once: the modality and the estimator's covariates
     modality = saved_modality(saved)

@@ -489,8 +489,11 @@ class RunDir:
         npy, _ = self._model_paths(j)
         return np.load(npy, allow_pickle=False)
 
-    def collect_losses(self, n_records: int, n_models: int) -> tuple[np.ndarray, np.ndarray]:
-        """(L, valid): the loss matrix with NaN columns for models without a valid result."""
+    def collect_losses(
+        self, n_records: int, n_models: int, write: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(L, valid): the loss matrix with NaN columns for models without a valid result;
+        saved as losses.npy unless ``write`` is False."""
         losses = np.full((n_records, n_models), np.nan)
         valid = np.zeros(n_models, dtype=bool)
         for j in range(n_models):
@@ -498,7 +501,8 @@ class RunDir:
             if meta is not None and meta.get("status") == "ok":
                 losses[:, j] = self.model_losses(j)
                 valid[j] = True
-        atomic_save_npy(self.file("losses.npy"), losses)
+        if write:
+            atomic_save_npy(self.file("losses.npy"), losses)
         return losses, valid
 
     def collect_array(self, name: str, n_records: int, n_models: int) -> np.ndarray | None:

@@ -132,6 +132,9 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         modality=modality,
         z_threshold=None if calibration is None else calibration.z_threshold,
         mutual_threshold=None if calibration is None else calibration.mutual_threshold,
+        strict_thresholds=None
+        if calibration is None
+        else (calibration.z_strict, calibration.mutual_strict),
     )
     link_z, link_fraction = link_thresholds(
         cfg, len(records), int(analysis.valid.sum()), adjusted=True

@@ -16,7 +16,15 @@ most floor(level * B) null links at or above it), which bounds the family-wise r
 of any false link) by ``level`` for that rule. The two rules share cfg.link_fwer (half each).
 Where the run has far more candidate links than the shuffles, the threshold may drop to where
 the expected false links are at most cfg.link_fdr of the links kept (:func:`fdr_threshold`):
-on the strong demo 26 mutual candidate pairs stand against 0.4 per shuffle.
+on the strong demo 26 mutual candidate pairs stand against 0.4 per shuffle. That relaxation
+holds only for links between records that look alike (text or pixels, the modality's
+similarity threshold); a link between dissimilar records must reach the family-wise threshold
+(``z_strict``, ``mutual_strict``). Why: the relaxation rests on many real candidates, and those
+are near-duplicates that look alike; among dissimilar records the run's real links are few, and
+the background influence the shuffles do not model (records that help unrelated records, e.g.
+one record lowering two unrelated questions' losses at z 7.0 and 8.5 on the weak-memorization
+demo) is what gets through. Stratifying the false-discovery bound by a prior that is fixed
+before looking at the statistics keeps it valid in each stratum.
 The z rule keeps its analytic multiple-testing threshold as a floor: on the weak-memorization
 demo (LoRA defaults, M = 32) the null needed z >= 7.5 where the analytic threshold was 6.6.
 """
@@ -48,6 +56,10 @@ class LinkCalibration:
     mutual_threshold: float | None  # the mutual rule's pooled-z threshold (None: rule off)
     null_links: dict[str, list[float]] = field(default_factory=dict)  # per rule: null stats
     method: str = NULL_METHOD
+    # The family-wise thresholds before the link_fdr relaxation: what a link between records
+    # that do not look alike must reach (find_clusters; None: same as the thresholds above).
+    z_strict: float | None = None
+    mutual_strict: float | None = None
 
     def false_links_per_run(self, rule: str, threshold: float) -> float:
         """Null links per shuffle at or above ``threshold`` (the measured false-link rate)."""
@@ -68,6 +80,7 @@ class LinkCalibration:
                 "analytic": fin(self.z_analytic),
                 "null": fin(self.z_null),
                 "null_links_per_run": self.false_links_per_run("z", self.z_threshold),
+                "dissimilar_threshold": fin(self.z_strict),
             },
             "mutual_rule": None
             if mutual is None
@@ -75,6 +88,7 @@ class LinkCalibration:
                 "statistic": "pooled z of the candidate group (sum of members' z / sqrt(size))",
                 "threshold": fin(mutual),
                 "null_links_per_run": self.false_links_per_run("mutual", mutual),
+                "dissimilar_threshold": fin(self.mutual_strict),
             },
         }
 
@@ -160,6 +174,7 @@ def calibrate_links(
     z_null = null_threshold(z_all, replicates, level)
     mutual_on = cfg.mutual_links and estimator.mutual_links
     mutual = null_threshold(m_all, replicates, level) if mutual_on else None
+    z_fwer, mutual_fwer = z_null, mutual
     if cfg.link_fdr is not None:
         z_real, m_real = link_statistics(result, cfg, losses, inclusion, used)
         z_null = fdr_threshold(z_real[:, 6], z_all, replicates, level, cfg.link_fdr, z_null)
@@ -175,6 +190,8 @@ def calibrate_links(
         # No null pair at all: the rule's selection alone holds the level.
         mutual_threshold=(-np.inf if mutual is None else mutual) if mutual_on else None,
         null_links={"z": _largest(z_all).tolist(), "mutual": _largest(m_all).tolist()},
+        z_strict=max(z_analytic, z_fwer if z_fwer is not None else -np.inf),
+        mutual_strict=(-np.inf if mutual_fwer is None else mutual_fwer) if mutual_on else None,
     )
 
 

@@ -348,9 +348,12 @@ def link_statistics(
             & (val >= min_fraction * largest)
         )
     t, c = np.nonzero(ok)
-    z_rows = np.column_stack(
-        [t, idx[t, c], val[t, c], se[t, c], z[t, c], np.zeros(len(t)), z[t, c]]
-    )
+    stat = z[t, c]
+    if losses is not None and len(t):
+        stat = (stat + _reverse_z(idx, z, t, idx[t, c], losses, inclusion, model_mask)) / np.sqrt(
+            2.0
+        )
+    z_rows = np.column_stack([t, idx[t, c], val[t, c], se[t, c], z[t, c], np.zeros(len(t)), stat])
     mutual_rows = np.empty((0, 7))
     if cfg.mutual_links and get_estimator(result.estimator).mutual_links:
         mutual_rows = _mutual_links(result, cfg, np.empty((0, 6)))
@@ -366,6 +369,42 @@ def link_statistics(
             return z_rows, np.column_stack([mutual_rows, stat])
         mutual_rows = np.column_stack([mutual_rows, pair_z(mutual_rows, n)])
     return z_rows, mutual_rows
+
+
+def _reverse_z(
+    idx: np.ndarray,
+    z: np.ndarray,
+    t: np.ndarray,
+    i: np.ndarray,
+    losses: np.ndarray,
+    inclusion: np.ndarray,
+    model_mask: np.ndarray | None,
+) -> np.ndarray:
+    """z of I[i, t] for each candidate link t <- i: from i's own joint fit where t is among
+    i's candidates, else from the one-candidate fit (i's own inclusion held fixed); NaN -> 0.
+
+    Why the z rule judges a pair by (z[t, i] + z[i, t]) / sqrt(2): near-duplicates influence
+    each other both ways, so the pooled z grows by up to sqrt(2) for them, while a record that
+    lowers the loss of unrelated records one way (a "hub": measured on the weak-memorization
+    demo, one record at z 7.0 and 8.5 on two unrelated questions that did not influence it
+    back) no longer links on one direction alone."""
+    n = len(idx)
+    width = idx.shape[1]
+    flat = idx.reshape(-1).astype(np.int64)
+    key = np.repeat(np.arange(n, dtype=np.int64), width) * n + flat
+    key = np.where(flat >= 0, key, -1)
+    order = np.argsort(key, kind="stable")
+    want = i.astype(np.int64) * n + t.astype(np.int64)
+    at = np.minimum(np.searchsorted(key[order], want), len(key) - 1)
+    found = key[order][at] == want
+    rev = np.full(len(t), np.nan)
+    rev[found] = z.reshape(-1)[order][at][found]
+    missing = ~found
+    if missing.any():
+        a, a_se = adjusted_influence(losses, inclusion, i[missing], t[missing], model_mask)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rev[missing] = np.where(a_se > 0, a / a_se, np.nan)
+    return np.where(np.isfinite(rev), rev, 0.0)
 
 
 def pair_z(rows: np.ndarray, n: int) -> np.ndarray:
@@ -605,6 +644,7 @@ def find_clusters(
     modality: Modality = TEXT,
     z_threshold: float | None = None,
     mutual_threshold: float | None = None,
+    strict_thresholds: tuple[float | None, float | None] | None = None,
 ) -> tuple[list[Cluster], np.ndarray]:
     """Links from each target's top-k list only (so it scales to N = 20,000); undirected graph;
     clusters = connected components with >= 2 records. Returns clusters ranked by
@@ -615,7 +655,10 @@ def find_clusters(
     up to 0.41". Links carry the ``modality``'s similarity (memaudit.findings.similarity): for
     images, the pixel similarity of ``images`` (uint8 N x H x W x 3), and near-duplicate
     clusters are "visual"; the default mutual_fraction is the modality's. ``z_threshold`` and
-    ``mutual_threshold``: the null-calibrated thresholds (see :func:`find_links`)."""
+    ``mutual_threshold``: the null-calibrated thresholds (see :func:`find_links`);
+    ``strict_thresholds`` (z rule, mutual rule): the family-wise ones that links between
+    records below the modality's similarity threshold must reach (memaudit.findings.
+    calibration explains why)."""
     cfg = cfg or FindingsConfig()
     n = n_records(result)
     if len(texts) != n:
@@ -634,6 +677,10 @@ def find_clusters(
     )
     min_z, _ = link_thresholds(cfg, n, result.n_models, losses is not None)
     applied = {0: max(min_z, z_threshold or -np.inf), 1: mutual_threshold}
+    if strict_thresholds is not None and len(rows):
+        rows = _strict_for_dissimilar(
+            rows, strict_thresholds, applied, cfg, modality, texts, images, min_z
+        )
     if losses is not None and z_threshold is not None:
         # Calibrated runs: a single link may not merge two fragments on their own strength.
         floor = mutual_threshold if mutual_threshold is not None else -np.inf
@@ -666,7 +713,7 @@ def find_clusters(
                 influence=float(rows[k, 2]),
                 se=float(rows[k, 3]),
                 z=float(rows[k, 4]),
-                basis=BASES[int(rows[k, 5])],
+                basis=BASES[int(rows[k, 5]) % 2],
                 # lexical_similarity None for images, pixel_similarity None for text
                 **{"lexical_similarity": None, modality.similarity_field: float(sim[k])},
                 statistic=float(rows[k, 6]) if np.isfinite(rows[k, 6]) else None,
@@ -682,6 +729,31 @@ def find_clusters(
         cl.id = rank
         cluster_of[cl.members] = rank
     return clusters, cluster_of
+
+
+def _strict_for_dissimilar(
+    rows: np.ndarray,
+    strict: tuple[float | None, float | None],
+    applied: dict[int, float | None],
+    cfg: FindingsConfig,
+    modality: Modality,
+    texts: Sequence[str],
+    images: np.ndarray | None,
+    min_z: float,
+) -> np.ndarray:
+    """Drop the links between records that do not look alike whose statistic is below their
+    rule's family-wise threshold (``strict``); ``applied`` records which threshold each kind
+    of link was held to, for the report."""
+    pairs = rows[:, :2].astype(np.int64)
+    sim = link_similarity(modality, pairs, texts, images)
+    alike = sim >= getattr(cfg, modality.threshold_field)
+    bars = [max(min_z, strict[0] if strict[0] is not None else -np.inf), strict[1]]
+    bar = np.array([-np.inf if bars[int(b)] is None else bars[int(b)] for b in rows[:, 5]])
+    keep = alike | (rows[:, 6] >= bar)
+    applied[2], applied[3] = bars  # the dissimilar links' thresholds, by rule
+    out = rows[keep].copy()
+    out[:, 5] = np.where(alike[keep], out[:, 5], out[:, 5] + 2)  # basis 2, 3: dissimilar
+    return out
 
 
 def _finite_extreme(values: np.ndarray | None, members: np.ndarray, fn: Any) -> float | None:

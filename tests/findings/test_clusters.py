@@ -297,3 +297,66 @@ def test_joint_influence_equals_least_squares_per_target():
         np.testing.assert_allclose(infl[r, got], -beta[1:], rtol=1e-9)
         np.testing.assert_allclose(se[r, got], np.sqrt(np.diag(cov)[1:]), rtol=1e-9)
         assert np.isnan(infl[r, [q + 1 for q in range(4) if (r, q) in dropped]]).all()
+
+
+def test_z_rule_judges_a_pair_by_both_directions_so_a_one_way_hub_does_not_link():
+    """The z rule's statistic is (z[t, i] + z[i, t]) / sqrt(2): near-duplicates lower each
+    other's loss both ways; a record that lowers unrelated records' losses one way only (a hub)
+    pools with ~0 and falls below the threshold its one direction would have passed."""
+    from memaudit.estimate.registry import get_estimator
+    from memaudit.findings.clusters import adjusted_influence, find_links, link_statistics
+
+    rng = np.random.default_rng(3)
+    n, m = 60, 96
+    inc = rng.random((n, m)) < 0.5
+    losses = 3.0 + rng.normal(0, 0.8, (n, m)) - 1.0 * inc
+    losses[0] -= 0.7 * inc[1]  # 0 and 1 substitute for each other: both directions
+    losses[1] -= 0.7 * inc[0]
+    losses[2] -= 0.7 * inc[3]  # 3 helps 2, and 2 does nothing for 3: one way
+    res = get_estimator("adjusted").estimate(losses, inc, top_k=8)
+    cfg = FindingsConfig(link_null_ensembles=0, link_fwer=None, link_z=1.0, mutual_links=False)
+    z_rows, _ = link_statistics(res, cfg, losses, inc)
+    stat = {(int(t), int(i)): (z, s) for t, i, *_, z, _, s in z_rows}
+    z01, s01 = stat[(0, 1)]
+    z23, s23 = stat[(2, 3)]
+    a, se = adjusted_influence(losses, inc, np.array([1]), np.array([0]))
+    assert s01 > z01 > 3  # both directions: the evidence grows
+    assert z23 > 3 and s23 < z23 / np.sqrt(2) + 1.0  # one way: about z / sqrt(2)
+    assert s01 > z23  # the pair now outranks the hub's single direction
+    rows = find_links(res, cfg, losses, inc, z_threshold=(s23 + min(s01, z23)) / 2)
+    linked = {(int(t), int(i)) for t, i in rows[:, :2]}
+    assert (0, 1) in linked and (2, 3) not in linked
+    assert a[0] / se[0] > 3  # the reverse effect of the pair is there to pool
+
+
+def test_links_between_dissimilar_records_must_reach_the_family_wise_threshold():
+    """The false-discovery relaxation of the calibrated thresholds holds for links between
+    records that look alike; two dissimilar records with the same evidence need the strict
+    (family-wise) threshold."""
+    rng = np.random.default_rng(5)
+    n, m = 40, 64
+    inc = rng.random((n, m)) < 0.5
+    losses = 3.0 + rng.normal(0, 0.5, (n, m)) - 1.0 * inc
+    for a, b in ((0, 1), (2, 3)):  # two substitute pairs with the same effect
+        losses[a] -= 0.8 * inc[b] * (1 - inc[a])
+        losses[b] -= 0.8 * inc[a] * (1 - inc[b])
+    texts = [f"record number {k} about topic {k * 7919 % 1000}" for k in range(n)]
+    texts[0] = "Q: who wrote the origin of species A: Charles Darwin"
+    texts[1] = "Q: who wrote the origin of species A: Charles Darwin."
+    texts[2] = "zebra crossing lights at midnight"
+    texts[3] = "quarterly revenue of 1987 in francs"
+    res = get_estimator_adjusted(losses, inc)
+    cfg = FindingsConfig(link_null_ensembles=0, link_fwer=None, link_z=1.0, mutual_links=False)
+    loose = dict(losses=losses, inclusion=inc, z_threshold=2.0)
+    _, both = find_clusters(res, texts, cfg, **loose)
+    assert both[0] == both[1] >= 0 and both[2] == both[3] >= 0
+    clusters, strict = find_clusters(res, texts, cfg, **loose, strict_thresholds=(1e6, None))
+    assert strict[0] == strict[1] >= 0 and strict[2] < 0 and strict[3] < 0
+    link = next(lk for c in clusters for lk in c.links if lk.target in (0, 1))
+    assert link.threshold == 2.0 and link.basis == "evidence"
+
+
+def get_estimator_adjusted(losses, inc):
+    from memaudit.estimate.registry import get_estimator
+
+    return get_estimator("adjusted").estimate(losses, inc, top_k=8)

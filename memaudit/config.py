@@ -478,6 +478,14 @@ class FindingsConfig:
         check=_optional(_number(0.0, 1.0, low_open=True, high_open=True)),
         cli=False,
     )
+    # Every record's "has near-duplicates?" verdict (memaudit.findings.near_duplicates) flags
+    # low Top-1 margins against the data's own reflected margins, Benjamini-Hochberg over the
+    # records at this false discovery rate.
+    near_duplicate_fdr: float = setting(
+        0.05,
+        "False discovery rate of the per-record near-duplicate verdict.",
+        check=_number(0.0, 1.0, low_open=True, high_open=True),
+    )
     # Without losses and inclusion, find_clusters sees only the plain difference of means,
     # which credits i with t's own self-influence in proportion to how much their inclusion
     # columns overlap by chance (up to a correlation of 0.84 among 300 columns at M = 24). Then
@@ -588,6 +596,24 @@ class ConvergenceConfig:
         0.15,
         "Convergence: most change (1 - Jaccard) of the flagged set per round.",
         check=FRACTION,
+    )
+    # The share of records whose per-record near-duplicate verdict may still flip (less than
+    # a 90% chance that a same-size ensemble repeats it, memaudit.findings.near_duplicates)
+    # must be at most this. Strong demo: 12%, 5%, 4% of records at 16, 24, 32 models.
+    max_unsettled: float = setting(
+        0.05,
+        "Convergence: most share of records whose near-duplicate verdict may still flip.",
+        check=FRACTION,
+    )
+    # What --models auto waits for: "clusters" (every flagged record, its cluster partners and
+    # the per-record verdict) or "records" (each record's near-duplicate and risk status, not
+    # who its partners are: settled at fewer models, the partners may still be incomplete).
+    watch: str = setting(
+        "clusters",
+        "What --models auto waits to settle: clusters (records and their partners) or records "
+        "(each record's status only; partners may be incomplete).",
+        check=_choice("clusters", "records"),
+        key="auto_watch",
     )
     # Bootstrap resamples over models for the margins' standard errors and 90% CIs; with 200
     # each percentile of the interval rests on 10 resamples beyond it.

@@ -28,7 +28,9 @@ from memaudit.findings.calibration import LinkCalibration, calibrate_links
 from memaudit.findings.clusters import Cluster, find_clusters, link_thresholds
 from memaudit.findings.dedup import DedupResult
 from memaudit.findings.membership import membership_scores
+from memaudit.findings.near_duplicates import NearDuplicateVerdict, near_duplicate_verdict
 from memaudit.findings.risky import RecordFinding, risky_unique_records
+from memaudit.findings.similarity import link_similarity
 from memaudit.findings.verdict import pair_threshold, signal_verdict
 from memaudit.modality import saved_modality
 from memaudit.store.rundir import RunDir
@@ -58,14 +60,23 @@ class Findings:
     # Unique records flagged against the thresholds, without the top_records display cut: what
     # the stopping rule watches (verdict()), not what the report lists.
     risky_all: list[int] | None = None
+    # Every record's "has near-duplicates?" (the margin's signature, with a q-value and how
+    # settled it is; memaudit.findings.near_duplicates): answered at fewer models than the
+    # clusters, whose partners need pairwise evidence (#14).
+    near_duplicate: NearDuplicateVerdict | None = None
 
-    def verdict(self) -> tuple[set[int], set[tuple[int, int]]]:
+    def verdict(self, watch: str = "clusters") -> tuple[set[int], set[tuple[int, int]]]:
         """The verdict itself, for the stopping rule (#14): every record whose status is
-        flagged (in any cluster, or unique and risky against the thresholds) and every pair of
+        flagged (in any cluster, near-duplicated by the per-record verdict, or unique and
+        risky against the thresholds) and, unless ``watch`` is "records", every pair of
         records placed in one cluster (their partners). No ranking cut: records near the
         report's top-10 line swap places without the verdict changing."""
         risky = self.risky_all if self.risky_all is not None else [f.index for f in self.risky]
         records = {int(m) for c in self.clusters for m in c.members} | {int(t) for t in risky}
+        if self.near_duplicate is not None:
+            records |= {int(t) for t in np.flatnonzero(self.near_duplicate.flag)}
+        if watch == "records":
+            return records, set()
         pairs = {
             (int(a), int(b))
             for c in self.clusters
@@ -157,6 +168,14 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         len(clusters),
         None if calibration is None else cfg.link_fwer,
     )
+    texts = [r.text for r in records]
+    images = None if pixels is None else pixels.images
+    threshold = getattr(cfg, modality.threshold_field)
+
+    def alike(pairs: np.ndarray) -> np.ndarray:
+        return link_similarity(modality, pairs, texts, images) >= threshold
+
+    near = near_duplicate_verdict(res, cfg.near_duplicate_fdr, cluster_of, alike)
     dedup, table = dedup_section(
         analysis, [r.text for r in records], pixels, cluster_of, inclusion, covariates
     )
@@ -176,6 +195,7 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         link_calibration=calibration,
         signal=signal,
         risky_all=risky_all,
+        near_duplicate=near,
     )
 
 

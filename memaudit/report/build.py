@@ -126,6 +126,10 @@ def build_report(
         ground_truth["planted_table"] = _group_table(
             {"near_duplicated": planted, "unique": ~planted}, columns
         )
+        if findings.near_duplicate is not None:
+            ground_truth["near_duplicate_records"] = _score_records(
+                findings.near_duplicate.flag, groups
+            )
 
     report = {
         "schema": SCHEMA_NAME,
@@ -167,7 +171,7 @@ def build_report(
         "notes": _notes(analysis, n_extract, link_z, len(clusters), modality, cfg)
         + _calibration_note(findings),
         "convergence": _convergence(run),
-        **_weak_signal_sections(findings),
+        **_weak_signal_sections(findings, [r.id for r in records]),
     }
     if findings.lira is not None:
         report["lira"] = lira_report(findings.lira)
@@ -250,10 +254,30 @@ def _group_table(masks: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -
 # -- weak memorization (#19): the headline verdict and what the link thresholds rest on -------
 
 
-def _weak_signal_sections(findings: Findings) -> dict[str, Any]:
-    """``headline`` (findings.verdict.signal_verdict) and ``link_calibration``
-    (findings.calibration.LinkCalibration.to_json), when the findings have them."""
+def _score_records(flag: np.ndarray, groups: list[str | None]) -> dict[str, Any]:
+    """The per-record verdict against planted groups of two or more records."""
+    sizes: dict[str, int] = {}
+    for g in groups:
+        if g is not None:
+            sizes[g] = sizes.get(g, 0) + 1
+    grouped = np.array([g is not None and sizes[g] >= 2 for g in groups])
+    hits = int((flag & grouped).sum())
+    return {
+        "flagged": int(flag.sum()),
+        "near_duplicated": int(grouped.sum()),
+        "correct": hits,
+        "precision": hits / int(flag.sum()) if flag.any() else None,
+        "recall": hits / int(grouped.sum()) if grouped.any() else None,
+    }
+
+
+def _weak_signal_sections(findings: Findings, ids: list[str]) -> dict[str, Any]:
+    """``headline`` (findings.verdict.signal_verdict), ``link_calibration``
+    (findings.calibration.LinkCalibration.to_json) and ``near_duplicates`` (the per-record
+    verdict, findings.near_duplicates), when the findings have them."""
     out: dict[str, Any] = {}
+    if findings.near_duplicate is not None:
+        out["near_duplicates"] = findings.near_duplicate.to_json(ids)
     if findings.signal is not None:
         out["headline"] = findings.signal
     cal = findings.link_calibration

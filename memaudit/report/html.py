@@ -620,6 +620,49 @@ def _link_rule(link: dict[str, Any]) -> str:
     return f"{rule}: {name} {stat:.2f}" + (f" &ge; {bar:.2f}" if bar is not None else "")
 
 
+def _near_duplicates_section(report: dict[str, Any]) -> str:
+    """The per-record verdict (#14): counts, and every flagged or unsettled record with its
+    margin, q-value, chance to repeat and likely partners (ids only: redacted reports too)."""
+    near = report.get("near_duplicates")
+    if not isinstance(near, dict):
+        return ""
+    gt = (report.get("ground_truth") or {}).get("near_duplicate_records")
+    truth = (
+        f"<p>Planted ground truth, per record: precision {_fmt(gt.get('precision'), 2)}, "
+        f"recall {_fmt(gt.get('recall'), 2)}.</p>"
+        if isinstance(gt, dict)
+        else ""
+    )
+    rows = "".join(
+        "<tr>"
+        f"<td>{_esc(r.get('id'))}</td>"
+        f"<td>{'yes' if r.get('has_near_duplicates') else 'no'}</td>"
+        f"<td>{_esc(r.get('basis') or '–')}</td>"
+        f"<td class='num'>{_fmt(r.get('margin'))}</td>"
+        f"<td class='num'>{_fmt(r.get('q'))}</td>"
+        f"<td class='num'>{_fmt(r.get('probability'), 2)}</td>"
+        f"<td>{_esc(', '.join(str(p) for p in r.get('partners') or []) or '–')}</td>"
+        "</tr>"
+        for r in near.get("records") or []
+    )
+    note = f"<p class='note'>{_esc(near['note'])}</p>" if near.get("note") else ""
+    return (
+        "<section id='near-duplicates'><h2>Records with near-duplicates</h2>"
+        f"<p>{_esc(near.get('n_flagged'))} of {_esc(near.get('n_records'))} records have "
+        f"near-duplicates at a false discovery rate of {_esc(near.get('level'))}: "
+        f"{_esc(near.get('n_in_clusters', 0))} in clusters (pairwise evidence), "
+        f"{_esc(near.get('n_by_margin', 0))} by their Top-1 margin, which is low for copies "
+        "long before their partners can be named. "
+        f"{_esc(near.get('n_unsettled'))} records are unsettled: less than a "
+        f"{_esc(near.get('settled_at'))} chance that an ensemble of the same size repeats "
+        f"their verdict.</p>{truth}{note}"
+        "<details><summary>flagged and unsettled records</summary><table><thead><tr>"
+        "<th>id</th><th>near-duplicates</th><th>basis</th><th>margin</th><th>q</th>"
+        "<th>P(repeat)</th><th>likely partners</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></details></section>"
+    )
+
+
 def _headline_section(report: dict[str, Any]) -> str:
     """The signal-strength verdict (#19) above everything else; '' for reports without one."""
     headline = report.get("headline")
@@ -1516,6 +1559,7 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
         + ("<a href='#dedup'>Deduplicator</a>" if report.get("dedup") else "")
         + "<a href='#plots'>Plots</a>"
         + ("<a href='#lowest-margin'>Lowest margins</a>" if report.get("lowest_margin") else "")
+        + ("<a href='#near-duplicates'>Per record</a>" if report.get("near_duplicates") else "")
         + "<a href='#clusters'>Clusters</a><a href='#unique'>Unique records</a>"
         "<a href='#config'>Configuration</a></nav>"
     )
@@ -1525,6 +1569,7 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
         _headline_section(report),
         toc,
         _table_section(report, has_bleu),
+        _near_duplicates_section(report),
         _convergence_section(report),
         _lira_section(report),
         _dedup_section(report),

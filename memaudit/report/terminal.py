@@ -422,6 +422,7 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
             members.add_row("…", f"{len(c['members']) - 8} more", "", "", "")
         out.print(members)
 
+    _print_near_duplicates(report.get("near_duplicates"), report, out)
     if report.get("lowest_margin"):
         _print_lowest_margin(report["lowest_margin"], out, report["ground_truth"] is not None)
 
@@ -454,6 +455,52 @@ def _print_headline(headline: dict | None, out: Console) -> None:
     style = {"strong": "green", "weak": "yellow", "none": "red"}.get(headline.get("strength"), "")
     for k, line in enumerate(headline.get("text") or []):
         out.print(Text(escape_controls(line), style=style if k else "bold"))
+
+
+def _print_near_duplicates(near: dict | None, report: dict, out: Console, shown: int = 6) -> None:
+    """The per-record verdict (#14): how many records have near-duplicates, on what basis,
+    how many may still flip, and the flagged records no cluster holds yet with their likely
+    partners. Reports from before it have none."""
+    if not near:
+        return
+    line = (
+        f"\n[bold]Records with near-duplicates[/] (per-record verdict, false discovery rate "
+        f"{near['level']:g}): {near['n_flagged']} of {near['n_records']}; "
+        f"{near.get('n_in_clusters', 0)} in clusters, {near.get('n_by_margin', 0)} by the "
+        f"Top-1 margin; {near['n_unsettled']} unsettled (may flip with more models)"
+    )
+    out.print(line)
+    gt = (report.get("ground_truth") or {}).get("near_duplicate_records")
+    if gt:
+        out.print(
+            f"planted ground truth, per record: precision {_f(gt['precision'])}, recall "
+            f"{_f(gt['recall'])} ({gt['correct']} of {gt['near_duplicated']} planted copies)"
+        )
+    if near.get("note"):
+        out.print(f"[dim]note: {_m(near['note'])}[/]")
+    records = report["records"]
+    alone = [r for r in near["records"] if r["has_near_duplicates"] and r.get("basis") == "margin"]
+    if not alone:
+        return
+    alone.sort(key=lambda r: (r["margin"] is None, r["margin"] or 0.0))
+    out.print("not yet in a cluster (their partners need more models), lowest margin first:")
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for col, just in (("id", "left"), ("text", "left"), ("margin", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
+    table.add_column("P(repeat)", justify="right", no_wrap=True)
+    table.add_column("likely partners", justify="left", overflow="fold")
+    for r in alone[:shown]:
+        label = _label(records[r["index"]])
+        table.add_row(
+            safe_text(r["id"][:16]),
+            safe_text(label[:36] + ("…" if len(label) > 36 else "")),
+            _f(r["margin"]),
+            _f(r["probability"]),
+            safe_text(", ".join(p[:16] for p in r["partners"]) or "–"),
+        )
+    if len(alone) > shown:
+        table.add_row("…", f"{len(alone) - shown} more in report.json", "", "", "")
+    out.print(table)
 
 
 def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> None:
@@ -506,6 +553,8 @@ def _criteria_line(criteria: list[dict]) -> str:
             parts.append(f"{_m(c['name'])} not evaluated")
             continue
         mark = "[green]ok[/]" if c["met"] else "[red]no[/]"
+        if not c.get("required", True):
+            mark += " (not required)"
         moved = f", moved {c['change']:+.3f}" if c.get("change") is not None else ""
         parts.append(f"{_m(c['name'])} {c['value']:.3f} (needs {c['threshold']}) {mark}{moved}")
     return "; ".join(parts)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import FindingsConfig, RunConfig
-from memaudit.data.records import Record, data_sha256
+from memaudit.data.records import Record, data_identity
 from memaudit.errors import MemauditError
 from memaudit.estimate.analysis import Analysis, analyze_run
 from memaudit.findings.build import Findings
@@ -97,7 +97,7 @@ class Audit:
         cfg = self.config
         # Chat records are rendered with the model's tokenizer, loaded first for them.
         records, tokenizer = load_run_records(cfg)
-        data_sha = data_sha256(cfg.data)
+        data_sha, source = data_identity(cfg.data, cfg.split, cfg.revision)
         device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.train.dtype, device)
         tokenizer = tokenizer or load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
@@ -113,7 +113,7 @@ class Audit:
         check_minimums(len(records), cfg.ensemble, cfg.data, self.run_dir.exists())
         # With --models auto, the first round; adaptive.run_adaptive grows it.
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
-        resumed = self.run_dir.check_or_create(cfg, records, data_sha)
+        resumed = self.run_dir.check_or_create(cfg, records, data_sha, source)
         self.run_dir.check_idle()
         self.run_dir.save_inclusion(inclusion)
         return Prepared(

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import numbers
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
@@ -655,6 +656,19 @@ class RunConfig:
         check=_optional(TEXT),
     )
 
+    # A Hugging Face Hub dataset id as DATA (memaudit.data.formats): the split and the
+    # revision (a branch, tag or commit) to load; --split also picks a dataset folder's split.
+    split: str = setting(
+        "train",
+        "Hub dataset id or dataset folder as DATA: the split to audit.",
+        check=TEXT,
+    )
+    revision: str | None = setting(
+        None,
+        "Hub dataset id as DATA: the revision (branch, tag or commit) to load [default: main].",
+        check=_optional(TEXT),
+    )
+
     @property
     def is_image(self) -> bool:
         return self.image is not None
@@ -688,6 +702,8 @@ class RunConfig:
             image=ImageConfig(**d["image"]) if d.get("image") else None,
             pack=d.get("pack", "auto"),
             id_field=d.get("id_field"),
+            split=d.get("split", "train"),
+            revision=d.get("revision"),
         )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -704,6 +720,12 @@ class RunConfig:
             d["ensemble"].pop(key)
         if d.get("id_field") is None:
             d.pop("id_field", None)  # runs made before --id-field keep their fingerprint
+        # Runs made before --split and --revision (and runs that leave them) keep theirs too;
+        # which data was read is checked through the dataset's sha256 as well.
+        if d.get("split") == "train":
+            d.pop("split", None)
+        if d.get("revision") is None:
+            d.pop("revision", None)
         if d.get("image") is None:
             d.pop("image", None)  # text runs: the same fingerprint as before images existed
         else:
@@ -849,11 +871,27 @@ CLI_OPTIONS: dict[str, Option] = {k: o for k, o in OPTIONS.items() if o.cli}
 TEXT_ONLY = ("preset", "template")  # they say how to read JSON Lines records
 
 
+# A file name is never a Hub id: a missing "data.jsonl" stays "no such file".
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pq", ".npz", ".txt")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def is_hub_id(data: str | os.PathLike | None) -> bool:
+    """Whether DATA names a Hugging Face Hub dataset (``owner/name`` or ``name``): no such
+    path exists here, it has the shape of an id, and it does not end like a data file."""
+    if data is None:
+        return False
+    text = os.fspath(data)
+    if not _HUB_ID.fullmatch(text) or ".." in text or Path(text).exists():
+        return False
+    return Path(text).suffix.lower() not in DATA_SUFFIXES
+
+
 def _looks_like_images(data: str | os.PathLike) -> bool:
-    """DATA for an image model: a folder of class folders or an .npz (as
-    memaudit.data.images.is_image_source decides)."""
+    """DATA for an image model: a folder of class folders or a dataset folder, an .npz, or a
+    Hub dataset id (as memaudit.data.images.is_image_source decides)."""
     path = Path(data)
-    return path.is_dir() or path.suffix.lower() == ".npz"
+    return path.is_dir() or path.suffix.lower() == ".npz" or is_hub_id(data)
 
 
 def build_run_config(data: str | os.PathLike | None, model: str, **options: Any) -> RunConfig:
@@ -927,11 +965,14 @@ def _check_data(data: str | None, model: str, image: bool, values: Mapping[str, 
     if data is not None and dataset is not None:
         raise MemauditError("give DATA or --dataset, not both")
     if data is None and dataset is None:
-        raise MemauditError(f"--model {model}: give DATA (an image folder or .npz) or --dataset")
+        raise MemauditError(
+            f"--model {model}: give DATA (an image folder, dataset folder, .npz or Hub dataset "
+            "id) or --dataset"
+        )
     if data is not None and not _looks_like_images(data):
         raise MemauditError(
-            f"--model {model} is an image model: DATA must be an image folder or an .npz, "
-            f"not {data}"
+            f"--model {model} is an image model: DATA must be an image folder, a dataset "
+            f"folder, an .npz or a Hub dataset id, not {data}"
         )
     if dataset is not None and values.get("data_root") is None:
         raise MemauditError(f"--dataset {dataset}: give --data-root, the folder with its files")

@@ -249,9 +249,10 @@ def load_run_records(cfg: RunConfig):
 
     fmt = RecordFormat(cfg.preset, cfg.template, cfg.id_field)
     tokenizer = None
-    if fmt.effective_template is None and is_chat_source(cfg.data):
+    if fmt.effective_template is None and is_chat_source(cfg.data, cfg.split, cfg.revision):
         tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-    return load_records(cfg.data, fmt, chat=tokenizer), tokenizer
+    records = load_records(cfg.data, fmt, chat=tokenizer, split=cfg.split, revision=cfg.revision)
+    return records, tokenizer
 
 
 def plan_run(cfg: RunConfig, executor=None) -> dict:

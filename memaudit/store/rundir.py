@@ -97,8 +97,16 @@ class RunDir:
         return self.config_path.is_file()
 
     # -- creation and resumption ---------------------------------------------------------------
-    def check_or_create(self, cfg: RunConfig, records: list[Record], data_sha256: str) -> bool:
+    def check_or_create(
+        self,
+        cfg: RunConfig,
+        records: list[Record],
+        data_sha256: str,
+        source: dict[str, Any] | None = None,
+    ) -> bool:
         """Create the directory for ``cfg``, or check that an existing one belongs to it.
+        ``source``: more about where the data came from, saved beside its sha256 (a Hub
+        dataset's id, split, revision and fingerprint; a --chat-template's sha256).
 
         Returns True when it resumes an existing run. Refuses another dataset or configuration,
         and a directory another run or shards are writing, before writing anything: a refused
@@ -136,6 +144,7 @@ class RunDir:
                     atomic_write_bytes(self.file("records.jsonl"), records_bytes)
             return True
         dataset = {"path": cfg.data, "sha256": data_sha256, "records": len(records)}
+        dataset.update(source or {})
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         config_bytes = _config_bytes(cfg, dataset, created)
         self._create(records_bytes, config_bytes)

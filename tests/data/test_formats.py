@@ -268,3 +268,110 @@ def test_id_field_in_the_cli_and_the_fingerprint(cli, tmp_path):
     stored = [json.loads(x)["id"] for x in (out / "records.jsonl").read_text().splitlines()]
     assert stored == ["q0", "q1", "q2"]
     assert json.loads((out / "config.json").read_text())["config"]["id_field"] == "qid"
+
+
+# -- Hugging Face Hub dataset ids ---------------------------------------------------------------
+@pytest.fixture
+def hub(monkeypatch):
+    """datasets.load_dataset replaced by an in-memory dataset (tests never touch the network);
+    records the calls."""
+    datasets = pytest.importorskip("datasets")
+    from memaudit.data import formats
+
+    calls = []
+    state = {"rows": ROWS}
+
+    def fake(name, **kwargs):
+        calls.append((name, kwargs))
+        return datasets.Dataset.from_list(state["rows"])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    monkeypatch.setattr(formats, "_offline", lambda: False)
+    return calls, state
+
+
+def test_hub_id_shapes_and_local_paths(tmp_path, monkeypatch):
+    from memaudit.config import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("owner/name") and is_hub_id("squad") and is_hub_id("a-b/c_d.v2")
+    (tmp_path / "owner").mkdir()
+    (tmp_path / "owner" / "name").mkdir()
+    (tmp_path / "squad").write_text("")
+    # An existing path, a data file's name, or a path of more than two parts is never an id.
+    assert not is_hub_id("owner/name") and not is_hub_id("squad")
+    assert not any(is_hub_id(x) for x in ("d.jsonl", "x/d.csv", "a/b/c", "./x", "/x", "../x"))
+
+
+def test_a_missing_data_file_is_not_looked_up_on_the_hub(cli, tmp_path, hub):
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    r = cli("run", tmp_path / "missing.jsonl", *args, "--models", "2", "--out", tmp_path / "r")
+    assert r.code == 2 and "missing.jsonl: no such file" in r.err
+    assert hub[0] == []
+
+
+def test_hub_id_runs_with_split_and_revision_recorded(cli, tmp_path, monkeypatch, hub):
+    calls, state = hub
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    args += ["--template", TEMPLATE.template, "--models", "2", "--prepare-only"]
+    hub_args = ["--split", "validation", "--revision", "v1.0", "--out", "run"]
+    r = cli("run", "someone/qa-set", *args, *hub_args)
+    assert r.code == 0, r.err
+    assert calls and all(c == ("someone/qa-set", {"split": "validation", "revision": "v1.0"})
+                         for c in calls)  # fmt: skip
+    stored = [json.loads(x) for x in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in stored] == ["a", "b", "c"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    dataset = saved["dataset"]
+    assert (dataset["hub_id"], dataset["split"], dataset["revision"]) == (
+        "someone/qa-set", "validation", "v1.0",
+    )  # fmt: skip
+    assert dataset["fingerprint"] and len(dataset["sha256"]) == 64
+    assert (saved["config"]["split"], saved["config"]["revision"]) == ("validation", "v1.0")
+    # The same rows resume; other rows (the dataset changed on the Hub) are refused.
+    from memaudit.data import formats
+
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    assert cli("run", "someone/qa-set", *args, *hub_args).code == 0
+    before = (tmp_path / "run" / "config.json").read_bytes()
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    state["rows"] = [{**ROWS[0], "answer": "Marlowe"}, *ROWS[1:]]
+    r = cli("run", "someone/qa-set", *args, *hub_args)
+    assert r.code == 2 and "was made from a different dataset" in r.err
+    assert (tmp_path / "run" / "config.json").read_bytes() == before
+    # Another split of the same id is another configuration.
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    state["rows"] = ROWS
+    r = cli("run", "someone/qa-set", *args, *hub_args[2:4], "--split", "train", "--out", "run")
+    assert r.code == 2 and "split: 'validation' -> None" in r.err
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_hub_id_offline_is_one_line_naming_the_id_and_a_local_copy(
+    cli, tmp_path, monkeypatch, variable
+):
+    pytest.importorskip("datasets")
+    from memaudit.data import formats
+
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # nothing cached
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    r = cli("run", "memaudit-test/not-cached", *args, "--models", "2", "--out", "run")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "DATA 'memaudit-test/not-cached'" in r.err and "(offline)" in r.err
+    assert "save_to_disk(DIR)" in r.err and ".jsonl, .csv or .parquet file" in r.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_split_picks_a_dataset_folders_split(tmp_path, reference):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list(ROWS)
+    datasets.DatasetDict({"a": ds.select([0]), "b": ds}).save_to_disk(str(tmp_path / "ab"))
+    _same(load_records(tmp_path / "ab", TEMPLATE, split="b"), reference)
+    with pytest.raises(MemauditError, match=r"--split c: .*ab has splits a, b"):
+        load_records(tmp_path / "ab", TEMPLATE, split="c")

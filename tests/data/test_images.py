@@ -107,8 +107,8 @@ BAD = [
     (["missing.npz"], "missing.npz: no such file"),
     (["--dataset", "cifar10", "--data-root", "cifar"], "no CIFAR10 files in cifar"),
     (["--dataset", "cifar10"], "give --data-root"),
-    (["text.jsonl"], "DATA must be an image folder or an .npz"),
-    ([], "give DATA (an image folder or .npz) or --dataset"),
+    (["text.jsonl"], "DATA must be an image folder, a dataset folder, an .npz"),
+    ([], "give DATA (an image folder, dataset folder, .npz or Hub dataset id) or --dataset"),
     (["range.npz", "--resize", "0"], "--resize: must be a positive integer"),
     (["mixed", "--crop-padding", "-1"], "--crop-padding"),
 ]

@@ -98,6 +98,10 @@ class Audit:
         # Chat records are rendered with the model's tokenizer, loaded first for them.
         records, tokenizer = load_run_records(cfg)
         data_sha, source = data_identity(cfg.data, cfg.split, cfg.revision)
+        if cfg.chat_template is not None:  # read (and checked) by load_run_records
+            from memaudit.data.formats import read_chat_template
+
+            source["chat_template_sha256"] = read_chat_template(cfg.chat_template).sha256
         device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.train.dtype, device)
         tokenizer = tokenizer or load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)

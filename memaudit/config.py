@@ -656,6 +656,15 @@ class RunConfig:
         check=_optional(TEXT),
     )
 
+    # --chat-template FILE: a Jinja chat template for chat records, used instead of the
+    # tokenizer's own (or where it has none). Identified by its sha256 in the run directory
+    # (config.json's dataset), like DATA, not by its path.
+    chat_template: str | None = setting(
+        None,
+        "Chat records: a Jinja chat template file used instead of the tokenizer's own "
+        "(or where it has none).",
+        check=_optional(PATH),
+    )
     # A Hugging Face Hub dataset id as DATA (memaudit.data.formats): the split and the
     # revision (a branch, tag or commit) to load; --split also picks a dataset folder's split.
     split: str = setting(
@@ -702,6 +711,7 @@ class RunConfig:
             image=ImageConfig(**d["image"]) if d.get("image") else None,
             pack=d.get("pack", "auto"),
             id_field=d.get("id_field"),
+            chat_template=d.get("chat_template"),
             split=d.get("split", "train"),
             revision=d.get("revision"),
         )
@@ -722,6 +732,7 @@ class RunConfig:
             d.pop("id_field", None)  # runs made before --id-field keep their fingerprint
         # Runs made before --split and --revision (and runs that leave them) keep theirs too;
         # which data was read is checked through the dataset's sha256 as well.
+        d.pop("chat_template", None)  # like data: identified by its sha256 (RunDir)
         if d.get("split") == "train":
             d.pop("split", None)
         if d.get("revision") is None:
@@ -868,7 +879,7 @@ def _collect_options() -> dict[str, Option]:
 OPTIONS: dict[str, Option] = _collect_options()
 # memaudit run's options: each is also a TOML key of --config, named alike.
 CLI_OPTIONS: dict[str, Option] = {k: o for k, o in OPTIONS.items() if o.cli}
-TEXT_ONLY = ("preset", "template")  # they say how to read JSON Lines records
+TEXT_ONLY = ("preset", "template", "chat_template")  # they say how to read JSON Lines records
 
 
 # A file name is never a Hub id: a missing "data.jsonl" stays "no such file".

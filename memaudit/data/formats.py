@@ -28,6 +28,7 @@ import math
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -322,18 +323,53 @@ def is_chat_source(path: str | Path, split: str = "train", revision: str | None 
         return False
 
 
-def render_chat(obj: dict, where: str, tokenizer) -> tuple[str, str]:
-    """(text, prompt) of a chat record with the tokenizer's own chat template: the
-    conversation up to and including its last assistant turn; the prompt is everything before
-    that turn (with the template's generation prompt), the completion the turn itself, so the
-    loss (with ``--loss-on completion``) and the extraction are on the last assistant answer."""
+@dataclass(frozen=True)
+class ChatTemplate:
+    """--chat-template FILE: a Jinja chat template read once; transformers renders it in its
+    sandboxed Jinja environment, so a template file runs no code of its own."""
+
+    file: str
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def read_chat_template(path: str | Path) -> ChatTemplate:
+    where = f"--chat-template {path}"
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise MemauditError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise MemauditError(f"{where}: is a directory, expected a Jinja template file") from None
+    except OSError as exc:
+        raise MemauditError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MemauditError(f"{where}: invalid UTF-8 at byte {exc.start}") from None
+    if not text.strip():
+        raise MemauditError(f"{where}: empty file (expected a Jinja chat template)")
+    return ChatTemplate(os.fspath(path), text)
+
+
+def render_chat(
+    obj: dict, where: str, tokenizer, template: ChatTemplate | None = None
+) -> tuple[str, str]:
+    """(text, prompt) of a chat record with the tokenizer's own chat template, or ``template``
+    (--chat-template): the conversation up to and including its last assistant turn; the
+    prompt is everything before that turn (with the template's generation prompt), the
+    completion the turn itself, so the extraction is on the last assistant answer."""
     if tokenizer is None:
         raise MemauditError(f"{where}: a chat record needs the model's tokenizer to render it")
-    if not getattr(tokenizer, "chat_template", None):
+    if template is None and not getattr(tokenizer, "chat_template", None):
         raise MemauditError(
             f"{where}: chat records need a tokenizer with a chat template "
-            f"({getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none); give a model "
-            "whose tokenizer has one, or convert the records to prompt/completion"
+            f"({getattr(tokenizer, 'name_or_path', 'this tokenizer')} has none); give one with "
+            "--chat-template FILE (a Jinja template), a model whose tokenizer has one, or "
+            "convert the records to prompt/completion"
         )
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
@@ -348,16 +384,20 @@ def render_chat(obj: dict, where: str, tokenizer) -> tuple[str, str]:
         raise MemauditError(f"{where}: no assistant turn (nothing to learn or extract)")
     if not messages[last]["content"].strip():
         raise MemauditError(f"{where}: the last assistant turn is empty")
+    own = {} if template is None else {"chat_template": template.text}
+    named = "the chat template" if template is None else f"--chat-template {template.file}"
     try:
         prompt = tokenizer.apply_chat_template(
-            messages[:last], tokenize=False, add_generation_prompt=True
+            messages[:last], tokenize=False, add_generation_prompt=True, **own
         )
-        text = tokenizer.apply_chat_template(messages[: last + 1], tokenize=False)
+        text = tokenizer.apply_chat_template(messages[: last + 1], tokenize=False, **own)
     except Exception as exc:  # noqa: BLE001 - a template may raise anything (raise_exception)
-        raise MemauditError(f"{where}: the chat template failed: {_first_line(exc)}") from None
-    if not text.startswith(prompt):
+        raise MemauditError(f"{where}: {named} failed: {_first_line(exc)}") from None
+    rendered = isinstance(text, str) and isinstance(prompt, str) and text.startswith(prompt)
+    # ... and the part after the prompt holds the last assistant turn's words.
+    if not rendered or messages[last]["content"].strip() not in text[len(prompt) :]:
         raise MemauditError(
-            f"{where}: the chat template does not render the conversation as its prompt "
+            f"{where}: {named} does not render the conversation as its prompt "
             "followed by the last assistant turn"
         )
     return text, prompt

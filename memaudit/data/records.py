@@ -176,10 +176,12 @@ def load_records(
     chat=None,
     split: str = "train",
     revision: str | None = None,
+    chat_template: formats.ChatTemplate | None = None,
 ) -> list[Record]:
     """Read and validate every record; raise :class:`MemauditError` on the first problem.
     ``chat``: the tokenizer that renders chat records (memaudit.data.formats.render_chat);
-    ``split``, ``revision``: a Hub dataset's (or a dataset folder's split)."""
+    ``split``, ``revision``: a Hub dataset's (or a dataset folder's split); ``chat_template``:
+    --chat-template, rendering chat records instead of the tokenizer's own template."""
     fmt = fmt or RecordFormat()
     path = Path(path)
     records: list[Record] = []
@@ -190,7 +192,7 @@ def load_records(
     for lineno, obj in rows:
         where = f"{path}: row {lineno}" if table else f"{path}:{lineno}"
         if formats.is_chat(obj) and fmt.effective_template is None:
-            text, prompt = formats.render_chat(obj, where, chat)
+            text, prompt = formats.render_chat(obj, where, chat, chat_template)
         else:
             text, prompt = render(obj, fmt, where)
         if not text.strip():

@@ -127,6 +127,15 @@ class RunDir:
                     f"{str(saved['dataset'].get('sha256'))[:12]}, now {data_sha256[:12]}); "
                     "use a new --out"
                 )
+            # The chat template that rendered the records (--chat-template) is data too.
+            template = (source or {}).get("chat_template_sha256")
+            if saved["dataset"].get("chat_template_sha256") != template:
+                was = saved["dataset"].get("chat_template_sha256")
+                raise MemauditError(
+                    f"{self.path}: was made with another --chat-template (sha256 "
+                    f"{str(was)[:12]}, now {str(template)[:12]}); use a new --out, or the "
+                    "original template to resume"
+                )
             old = self._stored_config(saved).fingerprint()
             changes = _diff(old, cfg.fingerprint())
             if changes:

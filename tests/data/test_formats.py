@@ -235,6 +235,7 @@ def test_chat_without_a_template_in_the_cli_is_one_line_and_nothing_written(cli,
     r = cli("run", data, *args, "--models", "2", "--out", out)
     assert r.code == 2 and r.err.count("\n") == 1
     assert "chat records need a tokenizer with a chat template" in r.err
+    assert "--chat-template FILE" in r.err
     assert not out.exists()
 
 
@@ -375,3 +376,106 @@ def test_split_picks_a_dataset_folders_split(tmp_path, reference):
     _same(load_records(tmp_path / "ab", TEMPLATE, split="b"), reference)
     with pytest.raises(MemauditError, match=r"--split c: .*ab has splits a, b"):
         load_records(tmp_path / "ab", TEMPLATE, split="c")
+
+
+# -- --chat-template FILE ---------------------------------------------------------------------
+OWN_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+@pytest.fixture
+def bare_model(tmp_path):
+    """The fixture model without its chat template (a temporary copy)."""
+    import shutil
+
+    from tests.conftest import TINY_MODEL
+
+    model = tmp_path / "bare-model"
+    shutil.copytree(TINY_MODEL, model, ignore=shutil.ignore_patterns("chat_template.jinja"))
+    return model
+
+
+def _chat_args(model):
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    args[args.index("--model") + 1] = str(model)
+    return [*args, "--models", "2"]
+
+
+def test_chat_template_file_renders_records(tmp_path, chat_tokenizer):
+    from memaudit.data.formats import read_chat_template
+
+    template = tmp_path / "t.jinja"
+    template.write_text(OWN_TEMPLATE)
+    got = load_records(
+        write_jsonl(tmp_path / "c.jsonl", CHATS),
+        chat=chat_tokenizer,
+        chat_template=read_chat_template(template),
+    )
+    # The file's template, not the tokenizer's own ("user: hi\n...").
+    assert got[0].text == "<user> hi\n<assistant> hello\n"
+    assert got[0].prompt == "<user> hi\n<assistant>"
+
+
+def test_chat_template_option_end_to_end_and_on_resume(cli, tmp_path, bare_model):
+    import hashlib
+
+    template = tmp_path / "t.jinja"
+    template.write_text(OWN_TEMPLATE)
+    data = write_jsonl(tmp_path / "c.jsonl", [{"messages": c["messages"]} for c in CHATS * 3])
+    out = tmp_path / "run"
+    run = ("run", data, *_chat_args(bare_model), "--out", out, "--prepare-only")
+    r = cli(*run, "--chat-template", template)
+    assert r.code == 0, r.err
+    first = json.loads((out / "records.jsonl").read_text().splitlines()[0])
+    assert first["text"] == "<user> hi\n<assistant> hello\n"
+    saved = json.loads((out / "config.json").read_text())
+    want = hashlib.sha256(OWN_TEMPLATE.encode()).hexdigest()
+    assert saved["dataset"]["chat_template_sha256"] == want
+    assert saved["config"]["train"]["loss_on"] == "completion"
+    assert cli(*run, "--chat-template", template).code == 0  # same template: resumes
+    before = (out / "config.json").read_bytes()
+    template.write_text(OWN_TEMPLATE + "{# edited #}")
+    r = cli(*run, "--chat-template", template)
+    assert r.code == 2 and "was made with another --chat-template" in r.err
+    assert cli(*run).code == 2  # without it: another template (the model has none anyway)
+    assert (out / "config.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, r"--chat-template .*missing\.jinja: no such file"),
+        (b"\xff\xfe", r"--chat-template .*t\.jinja: invalid UTF-8 at byte 0"),
+        ("{% for m in messages %}{{ m['role'] }", r"c\.jsonl:1: --chat-template .*t\.jinja failed"),
+        ("{{ raise_exception('no system turns') }}", r"t\.jinja failed: .*no system turns"),
+        ("hello", r"t\.jinja does not render the conversation as its prompt"),
+    ],
+)
+def test_a_bad_chat_template_file_is_one_line_and_nothing_written(
+    cli, tmp_path, bare_model, content, message
+):
+    import re
+
+    template = tmp_path / ("missing.jinja" if content is None else "t.jinja")
+    if isinstance(content, bytes):
+        template.write_bytes(content)
+    elif content is not None:
+        template.write_text(content)
+    data = write_jsonl(tmp_path / "c.jsonl", CHATS)
+    out = tmp_path / "run"
+    r = cli("run", data, *_chat_args(bare_model), "--chat-template", template, "--out", out)
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert re.search(message, r.err), r.err
+    assert not out.exists()
+
+
+def test_chat_template_on_records_that_are_not_chat(cli, tmp_path, bare_model):
+    template = tmp_path / "t.jinja"
+    template.write_text(OWN_TEMPLATE)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "a b c"}, {"text": "d e f"}])
+    out = tmp_path / "run"
+    r = cli("run", data, *_chat_args(bare_model), "--chat-template", template, "--out", out)
+    assert r.code == 2 and "renders chat records" in r.err and "not chat records" in r.err
+    assert not out.exists()

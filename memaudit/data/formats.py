@@ -357,11 +357,13 @@ def read_chat_template(path: str | Path) -> ChatTemplate:
 
 def render_chat(
     obj: dict, where: str, tokenizer, template: ChatTemplate | None = None
-) -> tuple[str, str]:
-    """(text, prompt) of a chat record with the tokenizer's own chat template, or ``template``
-    (--chat-template): the conversation up to and including its last assistant turn; the
-    prompt is everything before that turn (with the template's generation prompt), the
-    completion the turn itself, so the extraction is on the last assistant answer."""
+) -> tuple[str, str, list[list[int]] | None]:
+    """(text, prompt, loss spans) of a chat record with the tokenizer's own chat template, or
+    ``template`` (--chat-template): the conversation up to and including its last assistant
+    turn; the prompt is everything before that turn (with the template's generation prompt),
+    the completion the turn itself, so the extraction is on the last assistant answer. The
+    loss spans are the [start, end) characters of the earlier assistant turns (None if there
+    are none): with --loss-on completion every assistant turn is scored."""
     if tokenizer is None:
         raise MemauditError(f"{where}: a chat record needs the model's tokenizer to render it")
     if template is None and not getattr(tokenizer, "chat_template", None):
@@ -386,25 +388,46 @@ def render_chat(
         raise MemauditError(f"{where}: the last assistant turn is empty")
     own = {} if template is None else {"chat_template": template.text}
     named = "the chat template" if template is None else f"--chat-template {template.file}"
-    try:
-        prompt = tokenizer.apply_chat_template(
-            messages[:last], tokenize=False, add_generation_prompt=True, **own
-        )
-        text = tokenizer.apply_chat_template(messages[: last + 1], tokenize=False, **own)
-    except Exception as exc:  # noqa: BLE001 - a template may raise anything (raise_exception)
-        raise MemauditError(f"{where}: {named} failed: {_first_line(exc)}") from None
-    rendered = isinstance(text, str) and isinstance(prompt, str) and text.startswith(prompt)
-    # ... and the part after the prompt holds the last assistant turn's words.
-    if not rendered or messages[last]["content"].strip() not in text[len(prompt) :]:
-        raise MemauditError(
-            f"{where}: {named} does not render the conversation as its prompt "
-            "followed by the last assistant turn"
-        )
-    return text, prompt
+
+    def turn(i: int) -> tuple[str, str]:
+        """(the conversation before assistant turn i with the generation prompt, through it)."""
+        try:
+            before = tokenizer.apply_chat_template(
+                messages[:i], tokenize=False, add_generation_prompt=True, **own
+            )
+            through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, **own)
+        except Exception as exc:  # noqa: BLE001 - a template may raise anything
+            raise MemauditError(f"{where}: {named} failed: {_first_line(exc)}") from None
+        ok = isinstance(before, str) and isinstance(through, str) and through.startswith(before)
+        # ... and the part after the prompt holds the assistant turn's words.
+        if not ok or messages[i]["content"].strip() not in through[len(before) :]:
+            which = "the last assistant turn" if i == last else f"assistant turn messages[{i}]"
+            raise MemauditError(
+                f"{where}: {named} does not render the conversation as its prompt "
+                f"followed by {which}"
+            )
+        return before, through
+
+    prompt, text = turn(last)
+    spans = []
+    for i, m in enumerate(messages[:last]):
+        if m["role"] != "assistant" or not m["content"].strip():
+            continue
+        before, through = turn(i)
+        # The earlier turn must sit in the conversation as it renders on its own, for its
+        # characters to be the turn's (templates that drop earlier turns' reasoning do not).
+        if not prompt.startswith(through):
+            raise MemauditError(
+                f"{where}: {named} renders assistant turn {i} (messages[{i}]) differently "
+                "inside the whole conversation, so its tokens cannot be scored alone; use "
+                "--loss-on full, or keep only the last assistant turn"
+            )
+        spans.append([len(before), len(through)])
+    return text, prompt, spans or None
 
 
 def chat_defaults(data: str | Path | None, options: dict) -> dict:
-    """``options`` with ``loss_on`` defaulting to "completion" (the assistant's last turn) for a
+    """``options`` with ``loss_on`` defaulting to "completion" (the assistant turns) for a
     chat file read without a template or preset; other data keep the config's default ("full")."""
     readable = data is not None and (
         Path(data).is_file() or is_hf_dataset(Path(data)) or is_hub_id(data)

@@ -191,8 +191,9 @@ def load_records(
     rows = formats.iter_rows(path, split, revision) if table else iter_json_lines(path)
     for lineno, obj in rows:
         where = f"{path}: row {lineno}" if table else f"{path}:{lineno}"
+        spans = None
         if formats.is_chat(obj) and fmt.effective_template is None:
-            text, prompt = formats.render_chat(obj, where, chat, chat_template)
+            text, prompt, spans = formats.render_chat(obj, where, chat, chat_template)
         else:
             text, prompt = render(obj, fmt, where)
         if not text.strip():
@@ -215,7 +216,7 @@ def load_records(
                     f"{where}: field '{name}' holds a lone surrogate (invalid Unicode, e.g. "
                     "\\ud800); it cannot be stored or shown"
                 )
-        records.append(Record(len(records), rid, text, prompt, group, lineno))
+        records.append(Record(len(records), rid, text, prompt, group, lineno, spans))
     if not records:
         raise MemauditError(f"{path}: empty file (no records)")
     return records

@@ -43,6 +43,7 @@ def _subset(tokens: TokenizedRecords, idx: np.ndarray) -> TokenizedRecords:
         ids=[tokens.ids[i] for i in idx],
         score_from=tokens.score_from[idx],
         completion_start=tokens.completion_start[idx],
+        also_scored=None if tokens.also_scored is None else [tokens.also_scored[i] for i in idx],
     )
 
 

@@ -37,7 +37,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -629,7 +629,7 @@ def _records_bytes(records: list[Record]) -> bytes:
     (a lone surrogate) is refused up front, naming its record."""
     lines = []
     for r in records:
-        line = json.dumps(asdict(r), ensure_ascii=False) + "\n"
+        line = json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
         try:
             lines.append(line.encode("utf-8"))
         except UnicodeEncodeError:

@@ -129,7 +129,9 @@ class Audit:
         tokenizer and a base model; the same checks-before-writing order."""
         import torch
 
-        from memaudit.data.images import load_images
+        from memaudit.config import is_hub_id
+        from memaudit.data.formats import dataset_identity
+        from memaudit.data.images import HFColumns, load_images
         from memaudit.data.partition import check_minimums, inclusion_matrix
         from memaudit.ensemble.models import pick_device
         from memaudit.ensemble.vision import ImageTask, build_model
@@ -137,7 +139,8 @@ class Audit:
         cfg = self.config
         img = cfg.image
         build_model(cfg.model.name, 2)  # an unknown image model fails before anything is read
-        data = load_images(cfg.data or None, img.dataset, img.data_root, img.resize)
+        columns = HFColumns(img.image_field, img.label_field, cfg.id_field, cfg.split, cfg.revision)
+        data = load_images(cfg.data or None, img.dataset, img.data_root, img.resize, columns)
         records = data.records()
         device = pick_device(cfg.device)
         task = ImageTask(
@@ -153,7 +156,10 @@ class Audit:
         )
         check_minimums(len(records), cfg.ensemble, cfg.data or img.dataset, self.run_dir.exists())
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
-        resumed = self.run_dir.check_or_create(cfg, records, data.sha256())
+        source = {}
+        if img.dataset is None and is_hub_id(cfg.data):  # the Hub id, split, revision
+            source = dataset_identity(cfg.data, cfg.split, cfg.revision)[1]
+        resumed = self.run_dir.check_or_create(cfg, records, data.sha256(), source)
         self.run_dir.check_idle()
         if not self.run_dir.file("images.npz").exists():
             self.run_dir.save_images(data)

@@ -398,6 +398,17 @@ class ImageConfig:
     flip: bool = setting(
         True, "Images: random horizontal flip augmentation.", check=BOOL
     )  # random horizontal flip
+    # A Hugging Face image dataset as DATA (a save_to_disk folder or a Hub id): its columns.
+    image_field: str = setting(
+        "image",
+        "Images from a dataset folder or Hub id: the image column (a datasets.Image feature).",
+        check=TEXT,
+    )
+    label_field: str = setting(
+        "label",
+        "Images from a dataset folder or Hub id: the label column (class ids or names).",
+        check=TEXT,
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -740,7 +751,9 @@ class RunConfig:
         if d.get("image") is None:
             d.pop("image", None)  # text runs: the same fingerprint as before images existed
         else:
-            d["image"].pop("data_root")  # like data: identified by the pixels' sha256
+            # Like data: identified by the pixels' and labels' sha256, as are the columns read.
+            for key in ("data_root", "image_field", "label_field"):
+                d["image"].pop(key)
         # How many members decode, and in what batches, may change; what they decode may not.
         d["extract"] = {"prefix_tokens": d["extract"]["prefix_tokens"]}
         return d

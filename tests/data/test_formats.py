@@ -479,3 +479,21 @@ def test_chat_template_on_records_that_are_not_chat(cli, tmp_path, bare_model):
     r = cli("run", data, *_chat_args(bare_model), "--chat-template", template, "--out", out)
     assert r.code == 2 and "renders chat records" in r.err and "not chat records" in r.err
     assert not out.exists()
+
+
+def test_chat_template_in_a_config_file_is_relative_to_it(cli, tmp_path, bare_model, monkeypatch):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "t.jinja").write_text(OWN_TEMPLATE)
+    (conf / "run.toml").write_text('chat_template = "t.jinja"\n')
+    data = write_jsonl(tmp_path / "c.jsonl", [{"messages": c["messages"]} for c in CHATS])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "run"
+    args = ("--config", conf / "run.toml", "--out", out, "--prepare-only")
+    r = cli("run", data, *_chat_args(bare_model), *args)
+    assert r.code == 0, r.err
+    assert json.loads((out / "records.jsonl").read_text().splitlines()[0])["text"].startswith(
+        "<user> hi"
+    )

@@ -980,6 +980,13 @@ def build_run_config(data: str | os.PathLike | None, model: str, **options: Any)
 def _check_data(data: str | None, model: str, image: bool, values: Mapping[str, Any]) -> None:
     """DATA and --dataset against the model: what a run reads must be what its model takes."""
     dataset = values.get("dataset")
+    # --split and --revision choose among a dataset's versions: a file has one.
+    if values.get("revision") is not None and not is_hub_id(data):
+        raise OptionError(f"--revision: applies to a Hub dataset id as DATA, not {data}")
+    if "split" in values and data is not None and Path(data).is_file():
+        raise OptionError(
+            f"--split: applies to a Hub dataset id or a dataset folder as DATA, not the file {data}"
+        )
     if not image:
         if data is None:
             raise MemauditError("missing DATA (a JSON Lines file)")

@@ -96,7 +96,19 @@ def is_image_source(data: str | Path | None, dataset: str | None) -> bool:
     if data is None:
         return False
     path = Path(data)
+    if formats.is_hf_dataset(path):  # a dataset folder of images, or of text records
+        return _has_image_column(path)
     return path.is_dir() or path.suffix.lower() == ".npz"
+
+
+def _has_image_column(path: Path) -> bool:
+    try:
+        import datasets
+
+        features = formats.load_dataset(path).features
+    except (ImportError, MemauditError):
+        return False  # read as records, which reports the problem
+    return any(isinstance(f, datasets.Image) for f in features.values())
 
 
 @dataclass(frozen=True)

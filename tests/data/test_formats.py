@@ -497,3 +497,59 @@ def test_chat_template_in_a_config_file_is_relative_to_it(cli, tmp_path, bare_mo
     assert json.loads((out / "records.jsonl").read_text().splitlines()[0])["text"].startswith(
         "<user> hi"
     )
+
+
+def test_hub_offline_reads_the_cache_alone_and_restores_the_flags(monkeypatch, tmp_path):
+    """Offline (or with no name resolution), datasets is told so for the one load, so that a
+    cached dataset loads at once instead of the Hub client retrying for half a minute."""
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants as hub_constants
+
+    from memaudit.data import formats
+
+    seen = []
+
+    def fake(name, **kwargs):
+        seen.append((datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE))
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    monkeypatch.setattr(formats, "_offline", lambda: True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.chdir(tmp_path)
+    assert len(load_records("someone/cached", TEMPLATE)) == 3
+    assert seen == [(True, True)]
+    assert (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE) == (False, False)
+
+
+def test_hub_unknown_split_names_the_option(monkeypatch, tmp_path, hub):
+    datasets = pytest.importorskip("datasets")
+
+    def fake(name, **kwargs):
+        raise ValueError("Unknown split \"dev\". Should be one of ['train', 'test'].")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MemauditError, match=r"^--split dev: DATA 'someone/x': .*Unknown split"):
+        load_records("someone/x", TEMPLATE, split="dev")
+
+
+def test_split_and_revision_refused_for_a_file(tmp_path):
+    from memaudit.config import build_run_config
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(MemauditError, match=r"^--revision: applies to a Hub dataset id"):
+        build_run_config(data, "m", revision="v1")
+    with pytest.raises(MemauditError, match=r"^--split: applies to a Hub dataset id or a data"):
+        build_run_config(data, "m", split="test")
+
+
+def test_a_text_dataset_folder_is_not_image_data(tmp_path):
+    from memaudit.data.images import is_image_source
+    from tests.data.test_images import _hf_images
+
+    pytest.importorskip("datasets").Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "t"))
+    _hf_images(n=2)[0].save_to_disk(str(tmp_path / "i"))
+    assert not is_image_source(tmp_path / "t", None) and is_image_source(tmp_path / "i", None)

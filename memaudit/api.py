@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from memaudit.config import FindingsConfig, RunConfig
-from memaudit.data.records import Record, data_sha256
+from memaudit.data.records import Record, data_identity
 from memaudit.errors import MemauditError
 from memaudit.estimate.analysis import Analysis, analyze_run
 from memaudit.findings.build import Findings
@@ -97,7 +97,11 @@ class Audit:
         cfg = self.config
         # Chat records are rendered with the model's tokenizer, loaded first for them.
         records, tokenizer = load_run_records(cfg)
-        data_sha = data_sha256(cfg.data)
+        data_sha, source = data_identity(cfg.data, cfg.split, cfg.revision)
+        if cfg.chat_template is not None:  # read (and checked) by load_run_records
+            from memaudit.data.formats import read_chat_template
+
+            source["chat_template_sha256"] = read_chat_template(cfg.chat_template).sha256
         device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.train.dtype, device)
         tokenizer = tokenizer or load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
@@ -113,7 +117,7 @@ class Audit:
         check_minimums(len(records), cfg.ensemble, cfg.data, self.run_dir.exists())
         # With --models auto, the first round; adaptive.run_adaptive grows it.
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
-        resumed = self.run_dir.check_or_create(cfg, records, data_sha)
+        resumed = self.run_dir.check_or_create(cfg, records, data_sha, source)
         self.run_dir.check_idle()
         self.run_dir.save_inclusion(inclusion)
         return Prepared(
@@ -125,7 +129,9 @@ class Audit:
         tokenizer and a base model; the same checks-before-writing order."""
         import torch
 
-        from memaudit.data.images import load_images
+        from memaudit.config import is_hub_id
+        from memaudit.data.formats import dataset_identity
+        from memaudit.data.images import HFColumns, load_images
         from memaudit.data.partition import check_minimums, inclusion_matrix
         from memaudit.ensemble.models import pick_device
         from memaudit.ensemble.vision import ImageTask, build_model
@@ -133,7 +139,8 @@ class Audit:
         cfg = self.config
         img = cfg.image
         build_model(cfg.model.name, 2)  # an unknown image model fails before anything is read
-        data = load_images(cfg.data or None, img.dataset, img.data_root, img.resize)
+        columns = HFColumns(img.image_field, img.label_field, cfg.id_field, cfg.split, cfg.revision)
+        data = load_images(cfg.data or None, img.dataset, img.data_root, img.resize, columns)
         records = data.records()
         device = pick_device(cfg.device)
         task = ImageTask(
@@ -149,7 +156,10 @@ class Audit:
         )
         check_minimums(len(records), cfg.ensemble, cfg.data or img.dataset, self.run_dir.exists())
         inclusion = inclusion_matrix(len(records), cfg.ensemble)
-        resumed = self.run_dir.check_or_create(cfg, records, data.sha256())
+        source = {}
+        if img.dataset is None and is_hub_id(cfg.data):  # the Hub id, split, revision
+            source = dataset_identity(cfg.data, cfg.split, cfg.revision)[1]
+        resumed = self.run_dir.check_or_create(cfg, records, data.sha256(), source)
         self.run_dir.check_idle()
         if not self.run_dir.file("images.npz").exists():
             self.run_dir.save_images(data)

@@ -57,10 +57,12 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         wrong = _toml_type_error(option, val)
         if wrong:
             raise MemauditError(f"--config: {path}: {key}: {wrong}")
-        if option.name == "model" and isinstance(val, str) and not Path(val).is_absolute():
-            # A model folder relative to the config file, so the file works from any folder.
+        relative = option.name in ("model", "chat_template") and isinstance(val, str)
+        if relative and not Path(val).is_absolute():
+            # A model folder or template file relative to the config file, so the file works
+            # from any folder.
             candidate = path.parent / val
-            if candidate.is_dir():
+            if candidate.is_dir() if option.name == "model" else candidate.is_file():
                 val = os.path.normpath(candidate)
         defaults[option.name] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}

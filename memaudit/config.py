@@ -17,6 +17,7 @@ import dataclasses
 import math
 import numbers
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
@@ -397,6 +398,17 @@ class ImageConfig:
     flip: bool = setting(
         True, "Images: random horizontal flip augmentation.", check=BOOL
     )  # random horizontal flip
+    # A Hugging Face image dataset as DATA (a save_to_disk folder or a Hub id): its columns.
+    image_field: str = setting(
+        "image",
+        "Images from a dataset folder or Hub id: the image column (a datasets.Image feature).",
+        check=TEXT,
+    )
+    label_field: str = setting(
+        "label",
+        "Images from a dataset folder or Hub id: the label column (class ids or names).",
+        check=TEXT,
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -681,6 +693,28 @@ class RunConfig:
         check=_optional(TEXT),
     )
 
+    # --chat-template FILE: a Jinja chat template for chat records, used instead of the
+    # tokenizer's own (or where it has none). Identified by its sha256 in the run directory
+    # (config.json's dataset), like DATA, not by its path.
+    chat_template: str | None = setting(
+        None,
+        "Chat records: a Jinja chat template file used instead of the tokenizer's own "
+        "(or where it has none).",
+        check=_optional(PATH),
+    )
+    # A Hugging Face Hub dataset id as DATA (memaudit.data.formats): the split and the
+    # revision (a branch, tag or commit) to load; --split also picks a dataset folder's split.
+    split: str = setting(
+        "train",
+        "Hub dataset id or dataset folder as DATA: the split to audit.",
+        check=TEXT,
+    )
+    revision: str | None = setting(
+        None,
+        "Hub dataset id as DATA: the revision (branch, tag or commit) to load [default: main].",
+        check=_optional(TEXT),
+    )
+
     @property
     def is_image(self) -> bool:
         return self.image is not None
@@ -714,6 +748,9 @@ class RunConfig:
             image=ImageConfig(**d["image"]) if d.get("image") else None,
             pack=d.get("pack", "auto"),
             id_field=d.get("id_field"),
+            chat_template=d.get("chat_template"),
+            split=d.get("split", "train"),
+            revision=d.get("revision"),
         )
 
     def fingerprint(self) -> dict[str, Any]:
@@ -730,10 +767,19 @@ class RunConfig:
             d["ensemble"].pop(key)
         if d.get("id_field") is None:
             d.pop("id_field", None)  # runs made before --id-field keep their fingerprint
+        # Runs made before --split and --revision (and runs that leave them) keep theirs too;
+        # which data was read is checked through the dataset's sha256 as well.
+        d.pop("chat_template", None)  # like data: identified by its sha256 (RunDir)
+        if d.get("split") == "train":
+            d.pop("split", None)
+        if d.get("revision") is None:
+            d.pop("revision", None)
         if d.get("image") is None:
             d.pop("image", None)  # text runs: the same fingerprint as before images existed
         else:
-            d["image"].pop("data_root")  # like data: identified by the pixels' sha256
+            # Like data: identified by the pixels' and labels' sha256, as are the columns read.
+            for key in ("data_root", "image_field", "label_field"):
+                d["image"].pop(key)
         # How many members decode, and in what batches, may change; what they decode may not.
         d["extract"] = {"prefix_tokens": d["extract"]["prefix_tokens"]}
         return d
@@ -872,14 +918,30 @@ def _collect_options() -> dict[str, Option]:
 OPTIONS: dict[str, Option] = _collect_options()
 # memaudit run's options: each is also a TOML key of --config, named alike.
 CLI_OPTIONS: dict[str, Option] = {k: o for k, o in OPTIONS.items() if o.cli}
-TEXT_ONLY = ("preset", "template")  # they say how to read JSON Lines records
+TEXT_ONLY = ("preset", "template", "chat_template")  # they say how to read JSON Lines records
+
+
+# A file name is never a Hub id: a missing "data.jsonl" stays "no such file".
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pq", ".npz", ".txt")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def is_hub_id(data: str | os.PathLike | None) -> bool:
+    """Whether DATA names a Hugging Face Hub dataset (``owner/name`` or ``name``): no such
+    path exists here, it has the shape of an id, and it does not end like a data file."""
+    if data is None:
+        return False
+    text = os.fspath(data)
+    if not _HUB_ID.fullmatch(text) or ".." in text or Path(text).exists():
+        return False
+    return Path(text).suffix.lower() not in DATA_SUFFIXES
 
 
 def _looks_like_images(data: str | os.PathLike) -> bool:
-    """DATA for an image model: a folder of class folders or an .npz (as
-    memaudit.data.images.is_image_source decides)."""
+    """DATA for an image model: a folder of class folders or a dataset folder, an .npz, or a
+    Hub dataset id (as memaudit.data.images.is_image_source decides)."""
     path = Path(data)
-    return path.is_dir() or path.suffix.lower() == ".npz"
+    return path.is_dir() or path.suffix.lower() == ".npz" or is_hub_id(data)
 
 
 def build_run_config(data: str | os.PathLike | None, model: str, **options: Any) -> RunConfig:
@@ -944,6 +1006,13 @@ def build_run_config(data: str | os.PathLike | None, model: str, **options: Any)
 def _check_data(data: str | None, model: str, image: bool, values: Mapping[str, Any]) -> None:
     """DATA and --dataset against the model: what a run reads must be what its model takes."""
     dataset = values.get("dataset")
+    # --split and --revision choose among a dataset's versions: a file has one.
+    if values.get("revision") is not None and not is_hub_id(data):
+        raise OptionError(f"--revision: applies to a Hub dataset id as DATA, not {data}")
+    if "split" in values and data is not None and Path(data).is_file():
+        raise OptionError(
+            f"--split: applies to a Hub dataset id or a dataset folder as DATA, not the file {data}"
+        )
     if not image:
         if data is None:
             raise MemauditError("missing DATA (a JSON Lines file)")
@@ -953,11 +1022,14 @@ def _check_data(data: str | None, model: str, image: bool, values: Mapping[str, 
     if data is not None and dataset is not None:
         raise MemauditError("give DATA or --dataset, not both")
     if data is None and dataset is None:
-        raise MemauditError(f"--model {model}: give DATA (an image folder or .npz) or --dataset")
+        raise MemauditError(
+            f"--model {model}: give DATA (an image folder, dataset folder, .npz or Hub dataset "
+            "id) or --dataset"
+        )
     if data is not None and not _looks_like_images(data):
         raise MemauditError(
-            f"--model {model} is an image model: DATA must be an image folder or an .npz, "
-            f"not {data}"
+            f"--model {model} is an image model: DATA must be an image folder, a dataset "
+            f"folder, an .npz or a Hub dataset id, not {data}"
         )
     if dataset is not None and values.get("data_root") is None:
         raise MemauditError(f"--dataset {dataset}: give --data-root, the folder with its files")

@@ -202,9 +202,9 @@ def test_data_must_suit_the_model(tmp_path):
     cases = [
         (None, "m", {}, "missing DATA (a JSON Lines file)"),
         (tmp_path / "x.npz", "m", {}, "image data needs an image --model (resnet-tiny"),
-        (None, "resnet-tiny", {}, "--model resnet-tiny: give DATA (an image folder or .npz)"),
+        (None, "resnet-tiny", {}, "--model resnet-tiny: give DATA (an image folder, dataset"),
         (NPZ, "resnet-tiny", {"dataset": "cifar10"}, "give DATA or --dataset, not both"),
-        ("d.jsonl", "resnet-tiny", {}, "DATA must be an image folder or an .npz, not d.jsonl"),
+        ("d.jsonl", "resnet-tiny", {}, "an .npz or a Hub dataset id, not d.jsonl"),
         (None, "resnet-tiny", {"dataset": "cifar10"}, "--dataset cifar10: give --data-root"),
         (3, "m", {}, "DATA: must be a path, got 3"),
         (None, "resnet-tiny", {"dataset": "svhn"}, "--dataset: must be one of cifar10, cifar100"),

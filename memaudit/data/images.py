@@ -9,7 +9,13 @@ class names, ids, optional planted groups):
   integers), optionally ``class_names``, ``ids`` and ``groups`` (what ``memaudit plant`` writes;
   an empty group means none); read with ``allow_pickle=False``;
 * torchvision's CIFAR-10/100 training set from a local root (``--dataset cifar10 --data-root``),
-  never downloaded.
+  never downloaded;
+* a Hugging Face image dataset: a ``save_to_disk`` folder or a Hub id (read by
+  memaudit.data.formats), with an image column (a ``datasets.Image`` feature; ``--image-field``,
+  default ``image``) and a label column (``--label-field``, default ``label``: a ``ClassLabel``,
+  integers, or class names, numbered in sorted order). Ids come from ``--id-field`` (else an
+  ``id`` column, else ``row<N>``); every bad row (an undecodable image, a missing label) is one
+  error naming the row.
 
 ``--resize S`` resizes every image to S x S (bilinear); without it, images of different sizes are
 an error. Every problem is a :class:`MemauditError` naming the file, raised before anything is
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memaudit.data import formats
 from memaudit.data.records import Record
 from memaudit.errors import MemauditError
 
@@ -89,7 +96,31 @@ def is_image_source(data: str | Path | None, dataset: str | None) -> bool:
     if data is None:
         return False
     path = Path(data)
+    if formats.is_hf_dataset(path):  # a dataset folder of images, or of text records
+        return _has_image_column(path)
     return path.is_dir() or path.suffix.lower() == ".npz"
+
+
+def _has_image_column(path: Path) -> bool:
+    try:
+        import datasets
+
+        features = formats.load_dataset(path).features
+    except (ImportError, MemauditError):
+        return False  # read as records, which reports the problem
+    return any(isinstance(f, datasets.Image) for f in features.values())
+
+
+@dataclass(frozen=True)
+class HFColumns:
+    """Where a Hugging Face image dataset keeps what an image run reads (--image-field,
+    --label-field, --id-field, --split, --revision)."""
+
+    image: str = "image"
+    label: str = "label"
+    id: str | None = None
+    split: str = "train"
+    revision: str | None = None
 
 
 def load_images(
@@ -97,6 +128,7 @@ def load_images(
     dataset: str | None = None,
     data_root: str | Path | None = None,
     resize: int | None = None,
+    columns: HFColumns | None = None,
 ) -> ImageData:
     if resize is not None and (isinstance(resize, bool) or resize < 1):
         raise MemauditError(f"--resize: must be a positive integer, got {resize!r}")
@@ -108,9 +140,12 @@ def load_images(
         if data is None:
             raise MemauditError("no data: give DATA (an image folder or .npz) or --dataset")
         path = Path(data)
-        if not path.exists():
+        if formats.is_hub_id(data) or formats.is_hf_dataset(path):
+            loaded = _load_hf(data, columns or HFColumns(), resize)
+        elif not path.exists():
             raise MemauditError(f"{path}: no such file or folder")
-        loaded = _load_folder(path, resize) if path.is_dir() else load_npz(path, resize)
+        else:
+            loaded = _load_folder(path, resize) if path.is_dir() else load_npz(path, resize)
     if len(loaded) < 2:
         raise MemauditError(f"{data or dataset}: {len(loaded)} images; an audit needs at least 2")
     return loaded
@@ -172,6 +207,107 @@ def _load_folder(root: Path, resize: int | None) -> ImageData:
     return ImageData(
         np.stack(images), np.array(labels, dtype=np.int64), classes, ids, [None] * len(ids)
     )
+
+
+def _load_hf(data: str | Path, cols: HFColumns, resize: int | None) -> ImageData:
+    """A Hugging Face image dataset's images and labels, decoded row by row with PIL (the
+    column is read undecoded, so that one bad image is an error naming its row)."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    ds = formats.load_dataset(data, cols.split, cols.revision)
+    names = ", ".join(ds.column_names)
+    for column, option in ((cols.image, "--image-field"), (cols.label, "--label-field")):
+        if column not in ds.column_names:
+            raise MemauditError(
+                f"{data}: no column '{column}' (columns: {names}); name it with {option}"
+            )
+    if cols.id is not None and cols.id not in ds.column_names:
+        raise MemauditError(f"{data}: no id column '{cols.id}' (--id-field; columns: {names})")
+    feature = ds.features[cols.image]
+    if not isinstance(feature, datasets.Image):
+        raise MemauditError(
+            f"{data}: column '{cols.image}' holds {type(feature).__name__} values, not images "
+            "(a datasets.Image feature); name the image column with --image-field"
+        )
+    ds = ds.cast_column(cols.image, datasets.Image(decode=False))
+    label_feature = ds.features[cols.label]
+    class_labels = isinstance(label_feature, datasets.ClassLabel)
+    id_column = cols.id or ("id" if "id" in ds.column_names else None)
+    images, raw_labels, ids = [], [], []
+    first: tuple[tuple[int, int], int] | None = None
+    for row, obj in enumerate(ds, start=1):
+        where = f"{data}: row {row}"
+        value, label = obj[cols.image], obj[cols.label]
+        # ClassLabel's -1 is "no label" in datasets.
+        if label is None or label == "" or (class_labels and label == -1):
+            raise MemauditError(f"{where}: missing label ('{cols.label}')")
+        if isinstance(label, bool) or not isinstance(label, int | str):
+            raise MemauditError(
+                f"{where}: label ('{cols.label}') must be a class id or name, not "
+                f"{type(label).__name__}"
+            )
+        arr = _decode_hf(value, where, io, Image)
+        if resize is not None:
+            arr = _resize(arr, resize)
+        elif first is None:
+            first = (arr.shape[:2], row)
+        elif arr.shape[:2] != first[0]:
+            raise MemauditError(
+                f"{where}: {arr.shape[1]}x{arr.shape[0]} pixels, but row {first[1]} is "
+                f"{first[0][1]}x{first[0][0]}; use --resize S to bring all images to S x S"
+            )
+        images.append(arr)
+        raw_labels.append(label)
+        rid = obj[id_column] if id_column is not None else None
+        if id_column is not None and (rid is None or rid == ""):
+            raise MemauditError(f"{where}: missing id ('{id_column}')")
+        ids.append(str(rid) if rid is not None else f"row{row}")
+    if not images:
+        raise MemauditError(f"{data}: no images; an audit needs at least 2")
+    if len(set(ids)) != len(ids):
+        raise MemauditError(f"{data}: ids in column '{id_column}' are not unique")
+    labels, class_names = _hf_labels(data, raw_labels, label_feature, class_labels)
+    return ImageData(np.stack(images), labels, class_names, ids, [None] * len(ids))
+
+
+def _decode_hf(value, where: str, io, Image) -> np.ndarray:
+    """One undecoded datasets.Image value ({"bytes", "path"}) as uint8 H x W x 3."""
+    from PIL import UnidentifiedImageError
+
+    if not isinstance(value, dict) or (value.get("bytes") is None and not value.get("path")):
+        raise MemauditError(f"{where}: missing image")
+    source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+    try:
+        with Image.open(source) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except UnidentifiedImageError:  # its message names a BytesIO object: no use to anyone
+        raise MemauditError(f"{where}: unreadable image (not a known image format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MemauditError(f"{where}: unreadable image ({reason})") from None
+
+
+def _hf_labels(data, raw: list, feature, class_labels: bool) -> tuple[np.ndarray, list[str]]:
+    """Labels as class indices and the class names: a ClassLabel's own names, integer ids
+    (named by their numbers), or names (numbered in sorted order, as ImageFolder does)."""
+    if all(isinstance(x, str) for x in raw):
+        names = sorted(set(raw))
+        index = {n: i for i, n in enumerate(names)}
+        return np.array([index[x] for x in raw], dtype=np.int64), names
+    if not all(isinstance(x, int) for x in raw):
+        raise MemauditError(f"{data}: labels mix class ids and names")
+    labels = np.array(raw, dtype=np.int64)
+    names = list(feature.names) if class_labels else [str(c) for c in range(int(labels.max()) + 1)]
+    bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
+    if len(bad):
+        raise MemauditError(
+            f"{data}: row {bad[0] + 1}: label {labels[bad[0]]} is out of range 0..{len(names) - 1}"
+        )
+    return labels, names
 
 
 def stored_images(run) -> ImageData | None:

@@ -170,19 +170,30 @@ def iter_json_lines(path: Path):
         yield lineno, obj
 
 
-def load_records(path: str | Path, fmt: RecordFormat | None = None, chat=None) -> list[Record]:
+def load_records(
+    path: str | Path,
+    fmt: RecordFormat | None = None,
+    chat=None,
+    split: str = "train",
+    revision: str | None = None,
+    chat_template: formats.ChatTemplate | None = None,
+) -> list[Record]:
     """Read and validate every record; raise :class:`MemauditError` on the first problem.
-    ``chat``: the tokenizer that renders chat records (memaudit.data.formats.render_chat)."""
+    ``chat``: the tokenizer that renders chat records (memaudit.data.formats.render_chat);
+    ``split``, ``revision``: a Hub dataset's (or a dataset folder's split); ``chat_template``:
+    --chat-template, rendering chat records instead of the tokenizer's own template."""
     fmt = fmt or RecordFormat()
     path = Path(path)
     records: list[Record] = []
     first_line: dict[str, int] = {}
-    # CSV, TSV, Parquet and dataset folders: memaudit.data.formats, numbered by row.
+    # CSV, TSV, Parquet, dataset folders and Hub ids: memaudit.data.formats, numbered by row.
     table = formats.kind(path) != "jsonl"
-    for lineno, obj in formats.iter_rows(path) if table else iter_json_lines(path):
+    rows = formats.iter_rows(path, split, revision) if table else iter_json_lines(path)
+    for lineno, obj in rows:
         where = f"{path}: row {lineno}" if table else f"{path}:{lineno}"
+        spans = None
         if formats.is_chat(obj) and fmt.effective_template is None:
-            text, prompt = formats.render_chat(obj, where, chat)
+            text, prompt, spans = formats.render_chat(obj, where, chat, chat_template)
         else:
             text, prompt = render(obj, fmt, where)
         if not text.strip():
@@ -205,7 +216,7 @@ def load_records(path: str | Path, fmt: RecordFormat | None = None, chat=None) -
                     f"{where}: field '{name}' holds a lone surrogate (invalid Unicode, e.g. "
                     "\\ud800); it cannot be stored or shown"
                 )
-        records.append(Record(len(records), rid, text, prompt, group, lineno))
+        records.append(Record(len(records), rid, text, prompt, group, lineno, spans))
     if not records:
         raise MemauditError(f"{path}: empty file (no records)")
     return records
@@ -219,8 +230,24 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def data_sha256(path: str | Path) -> str:
-    """What identifies a dataset: its file's sha256, or a dataset folder's (save_to_disk)."""
+def data_sha256(path: str | Path, split: str = "train", revision: str | None = None) -> str:
+    """What identifies a dataset: its file's sha256, a dataset folder's (save_to_disk), or a
+    Hub dataset's rows' (memaudit.data.formats.dataset_identity)."""
+    return data_identity(path, split, revision)[0]
+
+
+def data_identity(
+    path: str | Path, split: str = "train", revision: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """(sha256, what else the run directory records about the source: a Hub dataset's id,
+    split, revision and fingerprint; a dataset folder's split)."""
+    if formats.is_hub_id(path):
+        return formats.dataset_identity(path, split, revision)
+    extra = {"split": split} if formats.is_hf_dataset(Path(path)) and split != "train" else {}
+    return _file_sha256(path), extra
+
+
+def _file_sha256(path: str | Path) -> str:
     if Path(path).is_dir():
         return formats.folder_sha256(Path(path))
     return sha256_file(path)

@@ -2,7 +2,8 @@
 
 Each record is ``text + eos`` truncated to ``max_length`` tokens. Token k (k >= 1) is predicted
 from tokens < k; the scored positions are all of them (``loss_on="full"``) or those from the first
-completion token on (``loss_on="completion"``). The completion boundary comes from the fast
+completion token on (``loss_on="completion"``), with a chat record's earlier assistant turns
+(its ``loss_spans``) scored too. The completion boundary comes from the fast
 tokenizer's offsets, so "A: Paris" keeps its natural " Paris" token.
 """
 
@@ -25,6 +26,9 @@ class TokenizedRecords:
     completion_start: np.ndarray  # (N,) first completion token; -1 for plain-text records
     truncated: int  # how many records were cut at max_length
     pad_id: int
+    # loss_on="completion": per record, the positions scored besides those from score_from on
+    # (the tokens of a chat record's earlier assistant turns); None: there are none.
+    also_scored: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -54,6 +58,10 @@ class TokenizedRecords:
         pred = (np.arange(1, width + 1) >= start[:, None]) & (
             np.arange(1, width + 1) < lens[:, None]
         )
+        if not score_all and self.also_scored is not None:
+            for row, i in enumerate(indices):
+                extra = self.also_scored[i]
+                pred[row, extra[extra < lens[row]] - 1] = True
         positions = np.flatnonzero(pred)
         return {
             "input_ids": torch.from_numpy(ids).to(device),
@@ -127,6 +135,7 @@ def tokenize_records(
     score_from = np.ones(len(records), dtype=np.int64)
     completion_start = np.full(len(records), -1, dtype=np.int64)
     truncated = 0
+    also: list[np.ndarray] = [_NONE] * len(records)
     for r, tok_ids, k in zip(records, enc["input_ids"], range(len(records)), strict=True):
         seq = list(tok_ids) + ([eos] if eos is not None else [])
         if len(seq) > max_length:
@@ -148,10 +157,37 @@ def tokenize_records(
                     f"{where}: its completion starts after --max-length {max_length} tokens"
                 )
             score_from[k] = max(completion_start[k], 1)
+            if r.loss_spans:
+                also[k] = _span_tokens(tokenizer, r, enc, k, fast)
         ids.append(np.asarray(seq, dtype=np.int64))
     return TokenizedRecords(
-        ids, score_from, completion_start, truncated, int(tokenizer.pad_token_id)
+        ids,
+        score_from,
+        completion_start,
+        truncated,
+        int(tokenizer.pad_token_id),
+        also if any(len(a) for a in also) else None,
     )
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+def _span_tokens(tokenizer, r: Record, enc, k: int, fast: bool) -> np.ndarray:
+    """The token positions (>= 1) of a chat record's earlier assistant turns (its loss spans):
+    the tokens that overlap a span's characters, as the completion's first token is the first
+    that reaches past the prompt."""
+    out: list[int] = []
+    for start, end in r.loss_spans:
+        if fast:
+            offsets = enc["offset_mapping"][k]
+            out += [p for p, (a, b) in enumerate(offsets) if b > a and b > start and a < end]
+        else:
+            first = len(tokenizer(r.text[:start].rstrip(), add_special_tokens=True)["input_ids"])
+            stop = len(tokenizer(r.text[:end], add_special_tokens=True)["input_ids"])
+            out += range(first, stop)
+    positions = np.unique(np.asarray(out, dtype=np.int64))
+    return positions[positions >= 1]
 
 
 def _completion_start(tokenizer, r: Record, enc, k: int, fast: bool) -> int:

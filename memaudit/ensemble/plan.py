@@ -43,6 +43,7 @@ def _subset(tokens: TokenizedRecords, idx: np.ndarray) -> TokenizedRecords:
         ids=[tokens.ids[i] for i in idx],
         score_from=tokens.score_from[idx],
         completion_start=tokens.completion_start[idx],
+        also_scored=None if tokens.also_scored is None else [tokens.also_scored[i] for i in idx],
     )
 
 
@@ -243,15 +244,31 @@ def load_run_records(cfg: RunConfig):
     """(records, tokenizer or None): a file of chat records (judged by its first record) is
     rendered with the model's tokenizer, loaded first; any other file is read (and its errors
     reported) before the model is looked at."""
-    from memaudit.data.formats import is_chat_source
+    from memaudit.data.formats import is_chat_source, read_chat_template
     from memaudit.data.records import RecordFormat, load_records
     from memaudit.ensemble.models import load_tokenizer
+    from memaudit.errors import MemauditError
 
     fmt = RecordFormat(cfg.preset, cfg.template, cfg.id_field)
+    template = read_chat_template(cfg.chat_template) if cfg.chat_template else None
     tokenizer = None
-    if fmt.effective_template is None and is_chat_source(cfg.data):
+    if fmt.effective_template is None and is_chat_source(cfg.data, cfg.split, cfg.revision):
         tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-    return load_records(cfg.data, fmt, chat=tokenizer), tokenizer
+    elif template is not None:
+        how = "--preset/--template read them" if fmt.effective_template else "not chat records"
+        raise MemauditError(
+            f"--chat-template {cfg.chat_template}: renders chat records "
+            f'({{"messages": [...]}}), and the records of {cfg.data} are {how}'
+        )
+    records = load_records(
+        cfg.data,
+        fmt,
+        chat=tokenizer,
+        split=cfg.split,
+        revision=cfg.revision,
+        chat_template=template,
+    )
+    return records, tokenizer
 
 
 def plan_run(cfg: RunConfig, executor=None) -> dict:

@@ -37,7 +37,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -97,8 +97,16 @@ class RunDir:
         return self.config_path.is_file()
 
     # -- creation and resumption ---------------------------------------------------------------
-    def check_or_create(self, cfg: RunConfig, records: list[Record], data_sha256: str) -> bool:
+    def check_or_create(
+        self,
+        cfg: RunConfig,
+        records: list[Record],
+        data_sha256: str,
+        source: dict[str, Any] | None = None,
+    ) -> bool:
         """Create the directory for ``cfg``, or check that an existing one belongs to it.
+        ``source``: more about where the data came from, saved beside its sha256 (a Hub
+        dataset's id, split, revision and fingerprint; a --chat-template's sha256).
 
         Returns True when it resumes an existing run. Refuses another dataset or configuration,
         and a directory another run or shards are writing, before writing anything: a refused
@@ -119,6 +127,15 @@ class RunDir:
                     f"{str(saved['dataset'].get('sha256'))[:12]}, now {data_sha256[:12]}); "
                     "use a new --out"
                 )
+            # The chat template that rendered the records (--chat-template) is data too.
+            template = (source or {}).get("chat_template_sha256")
+            if saved["dataset"].get("chat_template_sha256") != template:
+                was = saved["dataset"].get("chat_template_sha256")
+                raise MemauditError(
+                    f"{self.path}: was made with another --chat-template (sha256 "
+                    f"{str(was)[:12]}, now {str(template)[:12]}); use a new --out, or the "
+                    "original template to resume"
+                )
             old = self._stored_config(saved).fingerprint()
             changes = _diff(old, cfg.fingerprint())
             if changes:
@@ -136,6 +153,7 @@ class RunDir:
                     atomic_write_bytes(self.file("records.jsonl"), records_bytes)
             return True
         dataset = {"path": cfg.data, "sha256": data_sha256, "records": len(records)}
+        dataset.update(source or {})
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         config_bytes = _config_bytes(cfg, dataset, created)
         self._create(records_bytes, config_bytes)
@@ -611,7 +629,7 @@ def _records_bytes(records: list[Record]) -> bytes:
     (a lone surrogate) is refused up front, naming its record."""
     lines = []
     for r in records:
-        line = json.dumps(asdict(r), ensure_ascii=False) + "\n"
+        line = json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
         try:
             lines.append(line.encode("utf-8"))
         except UnicodeEncodeError:

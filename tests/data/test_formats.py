@@ -235,6 +235,7 @@ def test_chat_without_a_template_in_the_cli_is_one_line_and_nothing_written(cli,
     r = cli("run", data, *args, "--models", "2", "--out", out)
     assert r.code == 2 and r.err.count("\n") == 1
     assert "chat records need a tokenizer with a chat template" in r.err
+    assert "--chat-template FILE" in r.err
     assert not out.exists()
 
 
@@ -268,3 +269,287 @@ def test_id_field_in_the_cli_and_the_fingerprint(cli, tmp_path):
     stored = [json.loads(x)["id"] for x in (out / "records.jsonl").read_text().splitlines()]
     assert stored == ["q0", "q1", "q2"]
     assert json.loads((out / "config.json").read_text())["config"]["id_field"] == "qid"
+
+
+# -- Hugging Face Hub dataset ids ---------------------------------------------------------------
+@pytest.fixture
+def hub(monkeypatch):
+    """datasets.load_dataset replaced by an in-memory dataset (tests never touch the network);
+    records the calls."""
+    datasets = pytest.importorskip("datasets")
+    from memaudit.data import formats
+
+    calls = []
+    state = {"rows": ROWS}
+
+    def fake(name, **kwargs):
+        calls.append((name, kwargs))
+        return datasets.Dataset.from_list(state["rows"])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    monkeypatch.setattr(formats, "_offline", lambda: False)
+    return calls, state
+
+
+def test_hub_id_shapes_and_local_paths(tmp_path, monkeypatch):
+    from memaudit.config import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("owner/name") and is_hub_id("squad") and is_hub_id("a-b/c_d.v2")
+    (tmp_path / "owner").mkdir()
+    (tmp_path / "owner" / "name").mkdir()
+    (tmp_path / "squad").write_text("")
+    # An existing path, a data file's name, or a path of more than two parts is never an id.
+    assert not is_hub_id("owner/name") and not is_hub_id("squad")
+    assert not any(is_hub_id(x) for x in ("d.jsonl", "x/d.csv", "a/b/c", "./x", "/x", "../x"))
+
+
+def test_a_missing_data_file_is_not_looked_up_on_the_hub(cli, tmp_path, hub):
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    r = cli("run", tmp_path / "missing.jsonl", *args, "--models", "2", "--out", tmp_path / "r")
+    assert r.code == 2 and "missing.jsonl: no such file" in r.err
+    assert hub[0] == []
+
+
+def test_hub_id_runs_with_split_and_revision_recorded(cli, tmp_path, monkeypatch, hub):
+    calls, state = hub
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    args += ["--template", TEMPLATE.template, "--models", "2", "--prepare-only"]
+    hub_args = ["--split", "validation", "--revision", "v1.0", "--out", "run"]
+    r = cli("run", "someone/qa-set", *args, *hub_args)
+    assert r.code == 0, r.err
+    assert calls and all(c == ("someone/qa-set", {"split": "validation", "revision": "v1.0"})
+                         for c in calls)  # fmt: skip
+    stored = [json.loads(x) for x in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in stored] == ["a", "b", "c"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    dataset = saved["dataset"]
+    assert (dataset["hub_id"], dataset["split"], dataset["revision"]) == (
+        "someone/qa-set", "validation", "v1.0",
+    )  # fmt: skip
+    assert dataset["fingerprint"] and len(dataset["sha256"]) == 64
+    assert (saved["config"]["split"], saved["config"]["revision"]) == ("validation", "v1.0")
+    # The same rows resume; other rows (the dataset changed on the Hub) are refused.
+    from memaudit.data import formats
+
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    assert cli("run", "someone/qa-set", *args, *hub_args).code == 0
+    before = (tmp_path / "run" / "config.json").read_bytes()
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    state["rows"] = [{**ROWS[0], "answer": "Marlowe"}, *ROWS[1:]]
+    r = cli("run", "someone/qa-set", *args, *hub_args)
+    assert r.code == 2 and "was made from a different dataset" in r.err
+    assert (tmp_path / "run" / "config.json").read_bytes() == before
+    # Another split of the same id is another configuration.
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    state["rows"] = ROWS
+    r = cli("run", "someone/qa-set", *args, *hub_args[2:4], "--split", "train", "--out", "run")
+    assert r.code == 2 and "split: 'validation' -> None" in r.err
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_hub_id_offline_is_one_line_naming_the_id_and_a_local_copy(
+    cli, tmp_path, monkeypatch, variable
+):
+    pytest.importorskip("datasets")
+    from memaudit.data import formats
+
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # nothing cached
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    r = cli("run", "memaudit-test/not-cached", *args, "--models", "2", "--out", "run")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "DATA 'memaudit-test/not-cached'" in r.err and "(offline)" in r.err
+    assert "save_to_disk(DIR)" in r.err and ".jsonl, .csv or .parquet file" in r.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_split_picks_a_dataset_folders_split(tmp_path, reference):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list(ROWS)
+    datasets.DatasetDict({"a": ds.select([0]), "b": ds}).save_to_disk(str(tmp_path / "ab"))
+    _same(load_records(tmp_path / "ab", TEMPLATE, split="b"), reference)
+    with pytest.raises(MemauditError, match=r"--split c: .*ab has splits a, b"):
+        load_records(tmp_path / "ab", TEMPLATE, split="c")
+
+
+# -- --chat-template FILE ---------------------------------------------------------------------
+OWN_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+@pytest.fixture
+def bare_model(tmp_path):
+    """The fixture model without its chat template (a temporary copy)."""
+    import shutil
+
+    from tests.conftest import TINY_MODEL
+
+    model = tmp_path / "bare-model"
+    shutil.copytree(TINY_MODEL, model, ignore=shutil.ignore_patterns("chat_template.jinja"))
+    return model
+
+
+def _chat_args(model):
+    args = [a for a in SMALL_RUN if a not in ("--preset", "nq")]
+    args[args.index("--model") + 1] = str(model)
+    return [*args, "--models", "2"]
+
+
+def test_chat_template_file_renders_records(tmp_path, chat_tokenizer):
+    from memaudit.data.formats import read_chat_template
+
+    template = tmp_path / "t.jinja"
+    template.write_text(OWN_TEMPLATE)
+    got = load_records(
+        write_jsonl(tmp_path / "c.jsonl", CHATS),
+        chat=chat_tokenizer,
+        chat_template=read_chat_template(template),
+    )
+    # The file's template, not the tokenizer's own ("user: hi\n...").
+    assert got[0].text == "<user> hi\n<assistant> hello\n"
+    assert got[0].prompt == "<user> hi\n<assistant>"
+
+
+def test_chat_template_option_end_to_end_and_on_resume(cli, tmp_path, bare_model):
+    import hashlib
+
+    template = tmp_path / "t.jinja"
+    template.write_text(OWN_TEMPLATE)
+    data = write_jsonl(tmp_path / "c.jsonl", [{"messages": c["messages"]} for c in CHATS * 3])
+    out = tmp_path / "run"
+    run = ("run", data, *_chat_args(bare_model), "--out", out, "--prepare-only")
+    r = cli(*run, "--chat-template", template)
+    assert r.code == 0, r.err
+    first = json.loads((out / "records.jsonl").read_text().splitlines()[0])
+    assert first["text"] == "<user> hi\n<assistant> hello\n"
+    saved = json.loads((out / "config.json").read_text())
+    want = hashlib.sha256(OWN_TEMPLATE.encode()).hexdigest()
+    assert saved["dataset"]["chat_template_sha256"] == want
+    assert saved["config"]["train"]["loss_on"] == "completion"
+    assert cli(*run, "--chat-template", template).code == 0  # same template: resumes
+    before = (out / "config.json").read_bytes()
+    template.write_text(OWN_TEMPLATE + "{# edited #}")
+    r = cli(*run, "--chat-template", template)
+    assert r.code == 2 and "was made with another --chat-template" in r.err
+    assert cli(*run).code == 2  # without it: another template (the model has none anyway)
+    assert (out / "config.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, r"--chat-template .*missing\.jinja: no such file"),
+        (b"\xff\xfe", r"--chat-template .*t\.jinja: invalid UTF-8 at byte 0"),
+        ("{% for m in messages %}{{ m['role'] }", r"c\.jsonl:1: --chat-template .*t\.jinja failed"),
+        ("{{ raise_exception('no system turns') }}", r"t\.jinja failed: .*no system turns"),
+        ("hello", r"t\.jinja does not render the conversation as its prompt"),
+    ],
+)
+def test_a_bad_chat_template_file_is_one_line_and_nothing_written(
+    cli, tmp_path, bare_model, content, message
+):
+    import re
+
+    template = tmp_path / ("missing.jinja" if content is None else "t.jinja")
+    if isinstance(content, bytes):
+        template.write_bytes(content)
+    elif content is not None:
+        template.write_text(content)
+    data = write_jsonl(tmp_path / "c.jsonl", CHATS)
+    out = tmp_path / "run"
+    r = cli("run", data, *_chat_args(bare_model), "--chat-template", template, "--out", out)
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert re.search(message, r.err), r.err
+    assert not out.exists()
+
+
+def test_chat_template_on_records_that_are_not_chat(cli, tmp_path, bare_model):
+    template = tmp_path / "t.jinja"
+    template.write_text(OWN_TEMPLATE)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "a b c"}, {"text": "d e f"}])
+    out = tmp_path / "run"
+    r = cli("run", data, *_chat_args(bare_model), "--chat-template", template, "--out", out)
+    assert r.code == 2 and "renders chat records" in r.err and "not chat records" in r.err
+    assert not out.exists()
+
+
+def test_chat_template_in_a_config_file_is_relative_to_it(cli, tmp_path, bare_model, monkeypatch):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "t.jinja").write_text(OWN_TEMPLATE)
+    (conf / "run.toml").write_text('chat_template = "t.jinja"\n')
+    data = write_jsonl(tmp_path / "c.jsonl", [{"messages": c["messages"]} for c in CHATS])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "run"
+    args = ("--config", conf / "run.toml", "--out", out, "--prepare-only")
+    r = cli("run", data, *_chat_args(bare_model), *args)
+    assert r.code == 0, r.err
+    assert json.loads((out / "records.jsonl").read_text().splitlines()[0])["text"].startswith(
+        "<user> hi"
+    )
+
+
+def test_hub_offline_reads_the_cache_alone_and_restores_the_flags(monkeypatch, tmp_path):
+    """Offline (or with no name resolution), datasets is told so for the one load, so that a
+    cached dataset loads at once instead of the Hub client retrying for half a minute."""
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants as hub_constants
+
+    from memaudit.data import formats
+
+    seen = []
+
+    def fake(name, **kwargs):
+        seen.append((datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE))
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    monkeypatch.setattr(formats, "_offline", lambda: True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.chdir(tmp_path)
+    assert len(load_records("someone/cached", TEMPLATE)) == 3
+    assert seen == [(True, True)]
+    assert (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE) == (False, False)
+
+
+def test_hub_unknown_split_names_the_option(monkeypatch, tmp_path, hub):
+    datasets = pytest.importorskip("datasets")
+
+    def fake(name, **kwargs):
+        raise ValueError("Unknown split \"dev\". Should be one of ['train', 'test'].")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MemauditError, match=r"^--split dev: DATA 'someone/x': .*Unknown split"):
+        load_records("someone/x", TEMPLATE, split="dev")
+
+
+def test_split_and_revision_refused_for_a_file(tmp_path):
+    from memaudit.config import build_run_config
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(MemauditError, match=r"^--revision: applies to a Hub dataset id"):
+        build_run_config(data, "m", revision="v1")
+    with pytest.raises(MemauditError, match=r"^--split: applies to a Hub dataset id or a data"):
+        build_run_config(data, "m", split="test")
+
+
+def test_a_text_dataset_folder_is_not_image_data(tmp_path):
+    from memaudit.data.images import is_image_source
+    from tests.data.test_images import _hf_images
+
+    pytest.importorskip("datasets").Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "t"))
+    _hf_images(n=2)[0].save_to_disk(str(tmp_path / "i"))
+    assert not is_image_source(tmp_path / "t", None) and is_image_source(tmp_path / "i", None)

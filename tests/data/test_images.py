@@ -107,8 +107,8 @@ BAD = [
     (["missing.npz"], "missing.npz: no such file"),
     (["--dataset", "cifar10", "--data-root", "cifar"], "no CIFAR10 files in cifar"),
     (["--dataset", "cifar10"], "give --data-root"),
-    (["text.jsonl"], "DATA must be an image folder or an .npz"),
-    ([], "give DATA (an image folder or .npz) or --dataset"),
+    (["text.jsonl"], "DATA must be an image folder, a dataset folder, an .npz"),
+    ([], "give DATA (an image folder, dataset folder, .npz or Hub dataset id) or --dataset"),
     (["range.npz", "--resize", "0"], "--resize: must be a positive integer"),
     (["mixed", "--crop-padding", "-1"], "--crop-padding"),
 ]
@@ -164,7 +164,8 @@ def test_demo_config_runs(tmp_path, cli):
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["model"]["name"] == "resnet-tiny"
     assert cfg["image"] == {
-        "dataset": None, "data_root": None, "resize": 16, "crop_padding": 0, "flip": True
+        "dataset": None, "data_root": None, "resize": 16, "crop_padding": 0, "flip": True,
+        "image_field": "image", "label_field": "label",
     }  # fmt: skip
     assert cfg["train"]["batch_size"] == 32 and cfg["extract"]["models"] == 0
     assert load_images(root, resize=16).images.shape[1:] == (16, 16, 3)
@@ -246,3 +247,103 @@ def test_decompression_bomb_png_is_one_line(tmp_path):
     (root / "cat" / "bomb.png").write_bytes(png)
     with pytest.raises(MemauditError, match=r"bomb.png: unreadable image \(.*decompression bomb"):
         load_images(root)
+
+
+# -- Hugging Face image datasets ------------------------------------------------------------
+def _hf_images(n=32, size=16, image="image", label="label", names=("cat", "ship"), rows=None):
+    """A datasets.Dataset of n small images (a datasets.Image column) and ClassLabel labels;
+    ``rows``: {row index: (image value, label)} overrides."""
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()  # saving would print one (the tests count stderr lines)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    imgs = [Image.fromarray(p) for p in pixels]
+    labels = [i % len(names) for i in range(n)]
+    for i, (img, lab) in (rows or {}).items():
+        imgs[i], labels[i] = img, lab
+    features = datasets.Features(
+        {image: datasets.Image(), label: datasets.ClassLabel(names=list(names))}
+    )
+    return datasets.Dataset.from_dict({image: imgs, label: labels}, features=features), pixels
+
+
+def test_hf_image_folder_runs_end_to_end(tmp_path, cli):
+    """A save_to_disk image dataset (32 images of 16 x 16, two classes) through `memaudit run`
+    with resnet-tiny: the pixels, labels and class names reach the run directory."""
+    import json
+
+    ds, pixels = _hf_images()
+    ds.save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "run"
+    args = ["--model", "resnet-tiny", "--models", "2", "--epochs", "1", "--batch-size", "16"]
+    res = cli("run", tmp_path / "hf", *args, "--crop-padding", "0", "--out", out)
+    assert res.code == 0, res.err
+    stored = np.load(out / "images.npz")
+    assert np.array_equal(stored["images"], pixels)
+    assert stored["labels"].tolist() == [i % 2 for i in range(32)]
+    assert stored["class_names"].tolist() == ["cat", "ship"]
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert records[0]["id"] == "row1" and records[1]["text"] == "ship"
+    assert len(list((out / "models").glob("*.npy"))) >= 2
+    assert json.loads((out / "report.json").read_text())["modality"] == "image"
+
+
+def test_hf_image_columns_named_by_options_and_string_labels(tmp_path):
+    from memaudit.data.images import HFColumns
+
+    datasets = pytest.importorskip("datasets")
+    ds, pixels = _hf_images(n=6, image="img", label="y")
+    ds = ds.cast_column("y", datasets.Value("int64")).map(
+        lambda r, i: {"y": ["zebra", "ant"][r["y"]], "key": f"k{i}"}, with_indices=True
+    )
+    ds.save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(MemauditError, match=r"no column 'image' \(columns: img, y, key\); name"):
+        load_images(tmp_path / "hf")
+    cols = HFColumns(image="img", label="y", id="key")
+    data = load_images(tmp_path / "hf", columns=cols, resize=8)
+    assert data.class_names == ["ant", "zebra"] and data.labels.tolist()[:2] == [1, 0]
+    assert data.ids[:2] == ["k0", "k1"] and data.images.shape == (6, 8, 8, 3)
+    with pytest.raises(MemauditError, match="column 'y' holds Value values, not images"):
+        load_images(tmp_path / "hf", columns=HFColumns(image="y", label="y"))
+
+
+@pytest.mark.parametrize(
+    "rows,message",
+    [
+        (
+            {2: ({"bytes": b"not an image", "path": None}, 0)},
+            r"hf: row 3: unreadable image \(not a known image format\)$",
+        ),
+        ({1: (None, 0)}, r"hf: row 2: missing image"),
+        ({4: (None, None)}, r"hf: row 5: missing label \('label'\)"),
+        ({0: (Image.new("RGB", (9, 9)), 1)}, r"hf: row 2: 16x16 pixels, but row 1 is 9x9"),
+    ],
+)
+def test_bad_hf_image_rows_are_one_line_naming_the_row(tmp_path, cli, rows, message):
+    import re
+
+    ds, _ = _hf_images(n=6, rows=rows)
+    ds.save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "run"
+    res = cli("run", tmp_path / "hf", "--model", "resnet-tiny", "--models", "2", "--out", out)
+    assert res.code == 2 and res.err.count("\n") == 1, res.err
+    assert re.search(message, res.err), res.err
+    assert not out.exists()
+
+
+def test_hf_image_dataset_from_a_hub_id(tmp_path, monkeypatch):
+    """A Hub id loads through datasets.load_dataset (patched: no network in tests) with the
+    split and revision, and runs as an image dataset."""
+    datasets = pytest.importorskip("datasets")
+    from memaudit.data import formats
+    from memaudit.data.images import HFColumns
+
+    ds, pixels = _hf_images(n=4)
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, **kw: calls.append(kw) or ds)
+    monkeypatch.setattr(formats, "_HUB_LOADED", {})
+    monkeypatch.setattr(formats, "_offline", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    data = load_images("someone/pets", columns=HFColumns(split="test", revision="abc123"))
+    assert calls == [{"split": "test", "revision": "abc123"}]
+    assert np.array_equal(data.images, pixels) and data.class_names == ["cat", "ship"]

@@ -100,3 +100,43 @@ def test_packed_batch_lays_records_end_to_end(tok):
     targets = flat_ids[b["positions"].numpy() + 1]
     assert np.array_equal(targets, np.concatenate([x[1:] for x in tokens.ids]))
     assert (flat_pos[b["positions"].numpy() + 1] > 0).all()  # never a next record's first token
+
+
+def test_loss_on_completion_scores_every_assistant_turn(tok, tmp_path):
+    """A chat record's earlier assistant turns are in the loss with --loss-on completion;
+    user and system turns are not; the extraction prompt stays the conversation up to the last
+    assistant turn; --loss-on full scores everything as before."""
+    from memaudit.data.records import load_records
+    from tests.conftest import write_jsonl
+
+    msgs = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "what is two plus two"},
+        {"role": "assistant", "content": "four exactly"},
+        {"role": "user", "content": "and three plus three"},
+        {"role": "assistant", "content": "six"},
+    ]
+    (r,) = load_records(write_jsonl(tmp_path / "c.jsonl", [{"messages": msgs}]), chat=tok)
+    earlier = r.text.index("four exactly")
+    assert r.loss_spans and r.loss_spans[0][0] <= earlier < r.loss_spans[0][1]
+    assert r.prompt.endswith("user: and three plus three\nassistant:")
+    toks = tokenize_records([r], tok, 100, "completion", "c.jsonl")
+    batch = toks.batch([0], torch.device("cpu"))
+    targets = batch["positions"].numpy() + 1  # position p predicts token p + 1
+    ids = toks.ids[0]
+    scored = tok.decode(ids[targets[targets < toks.score_from[0]]])
+    assert scored.split() == ["four", "exactly"]  # the earlier answer (and its newline)
+    assert "two" not in scored and "three" not in scored and "brief" not in scored
+    assert tok.decode(ids[toks.score_from[0] : -1]).strip() == "six"
+    assert set(range(toks.score_from[0], len(ids))) <= set(targets)
+    # Extraction still prompts with the conversation up to the last assistant turn.
+    assert tok.decode(ids[: toks.completion_start[0]]).rstrip().endswith("assistant:")
+    # Training and --loss-on full score every token, as before.
+    full = tokenize_records([r], tok, 100, "full", "c.jsonl")
+    assert full.also_scored is None
+    assert len(full.batch([0], torch.device("cpu"))["positions"]) == len(ids) - 1
+    # A slow (pure Python) tokenizer finds the same tokens without offsets.
+    from memaudit.data.tokens import _span_tokens
+
+    enc = tok([r.text], add_special_tokens=True, return_offsets_mapping=True)
+    assert list(_span_tokens(tok, r, enc, 0, False)) == list(toks.also_scored[0])

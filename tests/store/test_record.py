@@ -25,5 +25,9 @@ def test_frozen_and_stored_as_json_lines():
     line = json.dumps(dataclasses.asdict(r), ensure_ascii=False)
     assert Record(**json.loads(line)) == r
     assert [f.name for f in dataclasses.fields(Record)] == [
-        "index", "id", "text", "prompt", "group", "line"
+        "index", "id", "text", "prompt", "group", "line", "loss_spans"
     ]  # fmt: skip
+    # A record without loss spans is stored as before they existed; one with them keeps them.
+    assert "loss_spans" not in r.to_dict() and Record(**r.to_dict()) == r
+    chat = Record(0, "c", "u: a\nb: x\nu: c\nb: y\n", "u: a\nb: x\nu: c\nb:", None, 1, [[8, 11]])
+    assert Record(**json.loads(json.dumps(chat.to_dict()))) == chat

@@ -187,6 +187,10 @@ def markdown(out: dict) -> str:
             )
             + ".",
             "",
+            "Both steps grow like N^2 M (matrix products; the rest is linear in N and M), so "
+            "the cost in estimates carries to other M."
+            + (f" {out['note']}" if out.get("note") else ""),
+            "",
             "Peak RSS is each step's own (a fresh process, ru_maxrss), libraries and inputs "
             f"included (about {est['libraries_and_inputs_rss_mb']:.0f} MB before the step).",
             "",
@@ -203,12 +207,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=RESULTS / "calibration_cost.json")
     ap.add_argument("--markdown-only", action="store_true")
+    ap.add_argument("--note", default="", help="a sentence for the table (why this size)")
     args = ap.parse_args()
     if args.step:
         print(json.dumps(run_step(args.step, args.data, args.top_k)))
         return
     if args.markdown_only:
         out = json.loads(args.out.read_text())
+        if args.note:
+            out["note"] = args.note
+            args.out.write_text(json.dumps(out, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(markdown(out))
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,6 +233,7 @@ def main() -> None:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "steps": steps,
         "machine": machine(),
+        "note": args.note,
     }
     out["summary"] = summary(out)
     args.out.parent.mkdir(exist_ok=True)

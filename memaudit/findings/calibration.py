@@ -22,26 +22,26 @@ demo (LoRA defaults, M = 32) the null needed z >= 7.5 where the analytic thresho
 
 Cost, and the approximation above a budget. Each shuffle reruns the estimator and the link
 rules, about SHUFFLE_COST estimates. Runs whose B = cfg.link_null_ensembles shuffles are small
-(B x N^2 x M <= EXACT_WORK, e.g. N = 1,000, M = 1,000, B = 39) or fit cfg.link_null_budget
-(B x SHUFFLE_COST <= budget, in estimates) run all B, exactly as above. Larger runs (N = 20,000,
-M = 1,000: 39 shuffles would take ~1 hour) run only B' = floor(budget / SHUFFLE_COST) full
-shuffles and extrapolate each rule's null tail (:class:`NullTail`): the expected false links
-per run above s, E0(s) = (null stats >= s) / B', is read from the data where the allowed count
-is within it, and beyond it from a generalized Pareto fit to the largest null statistics
-(Knijnenburg et al. 2009, "Fewer permutations, more accurate P-values"), shape clamped at >= 0
-so the extrapolated tail is never lighter than exponential (conservative: the statistics are
-maxima of z's, whose tails are exponential or lighter). The threshold is the s where the fitted
-E0(s) = level, so each rule still bounds the expected false links per run (hence the
-family-wise rate, by Markov's inequality) by level, up to the error of the tail fit (measured
-on null ensembles in tests/findings/test_calibration.py). Whole shuffles, not a subsample of
-target rows: the mutual rule's candidate pairs need both records' rows (each is in the
-other's top list), so a row subsample of fraction f sees only f^2 of the null pairs (2f with
+(B x N^2 x M <= EXACT_WORK, e.g. N = 1,000, M = 1,000, B = 39) or fit cfg.link_null_budget (B x
+SHUFFLE_COST <= budget, in estimates) run all B, exactly as above. Larger runs (N = 20,000, M =
+1,000: 39 shuffles, ~52 estimates, take 30-80 minutes on 2 cores) run only B' = floor(budget /
+SHUFFLE_COST) whole shuffles and extrapolate each rule's null tail (:class:`NullTail`): the
+expected false links per run above s, E0(s) = (null stats >= s) / B', is read from the data
+where the allowed count is within it, and beyond it from a generalized Pareto fit to the largest
+null statistics (Knijnenburg et al. 2009, "Fewer permutations, more accurate P-values"), shape
+clamped at >= 0 so the extrapolated tail is never lighter than exponential (conservative: the
+statistics are maxima of z's, whose tails are exponential or lighter). The threshold is the s
+where the fitted E0(s) = level, so each rule still bounds the expected false links per run
+(hence the family-wise rate, by Markov's inequality) by level, up to the error of the tail fit
+(measured on null ensembles in tests/findings/test_calibration.py). Whole shuffles, not a
+subsample of target rows: the mutual rule's candidate pairs need both records' rows (each is in
+the other's top list), so a row subsample of fraction f sees only f^2 of the null pairs (2f with
 each sampled row's partners re-estimated as well, at (1 + mutual_top) times the cost), and its
 groups (bridges, blocks) would differ from the run's; at equal cost whole shuffles give the z
 rule as many null statistics and the mutual rule 1 / f times more. Where a rule's null gives
-fewer than TAIL_MIN statistics there is no tail to fit: the z rule keeps its analytic
-threshold (and stays above every null statistic), the mutual rule is held to the z rule's null
-threshold (a pooled z is on the z scale; an assumption, stated in the report's fallback).
+TAIL_MIN statistics or fewer there is no tail to fit: the z rule keeps its analytic threshold
+(and stays above every null statistic), the mutual rule is held to the z rule's null threshold
+(a pooled z is on the z scale; an assumption, stated in the report's fallback).
 """
 
 from __future__ import annotations
@@ -120,9 +120,13 @@ class NullTail:
         excess = stats[:k] - stats[k]
         tail.scale = float(excess.mean())  # the exponential (shape 0) fit
         if k >= TAIL_FIT_MIN and tail.scale > 0:
-            shape, _, scale = genpareto.fit(excess, floc=0.0)
+            try:
+                with np.errstate(all="ignore"):
+                    shape, _, scale = genpareto.fit(excess, floc=0.0)
+            except (RuntimeError, ValueError):  # no fit: the exponential stands
+                return tail
             tail.shape_fitted = float(shape)
-            if shape > 0:
+            if shape > 0 and np.isfinite(scale) and scale > 0:
                 tail.shape, tail.scale = float(shape), float(scale)
         return tail
 
@@ -358,6 +362,7 @@ def _tail_calibration(
     if z_null is None:
         fallback["z"] = "too few null statistics for a tail: the analytic threshold"
         z_null = float(np.nextafter(z_all.max(), np.inf)) if len(z_all) else None
+    z_fwer = z_null  # before the fdr branch: what the mutual rule's fallback is held to
     mutual = tails["mutual"].threshold(level) if mutual_on else None
     if cfg.link_fdr is not None:
         z_real, m_real = link_statistics(result, cfg, losses, inclusion, used)
@@ -378,14 +383,14 @@ def _tail_calibration(
         # floor, which the mutual rule never had) stands in for the missing tail.
         fallback["mutual"] = "too few null pairs for a tail: the z rule's null threshold"
         top = float(np.nextafter(m_all.max(), np.inf)) if len(m_all) else -np.inf
-        mutual = max(z_null if z_null is not None else z_threshold, top)
+        mutual = max(z_fwer if z_fwer is not None else z_threshold, top)
     return LinkCalibration(
         level=level,
         replicates=replicates,
         z_threshold=z_threshold,
         z_analytic=z_analytic,
         z_null=z_null,
-        mutual_threshold=mutual if mutual_on else None,
+        mutual_threshold=(-np.inf if mutual is None else mutual) if mutual_on else None,
         null_links={"z": _largest(z_all).tolist(), "mutual": _largest(m_all).tolist()},
         method=TAIL_METHOD,
         requested=cfg.link_null_ensembles,

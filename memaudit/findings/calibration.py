@@ -66,11 +66,12 @@ TAIL_METHOD = (
 
 # Work of one null shuffle in estimates (one run of the estimator): the estimator itself, and
 # the link rules (the plain estimate that ranks link candidates, their joint fits, the mutual
-# rule), and the shuffle. Measured at N = 20,000, M = 1,000 (benchmarks/calibration_cost.py):
-# see benchmarks/results/calibration_cost.md; rounded up.
+# rule), and the shuffle. Measured 1.33 at N = 20,000, M = 128
+# (benchmarks/results/calibration_cost.md) and 1.38 at N = 3,000, M = 200; rounded up.
 SHUFFLE_COST = 1.5
 # B x N^2 x M (shuffles x the estimator's matrix-product work) at or below which every shuffle
-# runs whatever the budget: N = 1,000, M = 1,000, B = 39 is 3.9e10 (about a minute here).
+# runs whatever the budget: N = 1,000, M = 1,000, B = 39 is 3.9e10; the demo (N = 300,
+# M <= 128) is 4.5e8 at most.
 EXACT_WORK = 5e10
 # The tail fit: the largest 1 / TAIL_SHARE of the null statistics, at most TAIL_EXCEEDANCES
 # (Knijnenburg et al. start at 250) and at least TAIL_MIN (no fit on fewer than TAIL_MIN + 1

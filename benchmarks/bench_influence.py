@@ -10,6 +10,10 @@ to find) goes through each step of the analysis that ``memaudit analyze`` and th
 * ``findings``: what the report builds from the adjusted result: membership scores, links
   (link candidates, their joint fit, mutual links), clusters, risky unique records, the score
   against the planted groups, the planted-group summary and the flagged records' full rows.
+  Without the link calibration (FindingsConfig.link_null_ensembles): find_clusters runs on the
+  analytic thresholds here, so ``findings`` is not what ``memaudit analyze`` spends on the
+  findings stage; the calibration's null shuffles (about 3 estimates at this size under the
+  default link_null_budget) are measured by calibration_cost.py.
 
 Each step runs in a fresh subprocess, so its peak RSS (ru_maxrss, read as soon as the step
 ends) is its own; the libraries and the inputs it loads are part of it and are given
@@ -237,6 +241,9 @@ def markdown(out: dict, before: dict | None, before_label: str = "an earlier ver
                 if before
                 else []
             ),
+            "The findings step runs the link rules on their analytic thresholds, without the "
+            "link calibration's null shuffles (measured in calibration_cost.md).",
+            "",
             f"Findings: {f['clusters']} clusters, {f['links']} links, pair precision "
             f"{f['pair_precision']:.2f}, pair recall {f['pair_recall']:.2f}, "
             f"{f['share_found']:.0%} of the planted groups found; margin ROC AUC "

@@ -86,6 +86,7 @@ def _clusters(res, texts, losses, inclusion, mask, calibrated, covariates=4):
         model_mask=mask,
         z_threshold=cal.z_threshold,
         mutual_threshold=cal.mutual_threshold,
+        strict_thresholds=(cal.z_strict, cal.mutual_strict),
     )
     return clusters, cluster_of, cal
 
@@ -197,6 +198,50 @@ def part_c(run_dirs: list[str]) -> list[dict]:
     return rows
 
 
+def part_d(run_dirs: list[str]) -> list[dict]:
+    """Do the links found on the first M models replicate on the next M (independent models)?
+    Per link, the pair's pooled z, (z[t, i] + z[i, t]) / sqrt(2), on the held-out models,
+    split by whether the planted groups know the pair. A non-planted link that replicates as
+    often as the planted ones is influence the planting does not know about, not noise."""
+    from memaudit.findings.clusters import adjusted_influence
+
+    rows = []
+    for path in run_dirs:
+        run = RunDir(path)
+        records = run.records()
+        inclusion = run.inclusion()
+        losses, valid = run.collect_losses(len(records), inclusion.shape[1])
+        losses = np.nan_to_num(losses)
+        texts = [r.text for r in records]
+        groups = [r.group for r in records]
+        total = int(valid.sum())
+        for m in (k for k in (32, 48, 64) if 2 * k <= total):
+            found = valid & (np.cumsum(valid) <= m)
+            held = valid & (np.cumsum(valid) > m) & (np.cumsum(valid) <= 2 * m)
+            res = get_estimator("adjusted").estimate(losses, inclusion, top_k=10, model_mask=found)
+            clusters = _clusters(res, texts, losses, inclusion, found, True)[0]
+            pairs = {(lk.target, lk.source) for c in clusters for lk in c.links}
+            kinds: dict[str, list[float]] = {"planted": [], "other": []}
+            for t, i in sorted(pairs):
+                a, se = adjusted_influence(
+                    losses, inclusion, np.array([t, i]), np.array([i, t]), held
+                )
+                z = float((a[0] / se[0] + a[1] / se[1]) / np.sqrt(2))
+                planted = groups[t] is not None and groups[t] == groups[i]
+                kinds["planted" if planted else "other"].append(z)
+            row = {"run": Path(path).name, "models": m, "held_out_models": int(held.sum())}
+            for kind, zs in kinds.items():
+                v = np.array(zs)
+                row[kind] = {
+                    "links": len(v),
+                    "median_z": float(np.median(v)) if len(v) else None,
+                    "share_z_above_2": float((v > 2).mean()) if len(v) else None,
+                }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def _f(v, digits=2):
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -270,6 +315,24 @@ def markdown(doc: dict) -> str:
             f"| {r['run']} | {r['finetune']}, {r['epochs']} ep, lr {r['lr']:g} | {r['models']} | "
             f"{cells[0]} | {cells[1]} | {head} | {thr['z']:.2f} / {mutual} |"
         )
+    if doc.get("replication"):
+        lines += [
+            "",
+            "## D. Do links replicate on independent models?",
+            "",
+            "Links found on the first M models, each pair's pooled z on the next M models "
+            "(independent); planted = the pair is in one planted group.",
+            "",
+            "| run | M | planted links: n, median z, share z > 2 | other links: n, median z, "
+            "share z > 2 |",
+            "|---|---|---|---|",
+        ]
+        for r in doc["replication"]:
+            cells = [
+                f"{r[k]['links']}, {_f(r[k]['median_z'])}, {_f(r[k]['share_z_above_2'])}"
+                for k in ("planted", "other")
+            ]
+            lines.append(f"| {r['run']} | {r['models']} | {cells[0]} | {cells[1]} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -290,6 +353,7 @@ def main() -> None:
         "null": part_a(4 if quick else 12),
         "groups": part_b(2 if quick else 4),
         "runs": part_c(run_dirs),
+        "replication": part_d(run_dirs),
     }
     OUT.mkdir(exist_ok=True)
     (OUT / "weak_regime.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")

@@ -480,6 +480,19 @@ class FindingsConfig:
         "reruns the estimator; 0: the analytic thresholds, as before calibration).",
         check=NON_NEGATIVE,
     )
+    # The most work calibration may take, in estimates (one run of the estimator; a shuffle is
+    # about 1.5: the estimator and the link rules). A run whose link_null_ensembles shuffles fit
+    # it, or are small anyway (shuffles x N^2 x M <= 5e10: up to about N = M = 1,000), runs them
+    # all; a larger one runs floor(budget / 1.5) whole shuffles and extrapolates each rule's
+    # null tail with a generalized Pareto fit (calibration.NullTail): N = 20,000, M = 1,000 at
+    # the default, 2 shuffles instead of 39. At least 1.5 (one shuffle). None: no cap, every
+    # shuffle runs at any size.
+    link_null_budget: float | None = setting(
+        4.0,
+        "Most work the link calibration may take, in runs of the estimator (above it: fewer "
+        "null shuffles and a fitted null tail; every shuffle runs on small runs anyway).",
+        check=_optional(_number(1.5)),
+    )
     # ... and where a run has many more candidate links than the shuffles give, a rule's
     # threshold may drop to where the expected false links are at most link_fdr of the links
     # kept (calibration.fdr_threshold); with few links the family-wise bound above holds.

@@ -277,7 +277,7 @@ def test_calibration_and_lira_settings_are_options(tmp_path, cli):
     like the rest: a run at N = 20,000 can turn the 39 null shuffles off."""
     cfg = build_run_config(ROOT / "d.jsonl", "m", link_null_ensembles=0, lira_tpr=0.7)
     assert cfg.findings.link_null_ensembles == 0 and cfg.findings.lira_tpr == 0.7
-    for flag in ("--link-null-ensembles", "--lira-fpr", "--lira-tpr"):
+    for flag in ("--link-null-ensembles", "--link-null-budget", "--lira-fpr", "--lira-tpr"):
         assert flag in CLI_OPTIONS[flag[2:].replace("-", "_")].flag
     toml = tmp_path / "c.toml"
     toml.write_text("lira_fpr = 2.0\n")

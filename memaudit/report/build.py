@@ -36,8 +36,10 @@ from memaudit.store.rundir import RunDir, package_versions
 SCHEMA_NAME = "memaudit-report"
 # 1.1: optional "convergence"; 1.2: optional link "basis"; 1.3: image runs; 1.4: per-record
 # influence distributions, LiRA and the deduplicator's table, the signal headline and each link's
-# rule, statistic and threshold (all optional: 1.0-1.3 reports still validate and render)
-SCHEMA_VERSION = "1.4"
+# rule, statistic and threshold; 1.5: the per-record "near_duplicates" verdict, its ground-truth
+# score, link_calibration's approximation and dissimilar-link thresholds (all optional: 1.0-1.4
+# reports still validate and render)
+SCHEMA_VERSION = "1.5"
 
 
 def load_schema() -> dict[str, Any]:
@@ -300,8 +302,16 @@ def _calibration_note(findings: Findings) -> list[str]:
             else "; the mutual low-margin rule made no link on any shuffle and needs no more"
         )
     )
+    tail = ""
+    if cal.requested is not None:
+        # The budgeted path (findings.calibration.null_plan): say so, and any fallback.
+        why = "".join(f"; {rule} rule: {text}" for rule, text in cal.fallback.items())
+        tail = (
+            f" (of {cal.requested} asked for: more would exceed link_null_budget, so each "
+            f"rule's null tail beyond them is extrapolated by a generalized Pareto fit{why})"
+        )
     return [
-        f"Link thresholds are calibrated on {cal.replicates} null shuffles of this run (each "
+        f"Link thresholds are calibrated on {cal.replicates} null shuffles{tail} of this run (each "
         "record's losses permuted within its own inclusion strata): the z rule needs "
         f"z >= {cal.z_threshold:.2f}{rule}. Each rule lets at most {cal.level:g} false links "
         "per run through on the shuffles (so the chance of any false link is under "

@@ -32,7 +32,7 @@ from memaudit.config import FindingsConfig  # noqa: E402
 from memaudit.estimate.adjusted import estimate_adjusted  # noqa: E402
 from memaudit.estimate.registry import get_estimator  # noqa: E402
 from memaudit.findings.calibration import calibrate_links  # noqa: E402
-from memaudit.findings.clusters import find_clusters, find_links  # noqa: E402
+from memaudit.findings.clusters import find_cluster_sets, find_clusters, find_links  # noqa: E402
 from memaudit.findings.ground_truth import score_against_groups  # noqa: E402
 from memaudit.findings.verdict import pair_threshold, signal_verdict  # noqa: E402
 from memaudit.store.rundir import RunDir  # noqa: E402
@@ -77,7 +77,9 @@ def _clusters(res, texts, losses, inclusion, mask, calibrated, covariates=4):
     if not calibrated:
         return find_clusters(res, texts, OLD, losses=losses, inclusion=inclusion, model_mask=mask)
     cal = calibrate_links(res, CFG, losses, inclusion, mask, covariates=covariates)
-    clusters, cluster_of = find_clusters(
+    # The findings stage's way: near-duplicate clusters from links between records that look
+    # alike, the others apart (clusters.find_cluster_sets).
+    found = find_cluster_sets(
         res,
         texts,
         CFG,
@@ -88,7 +90,7 @@ def _clusters(res, texts, losses, inclusion, mask, calibrated, covariates=4):
         mutual_threshold=cal.mutual_threshold,
         strict_thresholds=(cal.z_strict, cal.mutual_strict),
     )
-    return clusters, cluster_of, cal
+    return found.clusters, found.cluster_of, cal
 
 
 def part_a(runs: int) -> list[dict]:
@@ -219,8 +221,16 @@ def part_d(run_dirs: list[str]) -> list[dict]:
             found = valid & (np.cumsum(valid) <= m)
             held = valid & (np.cumsum(valid) > m) & (np.cumsum(valid) <= 2 * m)
             res = get_estimator("adjusted").estimate(losses, inclusion, top_k=10, model_mask=found)
-            clusters = _clusters(res, texts, losses, inclusion, found, True)[0]
-            pairs = {(lk.target, lk.source) for c in clusters for lk in c.links}
+            cal = calibrate_links(res, CFG, losses, inclusion, found)
+            sets = find_cluster_sets(
+                res, texts, CFG, losses=losses, inclusion=inclusion, model_mask=found,
+                z_threshold=cal.z_threshold, mutual_threshold=cal.mutual_threshold,
+                strict_thresholds=(cal.z_strict, cal.mutual_strict),
+            )  # fmt: skip
+            # Every link, the near-duplicate clusters' and the influence clusters'.
+            pairs = {
+                (lk.target, lk.source) for c in sets.clusters + sets.influence for lk in c.links
+            }
             kinds: dict[str, list[float]] = {"planted": [], "other": []}
             for t, i in sorted(pairs):
                 a, se = adjusted_influence(

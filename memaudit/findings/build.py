@@ -16,7 +16,7 @@ report renders the last round's findings, so nothing is computed twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from memaudit.data.images import stored_images
 from memaudit.ensemble.extract import aggregate
 from memaudit.estimate.analysis import Analysis
 from memaudit.findings.calibration import LinkCalibration, calibrate_links
-from memaudit.findings.clusters import Cluster, find_clusters, link_thresholds
+from memaudit.findings.clusters import Cluster, find_cluster_sets, link_thresholds
 from memaudit.findings.dedup import DedupResult
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.near_duplicates import NearDuplicateVerdict, near_duplicate_verdict
@@ -64,6 +64,9 @@ class Findings:
     # settled it is; memaudit.findings.near_duplicates): answered at fewer models than the
     # clusters, whose partners need pairwise evidence (#14).
     near_duplicate: NearDuplicateVerdict | None = None
+    # Records linked by influence that do not look alike (one style, template or topic): a
+    # finding of their own, in no near-duplicate cluster (clusters.find_cluster_sets).
+    influence_clusters: list[Cluster] = field(default_factory=list)
 
     def verdict(self, watch: str = "clusters") -> tuple[set[int], set[tuple[int, int]]]:
         """The verdict itself, for the stopping rule (#14): every record whose status is
@@ -75,11 +78,12 @@ class Findings:
         records = {int(m) for c in self.clusters for m in c.members} | {int(t) for t in risky}
         if self.near_duplicate is not None:
             records |= {int(t) for t in np.flatnonzero(self.near_duplicate.flag)}
+        records |= {int(m) for c in self.influence_clusters for m in c.members}
         if watch == "records":
             return records, set()
         pairs = {
             (int(a), int(b))
-            for c in self.clusters
+            for c in self.clusters + self.influence_clusters
             for k, a in enumerate(c.members)
             for b in c.members[k + 1 :]
         }
@@ -131,7 +135,7 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         calibration = calibrate_links(
             res, cfg, losses, inclusion, analysis.valid, covariates=covariates
         )
-    clusters, cluster_of = find_clusters(
+    found = find_cluster_sets(
         res,
         [r.text for r in records],
         cfg,
@@ -147,6 +151,7 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         if calibration is None
         else (calibration.z_strict, calibration.mutual_strict),
     )
+    clusters, cluster_of = found.clusters, found.cluster_of
     link_z, link_fraction = link_thresholds(
         cfg, len(records), int(analysis.valid.sum()), adjusted=True
     )
@@ -196,6 +201,7 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         signal=signal,
         risky_all=risky_all,
         near_duplicate=near,
+        influence_clusters=found.influence,
     )
 
 

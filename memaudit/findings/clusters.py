@@ -631,7 +631,29 @@ def _mutual_links(result: InfluenceResult, cfg: FindingsConfig, taken: np.ndarra
     return np.column_stack([t, i, val, se, z, np.ones(len(t))])
 
 
+@dataclass
+class ClusterSets:
+    """What :func:`find_cluster_sets` finds."""
+
+    clusters: list[Cluster]  # near-duplicate clusters, ranked
+    cluster_of: np.ndarray  # (N,) each record's near-duplicate cluster id, -1 for none
+    influence: list[Cluster]  # records linked without looking alike (empty unless apart)
+
+
 def find_clusters(
+    result: InfluenceResult,
+    texts: Sequence[str],
+    cfg: FindingsConfig | None = None,
+    bleu_gain: np.ndarray | None = None,
+    **options: Any,
+) -> tuple[list[Cluster], np.ndarray]:
+    """(clusters, cluster_of) of every link in one graph, whether or not the records look alike
+    (:func:`find_cluster_sets` with apart=False; the options are its keywords)."""
+    found = find_cluster_sets(result, texts, cfg, bleu_gain, apart=False, **options)
+    return found.clusters, found.cluster_of
+
+
+def find_cluster_sets(
     result: InfluenceResult,
     texts: Sequence[str],
     cfg: FindingsConfig | None = None,
@@ -645,7 +667,8 @@ def find_clusters(
     z_threshold: float | None = None,
     mutual_threshold: float | None = None,
     strict_thresholds: tuple[float | None, float | None] | None = None,
-) -> tuple[list[Cluster], np.ndarray]:
+    apart: bool = True,
+) -> ClusterSets:
     """Links from each target's top-k list only (so it scales to N = 20,000); undirected graph;
     clusters = connected components with >= 2 records. Returns clusters ranked by
     :func:`cluster_risk` (rank 0 = riskiest; ties: smallest member first) and cluster_of (N,)
@@ -658,7 +681,16 @@ def find_clusters(
     ``mutual_threshold``: the null-calibrated thresholds (see :func:`find_links`);
     ``strict_thresholds`` (z rule, mutual rule): the family-wise ones that links between
     records below the modality's similarity threshold must reach (memaudit.findings.
-    calibration explains why)."""
+    calibration explains why).
+
+    ``apart`` (the findings stage's way): near-duplicate clusters are the components of the
+    links between records that look alike (text or pixels at the modality's threshold); the
+    links between records that do not are a finding of their own, ``ClusterSets.influence``
+    (records that influence each other without looking alike: one style, one template, one
+    topic), and join no near-duplicate cluster. Measured on held-out SMS spam (LoRA, 128
+    models): joining them gave pair precision 0.72 against the natural and planted duplicate
+    groups, keeping them apart 1.00 at the same recall (0.37); the weak-memorization demo at
+    128 models 0.97 -> 0.99 (recall 0.82 kept). Without it everything is one graph."""
     cfg = cfg or FindingsConfig()
     n = n_records(result)
     if len(texts) != n:
@@ -686,14 +718,40 @@ def find_clusters(
         floor = mutual_threshold if mutual_threshold is not None else -np.inf
         level = (cfg.link_fwer or 0.05) / 2
         rows, _ = guard_merges(rows, losses, inclusion, model_mask, n, floor, level)
+    pairs = rows[:, :2].astype(np.int64)
+    sim = link_similarity(modality, pairs, texts, images)
+    margin = np.where(result.margin_defined & np.isfinite(result.margin), result.margin, np.nan)
+
+    def build(keep: np.ndarray) -> tuple[list[Cluster], np.ndarray]:
+        return _build_clusters(rows[keep], sim[keep], n, margin, bleu, cfg, modality, applied)
+
+    if not apart:
+        clusters, cluster_of = build(np.ones(len(rows), dtype=bool))
+        return ClusterSets(clusters, cluster_of, [])
+    alike = sim >= getattr(cfg, modality.threshold_field)
+    clusters, cluster_of = build(alike)
+    influence, _ = build(~alike)
+    return ClusterSets(clusters, cluster_of, influence)
+
+
+def _build_clusters(
+    rows: np.ndarray,
+    sim: np.ndarray,
+    n: int,
+    margin: np.ndarray,
+    bleu: np.ndarray | None,
+    cfg: FindingsConfig,
+    modality: Modality,
+    applied: dict[int, float | None],
+) -> tuple[list[Cluster], np.ndarray]:
+    """Connected components (two or more records) of the links ``rows`` (with their
+    similarities ``sim``), ranked by :func:`cluster_risk`, and each record's cluster id."""
     t_idx = rows[:, 0].astype(np.int64)
     i_idx = rows[:, 1].astype(np.int64)
     graph = coo_matrix((np.ones(len(rows)), (t_idx, i_idx)), shape=(n, n)).tocsr()
     _, labels = connected_components(graph, directed=False)
     sizes = np.bincount(labels, minlength=n)
     comp_ids = np.flatnonzero(sizes >= 2)
-    pairs = np.column_stack([t_idx, i_idx])
-    sim = link_similarity(modality, pairs, texts, images)
 
     # Members and links of every component in O(N + K), no per-cluster scan of all records.
     order = np.argsort(labels, kind="stable")
@@ -701,7 +759,6 @@ def find_clusters(
     link_order = np.argsort(labels[t_idx], kind="stable")
     link_starts = np.searchsorted(labels[t_idx][link_order], comp_ids, side="left")
     link_ends = np.searchsorted(labels[t_idx][link_order], comp_ids, side="right")
-    margin = np.where(result.margin_defined & np.isfinite(result.margin), result.margin, np.nan)
 
     clusters: list[Cluster] = []
     for c, comp in enumerate(comp_ids):

@@ -163,6 +163,7 @@ def build_report(
         "ground_truth": ground_truth,
         "records": rows,
         "clusters": [_cluster_dict(c) for c in clusters],
+        "influence_clusters": [_cluster_dict(c) for c in findings.influence_clusters],
         "findings": {
             "clusters": [c.id for c in clusters[: cfg.top_clusters]],
             "records": [

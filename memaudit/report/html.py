@@ -620,6 +620,41 @@ def _link_rule(link: dict[str, Any]) -> str:
     return f"{rule}: {name} {stat:.2f}" + (f" &ge; {bar:.2f}" if bar is not None else "")
 
 
+def _influence_clusters_section(report: dict[str, Any]) -> str:
+    """Records linked by influence that do not look alike (report 1.5), apart from the
+    near-duplicate clusters: each group's records (escaped; ids only when redacted) and
+    links with their rule and statistic."""
+    groups = report.get("influence_clusters")
+    if not isinstance(groups, list) or not groups:
+        return ""
+    records = report.get("records") or []
+
+    def label(m: Any) -> str:
+        r = records[m] if isinstance(m, int) and 0 <= m < len(records) else {}
+        text = r.get("text")
+        return f"{r.get('id', m)}" + (f": {str(text)[:120]}" if text else "")
+
+    items = []
+    for g in groups:
+        members = "".join(f"<li>{_esc(label(m))}</li>" for m in g.get("members") or [])
+        links = ", ".join(
+            f"{_esc(lk.get('target'))}&larr;{_esc(lk.get('source'))} "
+            f"({_esc(lk.get('basis'))}, {_fmt(lk.get('statistic'), 2)})"
+            for lk in g.get("links") or []
+        )
+        items.append(
+            f"<details><summary>{len(g.get('members') or [])} records</summary>"
+            f"<ul>{members}</ul><p>links: {links}</p></details>"
+        )
+    return (
+        "<section id='influence-clusters'><h2>Records that influence each other without "
+        f"looking alike</h2><p>{len(groups)} groups linked by calibrated influence whose texts "
+        "(or pixels) are not alike: not near-duplicates, but a style, template or topic the "
+        "model learns from each. Listed apart from the near-duplicate clusters.</p>"
+        f"{''.join(items)}</section>"
+    )
+
+
 def _near_duplicates_section(report: dict[str, Any]) -> str:
     """The per-record verdict (#14): counts, and every flagged or unsettled record with its
     margin, q-value, chance to repeat and likely partners (ids only: redacted reports too)."""
@@ -1570,6 +1605,7 @@ def render_html(report: dict, flagged: dict | None = None) -> str:
         toc,
         _table_section(report, has_bleu),
         _near_duplicates_section(report),
+        _influence_clusters_section(report),
         _convergence_section(report),
         _lira_section(report),
         _dedup_section(report),

@@ -422,6 +422,7 @@ def print_report(report: dict, out: Console | None = None, clusters: int = 5) ->
             members.add_row("…", f"{len(c['members']) - 8} more", "", "", "")
         out.print(members)
 
+    _print_influence_clusters(report.get("influence_clusters"), records, out)
     _print_near_duplicates(report.get("near_duplicates"), report, out)
     if report.get("lowest_margin"):
         _print_lowest_margin(report["lowest_margin"], out, report["ground_truth"] is not None)
@@ -455,6 +456,28 @@ def _print_headline(headline: dict | None, out: Console) -> None:
     style = {"strong": "green", "weak": "yellow", "none": "red"}.get(headline.get("strength"), "")
     for k, line in enumerate(headline.get("text") or []):
         out.print(Text(escape_controls(line), style=style if k else "bold"))
+
+
+def _print_influence_clusters(groups: list[dict] | None, records: list[dict], out: Console) -> None:
+    """Records linked by influence that do not look alike (report 1.5): not near-duplicates,
+    so shown apart, a few members each."""
+    if not groups:
+        return
+    out.print(
+        f"\n[bold]Records that influence each other without looking alike[/] ({len(groups)} "
+        "groups; not near-duplicates: a style, template or topic the model learns from each)"
+    )
+    for g in groups[:3]:
+        stats = [lk.get("statistic") for lk in g["links"] if lk.get("statistic") is not None]
+        strongest = f", strongest link z {max(stats):.1f}" if stats else ""
+        names = []
+        for m in g["members"][:4]:
+            label = _label(records[m])
+            names.append(f"{records[m]['id'][:16]} ({label[:28]}{'…' if len(label) > 28 else ''})")
+        more = f" and {len(g['members']) - 4} more" if len(g["members"]) > 4 else ""
+        out.print(
+            safe_text(f"  {len(g['members'])} records{strongest}: " + "; ".join(names) + more)
+        )
 
 
 def _print_near_duplicates(near: dict | None, report: dict, out: Console, shown: int = 6) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from memaudit.config import AnalysisConfig, FindingsConfig
 from memaudit.estimate.analysis import analyze_run
 from memaudit.findings.build import build_findings, extraction_metrics
-from memaudit.findings.clusters import find_clusters, link_thresholds
+from memaudit.findings.clusters import find_cluster_sets, link_thresholds
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.risky import risky_unique_records
 from memaudit.store.rundir import RunDir
@@ -32,7 +32,7 @@ def test_text_run_findings_are_their_parts(tmp_path):
 
     inclusion, losses = run.inclusion(), np.nan_to_num(analysis.losses)
     texts = [r.text for r in analysis.records]
-    clusters, cluster_of = find_clusters(
+    sets = find_cluster_sets(
         analysis.result,
         texts,
         cfg,
@@ -40,6 +40,8 @@ def test_text_run_findings_are_their_parts(tmp_path):
         inclusion=inclusion,
         model_mask=analysis.valid,
     )
+    clusters, cluster_of = sets.clusters, sets.cluster_of
+    assert [c.members for c in found.influence_clusters] == [c.members for c in sets.influence]
     mia = membership_scores(losses, inclusion, analysis.valid)
     lira_tpr = found.lira["records"]["lira_tpr"]
     risky = risky_unique_records(

@@ -360,3 +360,34 @@ def get_estimator_adjusted(losses, inc):
     from memaudit.estimate.registry import get_estimator
 
     return get_estimator("adjusted").estimate(losses, inc, top_k=8)
+
+
+def test_records_linked_without_looking_alike_are_kept_apart_from_near_duplicates():
+    """find_cluster_sets: a linked pair whose texts are alike is a near-duplicate cluster; a
+    linked pair whose texts are not is an influence cluster of its own, in no near-duplicate
+    cluster (cluster_of -1); find_clusters keeps the one-graph view."""
+    from memaudit.findings.clusters import find_cluster_sets
+
+    rng = np.random.default_rng(5)
+    n, m = 40, 64
+    inc = rng.random((n, m)) < 0.5
+    losses = 3.0 + rng.normal(0, 0.5, (n, m)) - 1.0 * inc
+    for a, b in ((0, 1), (2, 3)):
+        losses[a] -= 0.8 * inc[b] * (1 - inc[a])
+        losses[b] -= 0.8 * inc[a] * (1 - inc[b])
+    texts = [f"record number {k} about topic {k * 7919 % 1000}" for k in range(n)]
+    texts[0] = "Q: who wrote the origin of species A: Charles Darwin"
+    texts[1] = "Q: who wrote the origin of species A: Charles Darwin."
+    texts[2] = "zebra crossing lights at midnight"
+    texts[3] = "quarterly revenue of 1987 in francs"
+    res = get_estimator_adjusted(losses, inc)
+    cfg = FindingsConfig(link_null_ensembles=0, link_fwer=None, link_z=1.0, mutual_links=False)
+    kw = dict(losses=losses, inclusion=inc, z_threshold=2.0)
+    sets = find_cluster_sets(res, texts, cfg, **kw)
+    assert sets.cluster_of[0] == sets.cluster_of[1] >= 0
+    assert sets.cluster_of[2] < 0 and sets.cluster_of[3] < 0
+    assert [c.members for c in sets.influence] == [[2, 3]]
+    assert sets.influence[0].kind == "influence"
+    assert all(c.kind == "textual" for c in sets.clusters)
+    _, joined = find_clusters(res, texts, cfg, **kw)
+    assert joined[2] == joined[3] >= 0

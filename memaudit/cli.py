@@ -674,6 +674,11 @@ def main() -> None:
 
     from memaudit.errors import escape_controls
 
+    # peft reads transformers 5's deprecated alias once per trained member: a warning on every
+    # run that the user cannot act on (the forked workers inherit the filter).
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     if not getattr(warnings.showwarning, "_memaudit", False):
         # A library's warning can quote the data (matplotlib names a glyph it cannot draw,
         # ESC included): shown escaped, like everything else that reaches the terminal.

@@ -264,11 +264,14 @@ def markdown(doc: dict) -> str:
         + " ".join(doc["run_dirs"])
         + "`.",
         "",
-        "The run directories quoted: demo-full-32 = `memaudit run fixtures/demo/nq_demo.jsonl "
-        "--config fixtures/demo/demo.toml` (the strong demo); weak-lora-64 = `memaudit run "
-        "fixtures/demo/nq_demo.jsonl --model fixtures/tiny-gpt-neo --preset nq --models 64 "
-        "--max-length 64` (the #19 command at 64 models; LoRA defaults). Part C's 'before' is "
-        "link_null_ensembles = 0 (the rules as they were).",
+        "The run directories quoted: new-run = `memaudit run fixtures/demo/nq_demo.jsonl "
+        "--config fixtures/demo/demo.toml` (the strong demo, 32 models); weak-run = `memaudit "
+        "run fixtures/demo/nq_demo.jsonl --model fixtures/tiny-gpt-neo --preset nq --models "
+        "128 --max-length 64` (the #19 command at 128 models; LoRA defaults). Part C's "
+        "'before' is link_null_ensembles = 0 and one graph of every link (no calibration, no "
+        "separation of links between dissimilar records); 'after' is the findings stage's "
+        "rules (calibrated, near-duplicate clusters from links between records that look "
+        "alike).",
         "",
         "## A. Runs with any false link on null ensembles (no cross-record effect)",
         "",

@@ -389,7 +389,7 @@ def evaluate_run(task: str, setting: str, seed: int) -> dict:
     }
 
 
-def evaluate(wanted: list[tuple[str, str, int]]) -> dict:
+def evaluate(wanted: list[tuple[str, str, int]], reuse: bool = False) -> dict:
     doc = {
         "machine": machine(),
         "command": "python benchmarks/verdict_small_m.py",
@@ -403,10 +403,16 @@ def evaluate(wanted: list[tuple[str, str, int]]) -> dict:
         if n_done(run_dir(task, setting, seed), mmax) < mmax:
             doc["missing"].append(f"{task}-{setting}-s{seed}")
             continue
+        saved = CACHE / "scores" / f"{task}-{setting}-s{seed}.json"
+        if reuse and saved.exists():
+            doc["runs"].append(json.loads(saved.read_text()))
+            continue
         t0 = time.perf_counter()
         doc["runs"].append(evaluate_run(task, setting, seed))
         doc["runs"][-1]["evaluation_seconds"] = round(time.perf_counter() - t0, 1)
         print(f"evaluated {task}-{setting}-s{seed} in {time.perf_counter() - t0:.0f} s", flush=True)
+        saved.parent.mkdir(exist_ok=True)
+        saved.write_text(json.dumps(doc["runs"][-1], default=float) + "\n")
         write(doc)
     doc["complete"] = not doc["missing"]
     write(doc)
@@ -579,6 +585,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--evaluate-only", action="store_true", help="train nothing; score the cache")
     ap.add_argument("--train-only", action="store_true", help="train what is missing; no scores")
+    ap.add_argument(
+        "--reuse-scores",
+        action="store_true",
+        help="reuse each run's scores from an earlier evaluation (benchmarks/cache/verdict/"
+        "scores/): only for filling in runs as they finish; after any change to memaudit's "
+        "findings code, evaluate without it",
+    )
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
@@ -588,7 +601,7 @@ def main() -> None:
         for task, setting, seed in wanted:
             train(task, setting, seed)
     if not args.train_only:
-        evaluate(wanted)
+        evaluate(wanted, reuse=args.reuse_scores)
 
 
 if __name__ == "__main__":

@@ -335,23 +335,40 @@ def evaluate_run(task: str, setting: str, seed: int) -> dict:
     points: dict[tuple[str, int], dict] = {}
     builds: list[float] = []
 
-    # --models auto, replayed with the real rule; its rounds are the adjusted curve's points.
-    previous, auto = None, None
-    rounds = []
+    # --models auto, replayed with the real rule under both --auto-watch settings (the second
+    # diagnoses the first's analysis and findings of the same models); its rounds are the
+    # adjusted curve's points.
+    watching = Audit.open(path)
+    conv = dataclasses.replace(audit.config.convergence, watch="records")
+    watching.config = dataclasses.replace(audit.config, convergence=conv)
+    previous, auto, prev_r, auto_r = None, None, None, None
+    rounds, rounds_r = [], []
+
+    def row(m: int, d, secs: float) -> dict:
+        return {"models": m, "converged": bool(d.converged), "seconds": round(secs, 1),
+                "criteria": {c["name"]: {"value": c["value"], "met": bool(c["met"])}
+                             for c in d.criteria}}  # fmt: skip
+
     for m in round_sizes(16, mmax):
         t0 = time.perf_counter()
-        now = check(audit, previous, models=m)
-        secs = time.perf_counter() - t0
-        d = now.diagnostics
-        rounds.append(
-            {"models": m, "converged": bool(d.converged), "seconds": round(secs, 1),
-             "criteria": {c["name"]: {"value": c["value"], "met": bool(c["met"])}
-                          for c in d.criteria}}
-        )  # fmt: skip
-        points[("adjusted", m)] = score(now.analysis, now.findings, groups)
-        previous = now
-        if d.converged:
-            auto = m
+        built = None
+        if auto is None:
+            now = check(audit, previous, models=m)
+            rounds.append(row(m, now.diagnostics, time.perf_counter() - t0))
+            previous = now
+            built = (now.analysis, now.findings)
+            if now.diagnostics.converged:
+                auto = m
+        if auto_r is None:
+            t0 = time.perf_counter()
+            now_r = check(watching, prev_r, models=m, built=built)
+            rounds_r.append(row(m, now_r.diagnostics, time.perf_counter() - t0))
+            prev_r = now_r
+            built = (now_r.analysis, now_r.findings)
+            if now_r.diagnostics.converged:
+                auto_r = m
+        points[("adjusted", m)] = score(built[0], built[1], groups)
+        if auto is not None and auto_r is not None:
             break
     for est in ESTIMATORS:
         for m in sorted(set(grid) | {mmax}):
@@ -371,6 +388,8 @@ def evaluate_run(task: str, setting: str, seed: int) -> dict:
     }  # fmt: skip
     stop = auto if auto is not None else mmax
     at_stop = {k: v for k, v in points[("adjusted", stop)].items() if k != "_flag"}
+    stop_r = auto_r if auto_r is not None else mmax
+    at_stop_r = {k: v for k, v in points[("adjusted", stop_r)].items() if k != "_flag"}
     return {
         "task": task,
         "setting": setting,
@@ -384,6 +403,12 @@ def evaluate_run(task: str, setting: str, seed: int) -> dict:
             "stopped_by": "converged" if auto is not None else f"cap ({mmax}) without converging",
             "rounds": rounds,
             "scores": at_stop,
+        },
+        "auto_records": {
+            "stopped_at": stop_r,
+            "stopped_by": "converged" if auto_r is not None else f"cap ({mmax}) without converging",
+            "rounds": rounds_r,
+            "scores": at_stop_r,
         },
         "findings_build_seconds": [round(b, 1) for b in builds],
     }
@@ -454,13 +479,16 @@ def summarise(runs: list[dict]) -> list[dict]:
                      "seeds": len(pts), "groups": pts[0]["groups"]}
                     | {k: _stats([p[k] for p in pts]) for k in KEYS}
                 )  # fmt: skip
-        auto = [r["auto"] for r in mine]
-        rows.append(
-            {"task": task, "setting": setting, "estimator": "adjusted", "models": "auto",
-             "seeds": len(auto), "groups": auto[0]["scores"]["groups"],
-             "stopped_at": [a["stopped_at"] for a in auto]}
-            | {k: _stats([a["scores"].get(k) for a in auto]) for k in KEYS}
-        )  # fmt: skip
+        for key, label in (("auto", "auto"), ("auto_records", "auto (records)")):
+            auto = [r[key] for r in mine if key in r]
+            if not auto:
+                continue
+            rows.append(
+                {"task": task, "setting": setting, "estimator": "adjusted", "models": label,
+                 "seeds": len(auto), "groups": auto[0]["scores"]["groups"],
+                 "stopped_at": [a["stopped_at"] for a in auto]}
+                | {k: _stats([a["scores"].get(k) for a in auto]) for k in KEYS}
+            )  # fmt: skip
     return rows
 
 
@@ -519,8 +547,8 @@ def markdown(doc: dict) -> str:
         ]
         for r in rows:
             m = r["models"]
-            if m == "auto":
-                m = "auto: stops at " + ", ".join(map(str, r["stopped_at"]))
+            if isinstance(m, str):
+                m = f"{m}: stops at " + ", ".join(map(str, r["stopped_at"]))
             lines.append(
                 f"| {r['estimator']} | {m} | {_cell(r['auc_margin'])} | "
                 f"{_cell(r['pair_precision'], 2)} | {_cell(r['pair_recall'], 2)} | "
@@ -528,23 +556,33 @@ def markdown(doc: dict) -> str:
             )
         lines.append("")
     lines += [
-        "## Where `--models auto` stops, per run (adjusted, rounds 16, 32, 48, ...)",
+        "## Where `--models auto` stops, per run (adjusted, rounds 16, 24, 32, 48, ...)",
         "",
-        "| run | stops at | flag change per round | scores at the stop (AUC, precision, recall, "
-        "touched, agreement) |",
-        "|---|---|---|---|",
+        "`--auto-watch clusters` (the default: records and their partners) and "
+        "`--auto-watch records` (each record's status).",
+        "",
+        "| run | watch | stops at | verdict change per round | unsettled per round | scores at "
+        "the stop (AUC, precision, recall, touched, agreement) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in runs:
-        a = r["auto"]
-        fc = [x["criteria"].get("flag_change", {}).get("value") for x in a["rounds"]]
-        s = a["scores"]
-        lines.append(
-            f"| {r['task']}-{r['setting']}-s{r['seed']} | {a['stopped_at']} ({a['stopped_by']}) | "
-            + ", ".join("–" if v is None else f"{v:.2f}" for v in fc)
-            + f" | {_f(s['auc_margin'])}, {_f(s['pair_precision'], 2)}, "
-            f"{_f(s['pair_recall'], 2)}, {s['groups_touched']}/{s['groups']}, "
-            f"{_f(s['verdict_agreement'])} |"
-        )
+        for key, watch in (("auto", "clusters"), ("auto_records", "records")):
+            if key not in r:
+                continue
+            a = r[key]
+            fc = [x["criteria"].get("flag_change", {}).get("value") for x in a["rounds"]]
+            un = [x["criteria"].get("unsettled", {}).get("value") for x in a["rounds"]]
+            s = a["scores"]
+            lines.append(
+                f"| {r['task']}-{r['setting']}-s{r['seed']} | {watch} | {a['stopped_at']} "
+                f"({a['stopped_by']}) | "
+                + ", ".join("–" if v is None else f"{v:.2f}" for v in fc)
+                + " | "
+                + ", ".join("–" if v is None else f"{v:.2f}" for v in un)
+                + f" | {_f(s['auc_margin'])}, {_f(s['pair_precision'], 2)}, "
+                f"{_f(s['pair_recall'], 2)}, {s['groups_touched']}/{s['groups']}, "
+                f"{_f(s['verdict_agreement'])} |"
+            )
     lines += [
         "",
         "## Per seed",

@@ -55,12 +55,22 @@ class Round:
     diagnostics: Diagnostics
 
 
-def check(audit, previous: Round | None = None, models: int | None = None) -> Round:
+def check(
+    audit,
+    previous: Round | None = None,
+    models: int | None = None,
+    built: tuple[Analysis, Findings] | None = None,
+) -> Round:
     """Estimate, build the findings once and diagnose the ensemble as the run directory holds
     it, comparing the flagged set with ``previous`` round's. ``models``: only the first
-    ``models`` models (benchmarks replay ``--models auto`` on a finished run this way)."""
-    analysis = audit.analyze(models=models)
-    findings = build_findings(audit.run_dir, analysis, audit.config.findings)
+    ``models`` models (benchmarks replay ``--models auto`` on a finished run this way);
+    ``built``: the analysis and findings of this round already made (a replay of another
+    --auto-watch on the same models), diagnosed under this audit's convergence settings."""
+    if built is not None:
+        analysis, findings = built
+    else:
+        analysis = audit.analyze(models=models)
+        findings = build_findings(audit.run_dir, analysis, audit.config.findings)
     # The stopping rule watches the verdict (every flagged record and its partners), not the
     # report's top-N display cut (#14).
     watch = audit.config.convergence.watch

@@ -146,17 +146,21 @@ def _mean_scores(scores: list[dict]) -> dict:
     }
 
 
+def _load(path: str):
+    """(run, inclusion, losses with NaN as 0, valid models, texts, planted groups)."""
+    run = RunDir(path)
+    records = run.records()
+    inclusion = run.inclusion()
+    losses, valid = run.collect_losses(len(records), inclusion.shape[1])
+    texts = [r.text for r in records]
+    return run, inclusion, np.nan_to_num(losses), valid, texts, [r.group for r in records]
+
+
 def part_c(run_dirs: list[str]) -> list[dict]:
     rows = []
     for path in run_dirs:
-        run = RunDir(path)
-        records = run.records()
-        inclusion = run.inclusion()
-        losses, valid = run.collect_losses(len(records), inclusion.shape[1])
-        losses = np.nan_to_num(losses)
+        run, inclusion, losses, valid, texts, groups = _load(path)
         saved = run.read_config()["config"]
-        texts = [r.text for r in records]
-        groups = [r.group for r in records]
         total = int(valid.sum())
         for m in [k for k in (16, 32, 48, 64, 96, 128) if k < total] + [total]:
             mask = valid & (np.cumsum(valid) <= m)
@@ -209,13 +213,7 @@ def part_d(run_dirs: list[str]) -> list[dict]:
 
     rows = []
     for path in run_dirs:
-        run = RunDir(path)
-        records = run.records()
-        inclusion = run.inclusion()
-        losses, valid = run.collect_losses(len(records), inclusion.shape[1])
-        losses = np.nan_to_num(losses)
-        texts = [r.text for r in records]
-        groups = [r.group for r in records]
+        _, inclusion, losses, valid, texts, groups = _load(path)
         total = int(valid.sum())
         for m in (k for k in (32, 48, 64) if 2 * k <= total):
             found = valid & (np.cumsum(valid) <= m)

@@ -333,6 +333,21 @@ def test_links_between_dissimilar_records_must_reach_the_family_wise_threshold()
     """The false-discovery relaxation of the calibrated thresholds holds for links between
     records that look alike; two dissimilar records with the same evidence need the strict
     (family-wise) threshold."""
+    losses, inc, texts = _alike_and_dissimilar_pairs()
+    res = get_estimator_adjusted(losses, inc)
+    cfg = FindingsConfig(link_null_ensembles=0, link_fwer=None, link_z=1.0, mutual_links=False)
+    loose = dict(losses=losses, inclusion=inc, z_threshold=2.0)
+    _, both = find_clusters(res, texts, cfg, **loose)
+    assert both[0] == both[1] >= 0 and both[2] == both[3] >= 0
+    clusters, strict = find_clusters(res, texts, cfg, **loose, strict_thresholds=(1e6, None))
+    assert strict[0] == strict[1] >= 0 and strict[2] < 0 and strict[3] < 0
+    link = next(lk for c in clusters for lk in c.links if lk.target in (0, 1))
+    assert link.threshold == 2.0 and link.basis == "evidence"
+
+
+def _alike_and_dissimilar_pairs():
+    """Two substitute pairs with the same effect: records 0 and 1 share their text, records 2
+    and 3 share nothing."""
     rng = np.random.default_rng(5)
     n, m = 40, 64
     inc = rng.random((n, m)) < 0.5
@@ -345,15 +360,7 @@ def test_links_between_dissimilar_records_must_reach_the_family_wise_threshold()
     texts[1] = "Q: who wrote the origin of species A: Charles Darwin."
     texts[2] = "zebra crossing lights at midnight"
     texts[3] = "quarterly revenue of 1987 in francs"
-    res = get_estimator_adjusted(losses, inc)
-    cfg = FindingsConfig(link_null_ensembles=0, link_fwer=None, link_z=1.0, mutual_links=False)
-    loose = dict(losses=losses, inclusion=inc, z_threshold=2.0)
-    _, both = find_clusters(res, texts, cfg, **loose)
-    assert both[0] == both[1] >= 0 and both[2] == both[3] >= 0
-    clusters, strict = find_clusters(res, texts, cfg, **loose, strict_thresholds=(1e6, None))
-    assert strict[0] == strict[1] >= 0 and strict[2] < 0 and strict[3] < 0
-    link = next(lk for c in clusters for lk in c.links if lk.target in (0, 1))
-    assert link.threshold == 2.0 and link.basis == "evidence"
+    return losses, inc, texts
 
 
 def get_estimator_adjusted(losses, inc):
@@ -368,18 +375,7 @@ def test_records_linked_without_looking_alike_are_kept_apart_from_near_duplicate
     cluster (cluster_of -1); find_clusters keeps the one-graph view."""
     from memaudit.findings.clusters import find_cluster_sets
 
-    rng = np.random.default_rng(5)
-    n, m = 40, 64
-    inc = rng.random((n, m)) < 0.5
-    losses = 3.0 + rng.normal(0, 0.5, (n, m)) - 1.0 * inc
-    for a, b in ((0, 1), (2, 3)):
-        losses[a] -= 0.8 * inc[b] * (1 - inc[a])
-        losses[b] -= 0.8 * inc[a] * (1 - inc[b])
-    texts = [f"record number {k} about topic {k * 7919 % 1000}" for k in range(n)]
-    texts[0] = "Q: who wrote the origin of species A: Charles Darwin"
-    texts[1] = "Q: who wrote the origin of species A: Charles Darwin."
-    texts[2] = "zebra crossing lights at midnight"
-    texts[3] = "quarterly revenue of 1987 in francs"
+    losses, inc, texts = _alike_and_dissimilar_pairs()
     res = get_estimator_adjusted(losses, inc)
     cfg = FindingsConfig(link_null_ensembles=0, link_fwer=None, link_z=1.0, mutual_links=False)
     kw = dict(losses=losses, inclusion=inc, z_threshold=2.0)

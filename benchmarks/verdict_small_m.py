@@ -561,8 +561,8 @@ def markdown(doc: dict) -> str:
         "`--auto-watch clusters` (the default: records and their partners) and "
         "`--auto-watch records` (each record's status).",
         "",
-        "| run | watch | stops at | verdict change per round | unsettled per round | scores at "
-        "the stop (AUC, precision, recall, touched, agreement) |",
+        "| run | watch | stops at | verdict change per round | expected flips per round | "
+        "scores at the stop (AUC, precision, recall, touched, agreement) |",
         "|---|---|---|---|---|---|",
     ]
     for r in runs:
@@ -571,7 +571,10 @@ def markdown(doc: dict) -> str:
                 continue
             a = r[key]
             fc = [x["criteria"].get("flag_change", {}).get("value") for x in a["rounds"]]
-            un = [x["criteria"].get("unsettled", {}).get("value") for x in a["rounds"]]
+            un = [
+                x["criteria"].get("expected_flips", x["criteria"].get("unsettled", {})).get("value")
+                for x in a["rounds"]
+            ]
             s = a["scores"]
             lines.append(
                 f"| {r['task']}-{r['setting']}-s{r['seed']} | {watch} | {a['stopped_at']} "

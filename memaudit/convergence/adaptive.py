@@ -91,7 +91,7 @@ def check(
         result=analysis.result,
         estimator=audit.config.analysis.estimator,
         covariates=audit.config.analysis.covariates,
-        unsettled=None if near is None else float(near.unsettled.mean()),
+        expected_flips=None if near is None else near.expected_flips,
     )
     return Round(analysis, findings, diag)
 

@@ -428,15 +428,16 @@ def diagnose(
     covariates: int = 4,
     pairs: set[tuple[int, int]] | None = None,
     previous_pairs: set[tuple[int, int]] | None = None,
-    unsettled: float | None = None,
+    expected_flips: float | None = None,
 ) -> Diagnostics:
     """All diagnostics for the ensemble as it stands.
 
     With ``pairs`` and ``previous_pairs`` (the records each flagged record is clustered with,
     as pairs), flag_change is the larger of the flagged set's change and the pairs' change, so
-    a verdict whose members stay but whose partners move is not stable (#14). ``unsettled``:
-    the share of records whose per-record near-duplicate verdict may still flip
-    (memaudit.findings.near_duplicates); with it, it must be at most ``cfg.max_unsettled``.
+    a verdict whose members stay but whose partners move is not stable (#14). ``expected_flips``:
+    the share of records whose per-record near-duplicate verdict a same-size ensemble would be
+    expected to flip (memaudit.findings.near_duplicates); with it, it must be at most
+    ``cfg.max_expected_flips``.
 
     Converged when reliability_self and reliability_margin reach ``cfg.min_reliability`` and
     flag_change (vs ``previous_flagged``) is at most ``cfg.max_flag_change``; without a
@@ -503,8 +504,10 @@ def diagnose(
         _criterion("reliability_margin", rel_margin, cfg.min_reliability, True, before),
         _criterion("flag_change", flag_change, cfg.max_flag_change, False, before),
     ]
-    if unsettled is not None:
-        criteria.append(_criterion("unsettled", unsettled, cfg.max_unsettled, False, before))
+    if expected_flips is not None:
+        criteria.append(
+            _criterion("expected_flips", expected_flips, cfg.max_expected_flips, False, before)
+        )
         if cfg.watch == "records":
             # The per-record verdict reads the margin as a flag, judged by the two criteria
             # above; the rank order of the unique records' margins (mostly noise maxima) is

@@ -27,7 +27,7 @@ Probability: Phi(distance of the log-margin to the flag cut / its standard error
 standard error by the delta method from the two influences that make the margin: the chance
 that an ensemble of the same size puts the record on the same side of the cut again (the
 analytic equivalent of a bootstrap over models). The stopping rule counts records below
-SETTLED as unsettled.
+SETTLED as unsettled; the stopping rule reads the expected share of flips (expected_flips).
 """
 
 from __future__ import annotations
@@ -78,6 +78,14 @@ class NearDuplicateVerdict:
         return np.isfinite(self.log_margin) & ~self.in_cluster & ~(self.probability >= SETTLED)
 
     @property
+    def expected_flips(self) -> float:
+        """The share of records a same-size ensemble would be expected to flag differently:
+        the mean of 1 - probability over records with a verdict (a cluster's members: 0)."""
+        prob = np.where(self.in_cluster, 1.0, self.probability)
+        ok = np.isfinite(prob)
+        return float(np.mean(1.0 - prob[ok])) if ok.any() else 0.0
+
+    @property
     def note(self) -> str | None:
         if self.dip_p > self.level and np.isfinite(self.log_margin).sum() >= 4:
             return (
@@ -110,6 +118,7 @@ class NearDuplicateVerdict:
             "n_by_margin": int(self.by_margin.sum()),
             "n_in_clusters": int(self.in_cluster.sum()),
             "n_unsettled": int(self.unsettled.sum()),
+            "expected_flips": self.expected_flips,
             "settled_at": SETTLED,
             "note": self.note,
             "records": [

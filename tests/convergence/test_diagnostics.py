@@ -363,25 +363,25 @@ def test_stopping_rule_watches_partners_as_well_as_members():
 
 
 def test_an_unsettled_per_record_verdict_blocks_convergence():
-    """The per-record near-duplicate verdict's unsettled share is a criterion: a stable
-    flagged set does not converge while more than max_unsettled of the records may flip."""
+    """The per-record near-duplicate verdict's expected share of flips is a criterion: a
+    stable flagged set does not converge while more than max_expected_flips would flip."""
     losses, p = ensemble(60, 1024)
     flagged = flagged_of(losses, p, None)
     same = dict(previous_flagged=flagged, cfg=CFG, **PLAIN)
-    calm = diagnose(losses, p, flagged, unsettled=0.02, **same)
-    shaky = diagnose(losses, p, flagged, unsettled=0.2, **same)
+    calm = diagnose(losses, p, flagged, expected_flips=0.01, **same)
+    shaky = diagnose(losses, p, flagged, expected_flips=0.2, **same)
     assert calm.converged and not shaky.converged
     last = shaky.criteria[-1]
-    assert (last["name"], last["threshold"], last["met"]) == ("unsettled", 0.05, False)
+    assert (last["name"], last["threshold"], last["met"]) == ("expected_flips", 0.025, False)
 
 
 def test_watching_records_waits_for_their_verdict_not_the_margins_rank_order():
     """--auto-watch records: the margin's split-half reliability is shown, not required (the
-    verdict reads margins as flags, judged by flag_change and unsettled)."""
+    verdict reads margins as flags, judged by flag_change and expected_flips)."""
     losses, p = ensemble(60, 1024)
     mask = first_models(1024, 16)
     flagged = flagged_of(losses, p, mask)
-    kw = dict(previous_flagged=flagged, model_mask=mask, unsettled=0.0, **PLAIN)
+    kw = dict(previous_flagged=flagged, model_mask=mask, expected_flips=0.0, **PLAIN)
     clusters = diagnose(losses, p, flagged, cfg=CFG, **kw)
     records = diagnose(losses, p, flagged, cfg=replace(CFG, watch="records"), **kw)
     assert clusters.reliability_margin < 0.9 and not clusters.converged

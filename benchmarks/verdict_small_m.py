@@ -540,6 +540,17 @@ def markdown(doc: dict) -> str:
             f"## {task}, {setting} ({rows[0]['groups']} groups, {rows[0]['seeds']} seeds)",
             "",
         ]
+        mine = [r for r in runs if r["task"] == task and r["setting"] == setting]
+        base = {
+            est: np.mean([1 - r["curves"][est][-1]["flagged"] / r["records"] for r in mine])
+            for est in ESTIMATORS
+        }
+        lines += [
+            "Flagging no record at all would agree with the largest ensemble on "
+            + ", ".join(f"{base[e]:.3f} ({e})" for e in ESTIMATORS)
+            + " of records: the floor for the agreement column.",
+            "",
+        ]
         lines += [
             "| estimator | models | margin AUC | pair precision | pair recall | groups touched "
             "| verdict agreement |",

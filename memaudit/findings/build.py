@@ -129,6 +129,8 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     modality = saved_modality(saved)
     covariates = int(saved["config"].get("analysis", {}).get("covariates", 4))
     pixels = stored_images(run) if modality.stores_pixels else None
+    texts = [r.text for r in records]
+    images = None if pixels is None else pixels.images
     mia = membership_scores(losses, inclusion, analysis.valid)
     calibration = None
     if cfg.link_null_ensembles > 0:
@@ -137,13 +139,13 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         )
     found = find_cluster_sets(
         res,
-        [r.text for r in records],
+        texts,
         cfg,
         bleu_gain,
         losses=losses,
         inclusion=inclusion,
         model_mask=analysis.valid,
-        images=None if pixels is None else pixels.images,
+        images=images,
         modality=modality,
         z_threshold=None if calibration is None else calibration.z_threshold,
         mutual_threshold=None if calibration is None else calibration.mutual_threshold,
@@ -173,17 +175,13 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         len(clusters),
         None if calibration is None else cfg.link_fwer,
     )
-    texts = [r.text for r in records]
-    images = None if pixels is None else pixels.images
     threshold = getattr(cfg, modality.threshold_field)
 
     def alike(pairs: np.ndarray) -> np.ndarray:
         return link_similarity(modality, pairs, texts, images) >= threshold
 
     near = near_duplicate_verdict(res, cfg.near_duplicate_fdr, cluster_of, alike)
-    dedup, table = dedup_section(
-        analysis, [r.text for r in records], pixels, cluster_of, inclusion, covariates
-    )
+    dedup, table = dedup_section(analysis, texts, pixels, cluster_of, inclusion, covariates)
     return Findings(
         cfg,
         clusters,

@@ -707,19 +707,21 @@ def find_cluster_sets(
         z_threshold=z_threshold,
         mutual_threshold=mutual_threshold,
     )
+    # Column 7: each link's similarity, measured once (the strict thresholds and the split
+    # into near-duplicate and influence clusters both read it).
+    rows = np.column_stack(
+        [rows, link_similarity(modality, rows[:, :2].astype(np.int64), texts, images)]
+    )
     min_z, _ = link_thresholds(cfg, n, result.n_models, losses is not None)
     applied = {0: max(min_z, z_threshold or -np.inf), 1: mutual_threshold}
     if strict_thresholds is not None and len(rows):
-        rows = _strict_for_dissimilar(
-            rows, strict_thresholds, applied, cfg, modality, texts, images, min_z
-        )
+        rows = _strict_for_dissimilar(rows, strict_thresholds, applied, cfg, modality, min_z)
     if losses is not None and z_threshold is not None:
         # Calibrated runs: a single link may not merge two fragments on their own strength.
         floor = mutual_threshold if mutual_threshold is not None else -np.inf
         level = (cfg.link_fwer or 0.05) / 2
         rows, _ = guard_merges(rows, losses, inclusion, model_mask, n, floor, level)
-    pairs = rows[:, :2].astype(np.int64)
-    sim = link_similarity(modality, pairs, texts, images)
+    sim = rows[:, 7]
     margin = np.where(result.margin_defined & np.isfinite(result.margin), result.margin, np.nan)
 
     def build(keep: np.ndarray) -> tuple[list[Cluster], np.ndarray]:
@@ -794,16 +796,12 @@ def _strict_for_dissimilar(
     applied: dict[int, float | None],
     cfg: FindingsConfig,
     modality: Modality,
-    texts: Sequence[str],
-    images: np.ndarray | None,
     min_z: float,
 ) -> np.ndarray:
-    """Drop the links between records that do not look alike whose statistic is below their
-    rule's family-wise threshold (``strict``); ``applied`` records which threshold each kind
-    of link was held to, for the report."""
-    pairs = rows[:, :2].astype(np.int64)
-    sim = link_similarity(modality, pairs, texts, images)
-    alike = sim >= getattr(cfg, modality.threshold_field)
+    """Drop the links between records that do not look alike (column 7: their similarity)
+    whose statistic is below their rule's family-wise threshold (``strict``); ``applied``
+    records which threshold each kind of link was held to, for the report."""
+    alike = rows[:, 7] >= getattr(cfg, modality.threshold_field)
     bars = [max(min_z, strict[0] if strict[0] is not None else -np.inf), strict[1]]
     bar = np.array([-np.inf if bars[int(b)] is None else bars[int(b)] for b in rows[:, 5]])
     keep = alike | (rows[:, 6] >= bar)

@@ -38,7 +38,7 @@ from typing import Any
 
 import diptest
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import false_discovery_control, norm
 
 from memaudit.estimate.influence import InfluenceResult
 
@@ -160,7 +160,7 @@ def near_duplicate_verdict(
         # k = records at or above the reflection 2 * median - x.
         k = len(ranked) - np.searchsorted(ranked, 2.0 * median - x, side="left")
         p[defined] = np.minimum(1.0, (1.0 + k) / (1.0 + len(x)))
-    q = _bh(p)
+    q = false_discovery_control(p) if n else p.copy()  # Benjamini-Hochberg q-values
     # Copies form a mode of their own below the unique records'; a one-sided tail of a
     # unimodal spread (records memorized less, any skew) does not. Hartigan's dip test holds its
     # level for every unimodal distribution, so the flags do too.
@@ -185,17 +185,6 @@ def _basis(by_margin: bool, in_cluster: bool) -> str | None:
     if by_margin and in_cluster:
         return "cluster and margin"
     return "cluster" if in_cluster else ("margin" if by_margin else None)
-
-
-def _bh(p: np.ndarray) -> np.ndarray:
-    n = len(p)
-    if n == 0:
-        return p.copy()
-    order = np.argsort(p, kind="stable")
-    ranked = p[order] * n / np.arange(1, n + 1)
-    q = np.empty(n)
-    q[order] = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
-    return q
 
 
 def _first_cut(x: np.ndarray, median: float) -> float:

@@ -90,7 +90,7 @@ def _clusters(res, texts, losses, inclusion, mask, calibrated, covariates=4):
         mutual_threshold=cal.mutual_threshold,
         strict_thresholds=(cal.z_strict, cal.mutual_strict),
     )
-    return found.clusters, found.cluster_of, cal
+    return found.clusters, found.cluster_of, cal, found.influence
 
 
 def part_a(runs: int) -> list[dict]:
@@ -223,16 +223,9 @@ def part_d(run_dirs: list[str]) -> list[dict]:
             found = valid & (np.cumsum(valid) <= m)
             held = valid & (np.cumsum(valid) > m) & (np.cumsum(valid) <= 2 * m)
             res = get_estimator("adjusted").estimate(losses, inclusion, top_k=10, model_mask=found)
-            cal = calibrate_links(res, CFG, losses, inclusion, found)
-            sets = find_cluster_sets(
-                res, texts, CFG, losses=losses, inclusion=inclusion, model_mask=found,
-                z_threshold=cal.z_threshold, mutual_threshold=cal.mutual_threshold,
-                strict_thresholds=(cal.z_strict, cal.mutual_strict),
-            )  # fmt: skip
+            clusters, _, _, influence = _clusters(res, texts, losses, inclusion, found, True)
             # Every link, the near-duplicate clusters' and the influence clusters'.
-            pairs = {
-                (lk.target, lk.source) for c in sets.clusters + sets.influence for lk in c.links
-            }
+            pairs = {(lk.target, lk.source) for c in clusters + influence for lk in c.links}
             kinds: dict[str, list[float]] = {"planted": [], "other": []}
             for t, i in sorted(pairs):
                 a, se = adjusted_influence(

@@ -512,7 +512,8 @@ def diagnose(
             # The per-record verdict reads the margin as a flag, judged by the two criteria
             # above; the rank order of the unique records' margins (mostly noise maxima) is
             # shown but not waited for.
-            criteria[1]["required"] = False
+            margin = next(c for c in criteria if c["name"] == "reliability_margin")
+            margin["required"] = False
     return Diagnostics(
         n_models=result.n_models,
         reliability_self=rel_self,

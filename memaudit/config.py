@@ -511,6 +511,16 @@ class FindingsConfig:
         "False discovery rate of the per-record near-duplicate verdict.",
         check=_number(0.0, 1.0, low_open=True, high_open=True),
     )
+    # Fragments of one near-duplicate group (and flagged records outside any cluster) that look
+    # alike are joined when pooled evidence says they influence each other: a conditional
+    # randomization test (memaudit.findings.joining), at most this chance of any false join per
+    # run. 0: no joining (the clusters are the link graph's components, as before).
+    join_fwer: float = setting(
+        0.05,
+        "Chance of any false join of near-duplicate fragments per run (pooled evidence; 0: "
+        "no joining).",
+        check=_number(0.0, 1.0, high_open=True),
+    )
     # Without losses and inclusion, find_clusters sees only the plain difference of means,
     # which credits i with t's own self-influence in proportion to how much their inclusion
     # columns overlap by chance (up to a correlation of 0.84 among 300 columns at M = 24). Then

@@ -25,8 +25,14 @@ from memaudit.data.images import stored_images
 from memaudit.ensemble.extract import aggregate
 from memaudit.estimate.analysis import Analysis
 from memaudit.findings.calibration import LinkCalibration, calibrate_links
-from memaudit.findings.clusters import Cluster, find_cluster_sets, link_thresholds
+from memaudit.findings.clusters import (
+    Cluster,
+    find_cluster_sets,
+    link_thresholds,
+    rejoin_clusters,
+)
 from memaudit.findings.dedup import DedupResult
+from memaudit.findings.joining import Joined, join_fragments
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.near_duplicates import NearDuplicateVerdict, near_duplicate_verdict
 from memaudit.findings.risky import RecordFinding, risky_unique_records
@@ -67,6 +73,8 @@ class Findings:
     # Records linked by influence that do not look alike (one style, template or topic): a
     # finding of their own, in no near-duplicate cluster (clusters.find_cluster_sets).
     influence_clusters: list[Cluster] = field(default_factory=list)
+    # Fragments joined on pooled evidence (memaudit.findings.joining); None: not run.
+    joined: Joined | None = None
 
     def verdict(self, watch: str = "clusters") -> tuple[set[int], set[tuple[int, int]]]:
         """The verdict itself, for the stopping rule (#14): every record whose status is
@@ -154,6 +162,40 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         else (calibration.z_strict, calibration.mutual_strict),
     )
     clusters, cluster_of = found.clusters, found.cluster_of
+    threshold = getattr(cfg, modality.threshold_field)
+
+    def alike(pairs: np.ndarray) -> np.ndarray:
+        return link_similarity(modality, pairs, texts, images) >= threshold
+
+    near = near_duplicate_verdict(res, cfg.near_duplicate_fdr, cluster_of, alike)
+    joined = None
+    if calibration is not None and cfg.join_fwer > 0:
+        # Fragments of one group, and flagged records outside any cluster, that look alike:
+        # joined where pooled evidence holds (memaudit.findings.joining). Needs the losses.
+        ensemble = saved["config"].get("ensemble", {})
+        joined = join_fragments(
+            [np.array(c.members) for c in found.clusters],
+            near.flag,
+            losses,
+            inclusion,
+            alike,
+            model_mask=analysis.valid,
+            design=ensemble.get("design", "bernoulli"),
+            fwer=cfg.join_fwer,
+            seed=int(ensemble.get("seed", 0)),
+        )
+        if joined.joins:
+            found = rejoin_clusters(
+                found,
+                joined.groups,
+                [j.to_json() for j in joined.joins],
+                res,
+                cfg,
+                bleu_gain,
+                modality,
+            )
+            clusters, cluster_of = found.clusters, found.cluster_of
+            near = near_duplicate_verdict(res, cfg.near_duplicate_fdr, cluster_of, alike)
     link_z, link_fraction = link_thresholds(
         cfg, len(records), int(analysis.valid.sum()), adjusted=True
     )
@@ -175,12 +217,6 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         len(clusters),
         None if calibration is None else cfg.link_fwer,
     )
-    threshold = getattr(cfg, modality.threshold_field)
-
-    def alike(pairs: np.ndarray) -> np.ndarray:
-        return link_similarity(modality, pairs, texts, images) >= threshold
-
-    near = near_duplicate_verdict(res, cfg.near_duplicate_fdr, cluster_of, alike)
     dedup, table = dedup_section(analysis, texts, pixels, cluster_of, inclusion, covariates)
     return Findings(
         cfg,
@@ -200,6 +236,7 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         risky_all=risky_all,
         near_duplicate=near,
         influence_clusters=found.influence,
+        joined=joined,
     )
 
 

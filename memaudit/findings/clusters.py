@@ -59,6 +59,8 @@ class Cluster:
     max_bleu_gain: float | None  # None when no BLEU gain was given (or none finite)
     risk_score: float
     reasons: list[str] = field(default_factory=list)
+    # Fragments joined on pooled evidence (memaudit.findings.joining.Join.to_json), if any.
+    joins: list[dict[str, Any]] = field(default_factory=list)
 
 
 def cluster_risk(size: int, min_margin: float | None, max_bleu_gain: float | None) -> float:
@@ -830,6 +832,7 @@ def _make_cluster(
     sims = np.array([lk.similarity for lk in links])
     textual = sims >= getattr(cfg, modality.threshold_field)
     word = modality.near_duplicate
+    # No link at all: records joined on pooled evidence, which only joins look-alikes.
     kind = word if textual.all() else ("influence" if not textual.any() else "mixed")
     min_margin = _finite_extreme(margin, members, np.min)
     max_bleu = _finite_extreme(bleu, members, np.max)
@@ -842,12 +845,13 @@ def _make_cluster(
             f"{n_mutual} between low-margin records (< {cfg.mutual_margin:g}) that are each "
             "other's top influencers" + (f" (pooled z >= {min(pooled):.1f})" if pooled else "")
         )
-    reasons = [f"{len(members)} records linked by influence: {' and '.join(how)}"]
+    reasons = [f"{len(members)} records linked by influence: {' and '.join(how)}"] if how else []
     if min_margin is not None:
         reasons.append(f"lowest margin {min_margin:.2f}")
     what = modality.similarity_label
     if kind == word:
-        reasons.append(f"{word} near-duplicates ({what} {sims.min():.2f})")
+        if len(sims):
+            reasons.append(f"{word} near-duplicates ({what} {sims.min():.2f})")
     elif kind == "mixed":
         reasons.append(
             f"partly {word} near-duplicates ({int(textual.sum())} of {len(links)} links, "
@@ -868,3 +872,51 @@ def _make_cluster(
         risk_score=cluster_risk(len(members), min_margin, max_bleu),
         reasons=reasons,
     )
+
+
+def rejoin_clusters(
+    found: ClusterSets,
+    groups: list[np.ndarray],
+    joins: list[dict[str, Any]],
+    result: InfluenceResult,
+    cfg: FindingsConfig,
+    bleu_gain: np.ndarray | None = None,
+    modality: Modality = TEXT,
+) -> ClusterSets:
+    """``found`` with its near-duplicate clusters replaced by ``groups`` (memaudit.findings.
+    joining: the clusters, some joined together or with flagged records, on pooled evidence),
+    re-ranked; each joined cluster keeps its fragments' links and carries its ``joins``."""
+    n = n_records(result)
+    margin = np.where(result.margin_defined & np.isfinite(result.margin), result.margin, np.nan)
+    bleu = optional_array(bleu_gain, n, "bleu_gain")
+    by_members = {tuple(c.members): c for c in found.clusters}
+    links_of: dict[int, list[Link]] = {}
+    for c in found.clusters:
+        for lk in c.links:
+            links_of.setdefault(lk.target, []).append(lk)
+    clusters = []
+    for g in groups:
+        members = np.sort(np.asarray(g, dtype=np.int64))
+        same = by_members.get(tuple(members.tolist()))
+        if same is not None:
+            clusters.append(same)
+            continue
+        inside = set(members.tolist())
+        links = [lk for t in members.tolist() for lk in links_of.get(t, [])]
+        mine = [j for j in joins if set(j["parts"][0]) <= inside]
+        cl = _make_cluster(members, links, margin, bleu, cfg, modality)
+        worst = max(j["p_value"] for j in mine)
+        cl.reasons.insert(
+            1 if links else 0,
+            f"{len(mine)} join(s) of look-alike fragments on pooled influence evidence "
+            f"(conditional randomization test, p <= {worst:.2g}, family-wise level "
+            f"{cfg.join_fwer:g})",
+        )
+        cl.joins = mine
+        clusters.append(cl)
+    clusters.sort(key=lambda cl: (-cl.risk_score, cl.members[0]))
+    cluster_of = np.full(n, -1, dtype=np.int64)
+    for rank, cl in enumerate(clusters):
+        cl.id = rank
+        cluster_of[cl.members] = rank
+    return ClusterSets(clusters, cluster_of, found.influence)

@@ -28,6 +28,7 @@ from memaudit.estimate.registry import get_estimator
 from memaudit.findings.build import Findings, build_findings
 from memaudit.findings.clusters import mutual_fraction
 from memaudit.findings.ground_truth import score_against_groups
+from memaudit.findings.joining import JOIN_METHOD
 from memaudit.modality import TEXT, Modality, saved_modality
 from memaudit.store.io import atomic_write_json, atomic_write_text, sha256_text
 from memaudit.store.io import finite_or_none as _num
@@ -38,8 +39,8 @@ SCHEMA_NAME = "memaudit-report"
 # influence distributions, LiRA and the deduplicator's table, the signal headline and each link's
 # rule, statistic and threshold; 1.5: the per-record "near_duplicates" verdict, its ground-truth
 # score, link_calibration's approximation and dissimilar-link thresholds (all optional: 1.0-1.4
-# reports still validate and render)
-SCHEMA_VERSION = "1.5"
+# reports still validate and render); 1.6: "fragment_joining" and each cluster's "joins"
+SCHEMA_VERSION = "1.6"
 
 
 def load_schema() -> dict[str, Any]:
@@ -281,6 +282,14 @@ def _weak_signal_sections(findings: Findings, ids: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if findings.near_duplicate is not None:
         out["near_duplicates"] = findings.near_duplicate.to_json(ids)
+    if findings.joined is not None:
+        out["fragment_joining"] = {
+            "method": JOIN_METHOD,
+            "fwer": findings.config.join_fwer,
+            "tested": findings.joined.tested,
+            "joins": len(findings.joined.joins),
+            "skipped": findings.joined.skipped,
+        }
     if findings.signal is not None:
         out["headline"] = findings.signal
     cal = findings.link_calibration

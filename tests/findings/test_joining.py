@@ -1,0 +1,135 @@
+"""Joining near-duplicate fragments on pooled evidence (memaudit.findings.joining)."""
+
+import numpy as np
+import pytest
+
+from memaudit.findings.joining import crt_pvalue, draw_counts, join_fragments
+
+
+def saturating_run(sizes, n_unique, m, seed, noise=0.2):
+    """Losses of groups of near-duplicates whose loss, when a copy is out, falls with the
+    number of its mates in as on the strong demo (6.8, 2.6, 1.8, 1.5, 1.3 nats), and of unique
+    records with a self-effect only. Returns losses, inclusion, groups (arrays)."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes) + n_unique
+    inc = rng.random((n, m)) < 0.5
+    loss = np.empty((n, m))
+    groups, start = [], 0
+    for k in sizes:
+        g = np.arange(start, start + k)
+        start += k
+        groups.append(g)
+        for t in g:
+            mates = inc[g[g != t]].sum(axis=0)
+            out = 1.2 + 5.6 / (1.0 + mates) ** 2
+            loss[t] = np.where(inc[t], 0.85, out) + noise * rng.standard_normal(m)
+    for t in range(start, n):
+        loss[t] = np.where(inc[t], 1.6, 6.2) + 0.15 * rng.standard_normal(m)
+    return loss, inc, groups
+
+
+def alike_within(blocks, n):
+    """alike(pairs) for records in one of ``blocks`` (arrays of record ids)."""
+    block = np.full(n, -1)
+    for k, b in enumerate(blocks):
+        block[b] = k
+
+    def alike(pairs):
+        return (block[pairs[:, 0]] >= 0) & (block[pairs[:, 0]] == block[pairs[:, 1]])
+
+    return alike
+
+
+def test_crt_pvalue_is_uniform_without_influence():
+    # Two unrelated groups: A's losses do not depend on B's inclusion.
+    hits = 0
+    for seed in range(200):
+        loss, inc, groups = saturating_run([3, 3], 0, 32, seed)
+        p = crt_pvalue(loss, inc, groups[0], groups[1], 0.5, np.random.default_rng(seed))
+        hits += p <= 0.1
+    assert 8 <= hits <= 34  # Binomial(200, 0.1): mean 20, beyond 4 sd either side fails
+
+
+def test_crt_pvalue_finds_a_split_group():
+    # A group of 5 split 2 + 3, at 32 models: either direction carries the evidence.
+    found = 0
+    for seed in range(10):
+        loss, inc, groups = saturating_run([5], 0, 32, seed)
+        g, rng = groups[0], np.random.default_rng(seed)
+        p = min(
+            crt_pvalue(loss, inc, g[:2], g[2:], 1e-3, rng),
+            crt_pvalue(loss, inc, g[2:], g[:2], 1e-3, rng),
+        )
+        found += p <= 1e-3
+    assert found >= 8
+
+
+def test_complementary_draws_hold_the_design():
+    c = draw_counts(3, 6, np.ones(6, dtype=bool), "complementary", 50, np.random.default_rng(0))
+    assert np.all(c[:, 0::2] + c[:, 1::2] == 3)
+    used = np.array([1, 1, 0, 1, 1, 1], dtype=bool)
+    assert draw_counts(2, 6, used, "bernoulli", 4, np.random.default_rng(0)).shape == (4, 5)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 6])
+def test_lone_copies_are_joined_into_whole_groups(k):
+    # Every copy comes back alone (no cluster at all): the look-alike set is tested whole.
+    whole = 0
+    for seed in range(5):
+        loss, inc, groups = saturating_run([k] * 4, 20, 32, 100 * k + seed)
+        n = loss.shape[0]
+        flagged = np.zeros(n, dtype=bool)
+        flagged[np.concatenate(groups)] = True
+        out = join_fragments([], flagged, loss, inc, alike_within(groups, n), seed=seed)
+        found = {tuple(g.tolist()) for g in out.groups}
+        whole += sum(tuple(g.tolist()) in found for g in groups)
+        for g in out.groups:  # never a record from two groups
+            assert len({int(np.searchsorted([x[0] for x in groups], r, "right")) for r in g}) == 1
+    assert whole >= 0.75 * 20
+
+
+def test_fragments_grow_and_unrelated_lookalikes_stay_apart():
+    # Two real groups of 4 that look alike to each other (one block), 12 runs: a join across
+    # them is a false join; the family-wise level is 0.05.
+    false_runs = joined_whole = 0
+    for seed in range(12):
+        loss, inc, groups = saturating_run([4, 4, 4, 4], 10, 32, seed)
+        n = loss.shape[0]
+        flagged = np.zeros(n, dtype=bool)
+        flagged[np.concatenate(groups)] = True
+        blocks = [np.concatenate(groups[:2]), np.concatenate(groups[2:])]
+        fragments = [groups[0][:2], groups[2][:2]]
+        out = join_fragments(fragments, flagged, loss, inc, alike_within(blocks, n), seed=seed)
+        of = np.full(n, -1)
+        for k, g in enumerate(groups):
+            of[g] = k
+        false_runs += any(len(set(of[g].tolist())) > 1 for g in out.groups)
+        joined_whole += sum(any(set(g) == set(x.tolist()) for x in out.groups) for g in groups)
+    assert false_runs <= 2  # Binomial(12, 0.05): P(X >= 3) = 0.02
+    assert joined_whole >= 20  # of 48 groups
+
+
+def test_null_lookalikes_are_not_joined():
+    # Unique records only (no cross-record effect), flagged and looking alike in blocks of 5.
+    runs_with_join = 0
+    for seed in range(20):
+        loss, inc, _ = saturating_run([], 40, 32, seed)
+        n = loss.shape[0]
+        blocks = [np.arange(s, s + 5) for s in range(0, n, 5)]
+        out = join_fragments(
+            [], np.ones(n, dtype=bool), loss, inc, alike_within(blocks, n), seed=seed
+        )
+        runs_with_join += bool(out.joins)
+    assert runs_with_join <= 3
+
+
+def test_nothing_to_join_and_disabled():
+    loss, inc, groups = saturating_run([3], 5, 16, 0)
+    n = loss.shape[0]
+    flagged = np.zeros(n, dtype=bool)
+    flagged[groups[0]] = True
+    assert join_fragments([], flagged, loss, inc, alike_within(groups, n), fwer=0).joins == []
+    none = join_fragments([], np.zeros(n, dtype=bool), loss, inc, alike_within(groups, n))
+    assert none.groups == [] and none.tested == 0
+    skipped = join_fragments([], flagged, loss, inc, alike_within(groups, n), max_records=2)
+    assert skipped.skipped and not skipped.joins

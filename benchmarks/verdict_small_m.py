@@ -425,16 +425,17 @@ def evaluate(wanted: list[tuple[str, str, int]], reuse: bool = False) -> dict:
     RESULTS.mkdir(exist_ok=True)
     for task, setting, seed in wanted:
         mmax = SETTINGS[setting]["models"]
-        if n_done(run_dir(task, setting, seed), mmax) < mmax:
-            doc["missing"].append(f"{task}-{setting}-s{seed}")
-            continue
         saved = CACHE / "scores" / f"{task}-{setting}-s{seed}.json"
         if reuse and saved.exists():
             doc["runs"].append(json.loads(saved.read_text()))
             continue
+        if n_done(run_dir(task, setting, seed), mmax) < mmax:
+            doc["missing"].append(f"{task}-{setting}-s{seed}")
+            continue
         t0 = time.perf_counter()
         doc["runs"].append(evaluate_run(task, setting, seed))
         doc["runs"][-1]["evaluation_seconds"] = round(time.perf_counter() - t0, 1)
+        doc["runs"][-1]["code"] = code_version()
         print(f"evaluated {task}-{setting}-s{seed} in {time.perf_counter() - t0:.0f} s", flush=True)
         saved.parent.mkdir(exist_ok=True)
         saved.write_text(json.dumps(doc["runs"][-1], default=float) + "\n")
@@ -442,6 +443,16 @@ def evaluate(wanted: list[tuple[str, str, int]], reuse: bool = False) -> dict:
     doc["complete"] = not doc["missing"]
     write(doc)
     return doc
+
+
+def code_version() -> str:
+    """The commit the scores were computed on (+ "-dirty" with uncommitted changes)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--", "memaudit").strip() else "")
 
 
 def write(doc: dict) -> None:
@@ -517,6 +528,19 @@ def markdown(doc: dict) -> str:
             "**PARTIAL RESULTS**: runs not evaluated (not trained yet): "
             + (", ".join(doc["missing"]) or "evaluation in progress")
             + ".",
+            "",
+        ]
+    codes: dict[str, list[str]] = {}
+    for r in runs:
+        codes.setdefault(r.get("code", "a72337b or earlier"), []).append(
+            f"{r['task']}-{r['setting']}-s{r['seed']}"
+        )
+    if len(codes) > 1:
+        lines += [
+            "Scored on different code (`--reuse-scores` kept earlier scores of runs whose "
+            "training cache is gone): "
+            + "; ".join(f"`{c}`: {', '.join(v)}" for c, v in sorted(codes.items()))
+            + ". Fragment joining (findings.joining) landed after a72337b.",
             "",
         ]
     lines += [
@@ -641,8 +665,9 @@ def main() -> None:
         "--reuse-scores",
         action="store_true",
         help="reuse each run's scores from an earlier evaluation (benchmarks/cache/verdict/"
-        "scores/): only for filling in runs as they finish; after any change to memaudit's "
-        "findings code, evaluate without it",
+        "scores/), also for runs whose training cache is gone: for filling in runs as they "
+        "finish; after a change to memaudit's findings code delete the scores to redo (the "
+        "report names the commit each run was scored on)",
     )
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))

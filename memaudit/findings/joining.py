@@ -217,11 +217,17 @@ def join_fragments(
         unit_of = _unit_index(units, n)
         cand = np.unique(np.sort(unit_of[near], axis=1), axis=0)
         cand = cand[cand[:, 0] != cand[:, 1]]
+        held_back = False
         if rnd == 1:
-            # Two lone records are the weakest evidence; first grow the fragments.
+            # Two lone records are the weakest evidence; first grow the fragments (the pairs
+            # of lone records are tested from round 2 on, whatever round 1 found).
             size = np.array([len(u) for u in units])
-            cand = cand[(size[cand[:, 0]] > 1) | (size[cand[:, 1]] > 1)]
+            grown = (size[cand[:, 0]] > 1) | (size[cand[:, 1]] > 1)
+            held_back = not grown.all()
+            cand = cand[grown]
         if not len(cand):
+            if held_back:
+                continue
             break
         bar = level / len(cand)
         out.tested += len(cand)
@@ -242,6 +248,8 @@ def join_fragments(
                 out.joins.append(Join([ua.tolist(), ub.tolist()], min(p, 1.0), bar, rnd))
                 parent[root(x)] = root(y)
         if not any(j.round == rnd for j in out.joins):
+            if held_back:
+                continue
             break
         merged: dict[int, list[np.ndarray]] = {}
         for k, u in enumerate(units):

@@ -133,3 +133,16 @@ def test_nothing_to_join_and_disabled():
     assert none.groups == [] and none.tested == 0
     skipped = join_fragments([], flagged, loss, inc, alike_within(groups, n), max_records=2)
     assert skipped.skipped and not skipped.joins
+
+
+def test_lone_pairs_in_a_large_lookalike_set_are_still_tested():
+    # Five pairs of copies that all look alike (10 lone records: too many for the whole-set
+    # stage): round 1 holds the pairs of lone records back, and later rounds test them.
+    loss, inc, groups = saturating_run([2] * 5, 10, 32, 7)
+    n = loss.shape[0]
+    flagged = np.zeros(n, dtype=bool)
+    flagged[np.concatenate(groups)] = True
+    out = join_fragments([], flagged, loss, inc, alike_within([np.arange(10)], n), seed=0)
+    found = {tuple(g.tolist()) for g in out.groups}
+    assert sum(tuple(g.tolist()) in found for g in groups) >= 4
+    assert all(len(g) == 2 for g in out.groups)

@@ -29,6 +29,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,6 +152,23 @@ def load_images(
     return loaded
 
 
+def _one_size(
+    arr: np.ndarray, resize: int | None, first: tuple | None, where: Any, name: Any
+) -> tuple[np.ndarray, tuple | None]:
+    """``arr`` brought to resize x resize, or else held to the first image's size (``first``:
+    (its height and width, its name), set by the first image); returns (arr, first)."""
+    if resize is not None:
+        return _resize(arr, resize), first
+    if first is None:
+        return arr, (arr.shape[:2], name)
+    if arr.shape[:2] != first[0]:
+        raise MemauditError(
+            f"{where}: {arr.shape[1]}x{arr.shape[0]} pixels, but {first[1]} is "
+            f"{first[0][1]}x{first[0][0]}; use --resize S to bring all images to S x S"
+        )
+    return arr, first
+
+
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
@@ -192,15 +210,7 @@ def _load_folder(root: Path, resize: int | None) -> ImageData:
                 # over (a decompression bomb); refused before decoding.
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise MemauditError(f"{f}: unreadable image ({reason})") from None
-            if resize is not None:
-                arr = _resize(arr, resize)
-            elif first is None:
-                first = (arr.shape[:2], f)
-            elif arr.shape[:2] != first[0]:
-                raise MemauditError(
-                    f"{f}: {arr.shape[1]}x{arr.shape[0]} pixels, but {first[1]} is "
-                    f"{first[0][1]}x{first[0][0]}; use --resize S to bring all images to S x S"
-                )
+            arr, first = _one_size(arr, resize, first, f, f)
             images.append(arr)
             labels.append(label)
             ids.append(f.relative_to(root).as_posix())
@@ -237,7 +247,7 @@ def _load_hf(data: str | Path, cols: HFColumns, resize: int | None) -> ImageData
     class_labels = isinstance(label_feature, datasets.ClassLabel)
     id_column = cols.id or ("id" if "id" in ds.column_names else None)
     images, raw_labels, ids = [], [], []
-    first: tuple[tuple[int, int], int] | None = None
+    first: tuple[tuple[int, int], str] | None = None
     for row, obj in enumerate(ds, start=1):
         where = f"{data}: row {row}"
         value, label = obj[cols.image], obj[cols.label]
@@ -250,15 +260,7 @@ def _load_hf(data: str | Path, cols: HFColumns, resize: int | None) -> ImageData
                 f"{type(label).__name__}"
             )
         arr = _decode_hf(value, where, io, Image)
-        if resize is not None:
-            arr = _resize(arr, resize)
-        elif first is None:
-            first = (arr.shape[:2], row)
-        elif arr.shape[:2] != first[0]:
-            raise MemauditError(
-                f"{where}: {arr.shape[1]}x{arr.shape[0]} pixels, but row {first[1]} is "
-                f"{first[0][1]}x{first[0][0]}; use --resize S to bring all images to S x S"
-            )
+        arr, first = _one_size(arr, resize, first, where, f"row {row}")
         images.append(arr)
         raw_labels.append(label)
         rid = obj[id_column] if id_column is not None else None

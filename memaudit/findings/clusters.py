@@ -784,6 +784,12 @@ def _build_clusters(
         ]
         clusters.append(_make_cluster(members, links, margin, bleu, cfg, modality))
 
+    return _ranked(clusters, n)
+
+
+def _ranked(clusters: list[Cluster], n: int) -> tuple[list[Cluster], np.ndarray]:
+    """``clusters`` ranked by :func:`cluster_risk` (ties: smallest member first), ids set to
+    their rank, and each record's cluster id (-1 for none)."""
     clusters.sort(key=lambda cl: (-cl.risk_score, cl.members[0]))
     cluster_of = np.full(n, -1, dtype=np.int64)
     for rank, cl in enumerate(clusters):
@@ -914,9 +920,5 @@ def rejoin_clusters(
         )
         cl.joins = mine
         clusters.append(cl)
-    clusters.sort(key=lambda cl: (-cl.risk_score, cl.members[0]))
-    cluster_of = np.full(n, -1, dtype=np.int64)
-    for rank, cl in enumerate(clusters):
-        cl.id = rank
-        cluster_of[cl.members] = rank
+    clusters, cluster_of = _ranked(clusters, n)
     return ClusterSets(clusters, cluster_of, found.influence)

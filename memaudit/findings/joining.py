@@ -214,9 +214,7 @@ def join_fragments(
     level = fwer / 2
     for rnd in range(1, ROUNDS + 1):
         level /= 2
-        unit_of = _unit_index(units, n)
-        cand = np.unique(np.sort(unit_of[near], axis=1), axis=0)
-        cand = cand[cand[:, 0] != cand[:, 1]]
+        cand = _unit_pairs(units, near, n)
         held_back = False
         if rnd == 1:
             # Two lone records are the weakest evidence; first grow the fragments (the pairs
@@ -231,39 +229,58 @@ def join_fragments(
             break
         bar = level / len(cand)
         out.tested += len(cand)
-        parent = np.arange(len(units))
-
-        def root(x: int, parent: np.ndarray = parent) -> int:
-            while parent[x] != x:
-                x = parent[x]
-            return x
-
+        passed = []
         for x, y in cand.tolist():
-            ua, ub = units[x], units[y]
-            p = 2 * min(
-                crt_pvalue(loss, inc, ua, ub, bar / 2, rng, design, used, len(used)),
-                crt_pvalue(loss, inc, ub, ua, bar / 2, rng, design, used, len(used)),
-            )
+            p = _pair_p(loss, inc, units[x], units[y], bar, rng, design, used)
             if p <= bar:
-                out.joins.append(Join([ua.tolist(), ub.tolist()], min(p, 1.0), bar, rnd))
-                parent[root(x)] = root(y)
-        if not any(j.round == rnd for j in out.joins):
+                out.joins.append(Join([units[x].tolist(), units[y].tolist()], p, bar, rnd))
+                passed.append((x, y))
+        if not passed:
             if held_back:
                 continue
             break
-        merged: dict[int, list[np.ndarray]] = {}
-        for k, u in enumerate(units):
-            merged.setdefault(root(k), []).append(u)
-        units = [np.sort(np.concatenate(v)) for v in merged.values()]
+        labels = _labels(np.array(passed), len(units))
+        units = [
+            np.sort(np.concatenate([units[k] for k in np.flatnonzero(labels == c)]))
+            for c in np.unique(labels)
+        ]
     out.groups = [u for u in units if len(u) >= 2]
     return out
 
 
-def _unit_index(units: list[np.ndarray], n: int) -> np.ndarray:
+def _unit_pairs(units: list[np.ndarray], near: np.ndarray, n: int) -> np.ndarray:
+    """(K, 2) distinct pairs x < y of units with a look-alike record pair (``near``) between
+    them."""
     unit_of = np.full(n, -1, dtype=np.int64)
     for k, u in enumerate(units):
         unit_of[u] = k
-    return unit_of
+    if not len(near):
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.unique(np.sort(unit_of[near], axis=1), axis=0)
+    return pairs[pairs[:, 0] != pairs[:, 1]]
+
+
+def _labels(edges: np.ndarray, k: int) -> np.ndarray:
+    """Connected-component label of each of k nodes joined by ``edges`` (labels follow the
+    nodes' order)."""
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(k, k))
+    return connected_components(graph, directed=False)[1]
+
+
+def _pair_p(
+    loss: np.ndarray,
+    inc: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    bar: float,
+    rng: np.random.Generator,
+    design: str,
+    used: np.ndarray,
+) -> float:
+    """The pair test's p-value: both directions, 2 min(p(A from B), p(B from A)), at most 1."""
+    p_ab = crt_pvalue(loss, inc, a, b, bar / 2, rng, design, used, len(used))
+    p_ba = crt_pvalue(loss, inc, b, a, bar / 2, rng, design, used, len(used))
+    return min(2 * min(p_ab, p_ba), 1.0)
 
 
 def _whole_sets(
@@ -283,13 +300,10 @@ def _whole_sets(
     two parts that do not influence each other", so the splits need no correction among
     themselves. A group of 5 copies that came back as 5 lone records has no strong pair, but
     every split of it has pooled evidence on both sides."""
-    unit_of = _unit_index(units, inc.shape[0])
-    edges = np.unique(np.sort(unit_of[near], axis=1), axis=0) if len(near) else np.zeros((0, 2))
-    edges = edges[edges[:, 0] != edges[:, 1]].astype(np.int64)
+    edges = _unit_pairs(units, near, inc.shape[0])
     if not len(edges):
         return units
-    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(units),) * 2)
-    _, labels = connected_components(graph, directed=False)
+    labels = _labels(edges, len(units))
     sets = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     sets = [c for c in sets if 2 <= len(c) <= WHOLE_MAX]
     if not sets:
@@ -303,10 +317,7 @@ def _whole_sets(
             side = np.array([(r >> k) & 1 for k in range(len(c))], dtype=bool)
             ua = np.concatenate([units[k] for k in c[side]])
             ub = np.concatenate([units[k] for k in c[~side]])
-            p = 2 * min(
-                crt_pvalue(loss, inc, ua, ub, bar / 2, rng, design, used, len(used)),
-                crt_pvalue(loss, inc, ub, ua, bar / 2, rng, design, used, len(used)),
-            )
+            p = _pair_p(loss, inc, ua, ub, bar, rng, design, used)
             worst = max(worst, p)
             if p > bar:
                 break

@@ -16,6 +16,7 @@ from memaudit.findings.clusters import (
 )
 from memaudit.findings.ground_truth import score_against_groups
 from memaudit.modality import IMAGE
+from tests.findings.synthetic import saturating_losses
 
 WORDS = [
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf",
@@ -182,17 +183,9 @@ def _saturating(seed, m, n_unique=40, n_groups=6, size=4):
     """Groups whose copies partly substitute for each other (diminishing returns: the drop is
     1 - prod(1 - w_s P_s) of the target's full drop, w = 0.9 for itself and 0.6 per copy), so
     each copy's own effect on a mate is small once another copy is in."""
-    rng = np.random.default_rng(seed)
     n = n_unique + n_groups * size
     groups = [None] * n_unique + [f"g{g}" for g in range(n_groups) for _ in range(size)]
-    inclusion = rng.random((n, m)) < 0.5
-    drop = rng.uniform(3.0, 5.0, size=n)
-    losses = 6.0 + rng.normal(0.0, 0.5, size=(n, m))
-    grp = np.array([g or "" for g in groups])
-    for t in range(n):
-        mates = np.flatnonzero((grp == grp[t]) & (grp[t] != "") & (np.arange(n) != t))
-        kept = (1 - 0.9 * inclusion[t]) * np.prod(1 - 0.6 * inclusion[mates], axis=0)
-        losses[t] -= drop[t] * (1 - kept)
+    losses, inclusion, _ = saturating_losses(np.random.default_rng(seed), groups, m)
     texts = [f"record {k} {WORDS[k % len(WORDS)]}" for k in range(n)]
     return losses, inclusion, texts, groups
 

@@ -8,22 +8,14 @@ import pytest
 
 from memaudit.estimate.registry import get_estimator
 from memaudit.findings.near_duplicates import SETTLED, near_duplicate_verdict
+from tests.findings.synthetic import saturating_losses
 
 
 def _ensemble(seed, m, n_unique=120, sizes=(2, 3, 4, 5, 6) * 4, spread=(3.0, 5.0)):
     """Saturating groups (a copy's drop is 1 - prod(1 - w P) of its full drop, w = 0.9 for
     itself and 0.6 per mate) among unique records whose full drops vary over ``spread``."""
-    rng = np.random.default_rng(seed)
     groups = [None] * n_unique + [f"g{g}" for g, s in enumerate(sizes) for _ in range(s)]
-    n = len(groups)
-    inclusion = rng.random((n, m)) < 0.5
-    drop = rng.uniform(*spread, size=n)
-    losses = 6.0 + rng.normal(0.0, 0.5, size=(n, m))
-    grp = np.array([g or "" for g in groups])
-    for t in range(n):
-        mates = np.flatnonzero((grp == grp[t]) & (grp[t] != "") & (np.arange(n) != t))
-        kept = (1 - 0.9 * inclusion[t]) * np.prod(1 - 0.6 * inclusion[mates], axis=0)
-        losses[t] -= drop[t] * (1 - kept)
+    losses, inclusion, grp = saturating_losses(np.random.default_rng(seed), groups, m, spread)
     return losses, inclusion, np.array([g is not None for g in groups]), grp
 
 

@@ -36,7 +36,7 @@ from memaudit.findings.joining import Joined, join_fragments
 from memaudit.findings.membership import membership_scores
 from memaudit.findings.near_duplicates import NearDuplicateVerdict, near_duplicate_verdict
 from memaudit.findings.risky import RecordFinding, risky_unique_records
-from memaudit.findings.similarity import link_similarity
+from memaudit.findings.similarity import lexical_vectors, link_similarity
 from memaudit.findings.verdict import pair_threshold, signal_verdict
 from memaudit.modality import saved_modality
 from memaudit.store.rundir import RunDir
@@ -164,8 +164,11 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
     clusters, cluster_of = found.clusters, found.cluster_of
     threshold = getattr(cfg, modality.threshold_field)
 
+    # Fit the TF-IDF once: joining asks for the similarity of many chunks of pairs.
+    vectors = lexical_vectors(texts) if modality.similarity == "lexical" else None
+
     def alike(pairs: np.ndarray) -> np.ndarray:
-        return link_similarity(modality, pairs, texts, images) >= threshold
+        return link_similarity(modality, pairs, texts, images, vectors) >= threshold
 
     near = near_duplicate_verdict(res, cfg.near_duplicate_fdr, cluster_of, alike)
     joined = None

@@ -3,20 +3,24 @@
 At small M a group of k near-duplicates comes back in fragments: one copy barely changes a
 mate's loss while the other copies are in, so each pairwise link rests on the few models where
 no other copy is. The evidence that two fragments A and B belong together is in all their
-members at once: a member a of A, in the models that leave a out, has a loss that falls with
-the number of copies included (measured on the strong demo: 6.84 nats with no mate in, then
-2.64, 1.82, 1.50, 1.32 with 1 to 4; within-record sd 0.1-0.4). So, among the models that leave
-a out and include the same number of a's own fragment, the models with more members of B in
-should give a lower loss. The statistic is Kendall's concordance between a's loss and B's count
-within those strata, summed over the members of A (both directions are tested, A from B and B
-from A).
+members at once: a member a of A has a loss that falls with the number of copies included,
+whether a itself is out (strong demo: 6.84 nats with no mate in, then 2.64, 1.82, 1.50, 1.32
+with 1 to 4; within-record sd 0.1-0.4) or in (about 1.2, 0.9, 0.75, 0.65, 0.55; on held-out NQ
+and SMS the two sides carry about the same evidence). So, among the models that treat a alike
+(a in, or a out) and include the same number of a's own fragment, the models with more members
+of B in should give a lower loss. The statistic is Kendall's concordance between a's loss and
+B's count within those strata, summed over the members of A (both directions are tested, A
+from B and B from A).
 
 Calibration needs no model of the losses. The inclusion design draws every record's inclusion
 independently of everything else (iid halves, or complementary pairs of models), so under the
 null "A's losses do not depend on which models include B", B's inclusion is independent of A's
 losses and A's own inclusion: redrawing B's inclusion from the design gives the statistic's
 exact null distribution (a conditional randomization test; Candes et al. 2018). The p-value is
-the Monte Carlo one, (1 + exceedances) / (1 + draws), valid at any number of draws.
+the Monte Carlo one, (1 + exceedances) / (1 + draws), valid at any number of draws; the number
+of draws is fixed before the first (from the strictest bar the test can meet), and draws stop
+once the answer at the bar asked is sure, going on with the same draws if a larger bar is asked
+later.
 
 Which merges are tested: only fragments (near-duplicate clusters, and records the per-record
 verdict flags as having near-duplicates) that look alike (some pair of members at the modality's
@@ -25,20 +29,18 @@ the influence evidence. Choosing by similarity, which the losses do not enter, k
 exact. A pair of fragments passes at 2 min(p(A from B), p(B from A)) <= its bar. Two stages share
 the family-wise level alpha:
 - alpha / 2: each look-alike set (a connected component of look-alike fragments, up to
-  WHOLE_MAX of them) is joined whole when every split of it into two sides passes at
-  alpha / 2 / (the number of sets): an intersection-union test of "the set is two parts that do
-  not influence each other", so its splits need no correction among themselves. A group of 5
+  WHOLE_MAX of them) is joined whole when every split of it into two sides passes: an
+  intersection-union test of "the set is two parts that do not influence each other", so its
+  splits need no correction among themselves; Holm's step-down over the sets. A group of 5
   copies that came back as 5 lone records has no strong pair, but every split has evidence.
-- alpha / 2: then round r = 1, 2, ... tests every look-alike pair of the current fragments at
-  alpha / 2^(r + 1) / (its number of candidates) and merges the significant pairs (round 1
-  leaves pairs of two lone records out: the weakest evidence, tested once fragments have grown).
-So the chance of any false merge is at most alpha (Bonferroni within a stage or round, alpha / 2
-and alpha / 2^(r + 1) across them). A false merge of two unrelated groups is worse than a
-fragment: the level is family-wise, not a false-discovery rate. Measured: on the strong demo at
-32 models pair recall 0.175 -> 0.745 (13 of 20 groups whole, all clusters pure); on synthetic
-saturating groups at 32 models, whole groups of 2-6 copies 18, 20, 20, 20, 16 of 20; two real
-groups that look alike to each other were joined falsely in 1 of 20 runs
-(tests/findings/test_joining.py).
+- alpha / 2: then round r = 1, 2, ... tests every look-alike pair of the current fragments by
+  Holm's procedure at alpha / 2^(r + 1) and merges the significant pairs (round 1 leaves pairs
+  of two lone records out: the weakest evidence, tested once fragments have grown).
+So the chance of any false merge is at most alpha (Holm within a stage or round, alpha / 2 and
+alpha / 2^(r + 1) across them). A false merge of two unrelated groups is worse than a fragment:
+the level is family-wise, not a false-discovery rate. Measured on the strong demo at 32 models:
+pair recall 0.745 with the out-models and Bonferroni, 0.965 with both sides and Holm (19 of 20
+groups whole, all clusters pure); synthetic tests in tests/findings/test_joining.py.
 """
 
 from __future__ import annotations
@@ -62,9 +64,16 @@ MAX_PAIRS = 4_000
 ROUNDS = 6
 JOIN_METHOD = (
     "conditional randomization test of look-alike fragments (Kendall concordance of each "
-    "member's loss with the other side's inclusion count, both directions); whole look-alike "
-    "sets first (every split must pass), then pairs round by round"
+    "member's loss with the other side's inclusion count, among models alike in the member's "
+    "own inclusion and own-fragment count; both directions); whole look-alike sets first "
+    "(every split must pass), then pairs round by round; Holm within each"
 )
+# A join needs, besides significance, a Kendall tau of at least this between a side's losses and
+# the other side's count (the effect's size). Measured, halves of a planted group: tau 0.49-1.0
+# at 32-64 models on strong held-out NQ (5% quantile 0.6), 5% quantile 0.30 on weak NQ; two
+# alternative-answer groups sharing an answer ("who did the vikings lose to in the super bowl" /
+# "who did the 49ers beat in the super bowls", both "Miami Dolphins"): 0.04 and 0.18.
+MIN_TAU = 0.25
 # Look-alike sets of at most this many fragments are first tested whole (2^(k-1) - 1 splits).
 WHOLE_MAX = 8
 
@@ -72,15 +81,23 @@ WHOLE_MAX = 8
 @dataclass
 class Join:
     """One merge: the fragments joined, the test's p-value (the largest over the splits, for
-    a whole look-alike set) and the bar it passed; round 0 is the whole-set stage."""
+    a whole look-alike set) and the bar it passed (Holm's, at the step it passed); round 0 is
+    the whole-set stage."""
 
     parts: list[list[int]]
     p_value: float
     bar: float
     round: int
+    tau: float = float("nan")  # the effect's size (smallest over the splits of a set)
 
     def to_json(self) -> dict:
-        return {"parts": self.parts, "p_value": self.p_value, "bar": self.bar, "round": self.round}
+        return {
+            "parts": self.parts,
+            "p_value": self.p_value,
+            "bar": self.bar,
+            "round": self.round,
+            "tau": self.tau,
+        }
 
 
 @dataclass
@@ -91,29 +108,35 @@ class Joined:
     joins: list[Join] = field(default_factory=list)
     tested: int = 0  # candidate pairs tested over all rounds
     skipped: str | None = None  # why nothing was tested, when so
+    # Records without evidence of their own added as look-alikes of a candidate; None: not
+    # searched (more than max_pairs record pairs to compare).
+    neighbours: int | None = None
 
 
 def _strata_pairs(
     losses: np.ndarray, inc: np.ndarray, members: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Kendall pairs (model i, model j, sign(L[a, i] - L[a, j])) of each member a of
-    ``members``: pairs of models that leave a out and include the same number of a's mates."""
+    ``members``: pairs of models that treat a alike (both leave a out, or both include it) and
+    include the same number of a's mates. Models that include a count too: a copy's loss falls
+    with its mates in either way (strong demo, a copy in: about 1.2, 0.9, 0.75, 0.65, 0.55 nats
+    with 0 to 4 mates in), and they double the evidence."""
     rows_i, rows_j, signs = [], [], []
     for a in members:
-        out = np.flatnonzero(~inc[a])
         mates = members[members != a]
-        own = inc[mates][:, out].sum(axis=0) if len(mates) else np.zeros(len(out), dtype=int)
-        ii, jj = np.triu_indices(len(out), 1)
-        keep = own[ii] == own[jj]
-        ii, jj = ii[keep], jj[keep]
-        if len(ii) > MAX_PAIRS:
-            pick = rng.choice(len(ii), MAX_PAIRS, replace=False)
-            ii, jj = ii[pick], jj[pick]
-        y = losses[a, out]
-        s = np.sign(y[ii] - y[jj])
-        rows_i.append(out[ii])
-        rows_j.append(out[jj])
-        signs.append(s)
+        for side in (False, True):
+            models = np.flatnonzero(inc[a] == side)
+            own = inc[mates][:, models].sum(axis=0) if len(mates) else np.zeros(len(models))
+            ii, jj = np.triu_indices(len(models), 1)
+            keep = own[ii] == own[jj]
+            ii, jj = ii[keep], jj[keep]
+            if len(ii) > MAX_PAIRS:
+                pick = rng.choice(len(ii), MAX_PAIRS, replace=False)
+                ii, jj = ii[pick], jj[pick]
+            y = losses[a, models]
+            rows_i.append(models[ii])
+            rows_j.append(models[jj])
+            signs.append(np.sign(y[ii] - y[jj]))
     return np.concatenate(rows_i), np.concatenate(rows_j), np.concatenate(signs).astype(np.float32)
 
 
@@ -132,6 +155,69 @@ def draw_counts(
     return full[:, used].astype(np.float32)
 
 
+def _draws_for(bar: float) -> int:
+    """Monte Carlo draws that resolve a p-value at ``bar`` (fixed before any draw)."""
+    return int(np.clip(np.ceil(DRAWS_PER_BAR / bar), MIN_DRAWS, MAX_DRAWS))
+
+
+class CrtDirection:
+    """The Monte Carlo p-value that A's losses fall with B's inclusion (module docstring),
+    computed lazily: ``at_most(bar)`` draws only until the answer is known, and a later question
+    at a larger bar goes on with the same draws. The number of draws is fixed up front (from the
+    strictest bar the test will meet), so the p-value, (1 + exceedances) / (1 + draws), does not
+    depend on the questions asked. ``losses`` and ``inc`` hold the used models only; ``used``
+    marks them among the ``n_models`` of the design (for complementary pairs)."""
+
+    def __init__(
+        self,
+        losses: np.ndarray,
+        inc: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+        draws: int,
+        rng: np.random.Generator,
+        design: str = "bernoulli",
+        used: np.ndarray | None = None,
+        n_models: int | None = None,
+    ):
+        m = inc.shape[1]
+        self.used = np.ones(m, dtype=bool) if used is None else used
+        self.n_models = m if n_models is None else n_models
+        self.ii, self.jj, self.signs = _strata_pairs(losses, inc, a, rng)
+        self.size, self.design, self.rng = len(b), design, rng
+        self.total, self.hits, self.done = draws, 0, 0
+        self.empty = not len(self.signs) or not self.signs.any()
+        self.tau = 0.0
+        if not self.empty:
+            count = inc[b].sum(axis=0).astype(np.float32)
+            # Concordance: more of B in <-> lower loss counts positive.
+            diff = np.sign(count[self.jj] - count[self.ii])
+            self.observed = float(self.signs @ diff)
+            # Kendall's tau over the pairs that order both: the effect's size, not its evidence.
+            self.tau = self.observed / max(float(np.abs(self.signs * diff).sum()), 1.0)
+
+    @property
+    def complete(self) -> bool:
+        return self.empty or self.done >= self.total
+
+    @property
+    def p_value(self) -> float:
+        """The p-value; a lower bound until ``complete``."""
+        return 1.0 if self.empty else (1 + self.hits) / (1 + self.done)
+
+    def at_most(self, bar: float) -> bool:
+        if self.empty:
+            return False
+        give_up = bar * (self.total + 1) - 1  # more exceedances than this: p > bar
+        while self.done < self.total and self.hits <= give_up:
+            k = min(BATCH, self.total - self.done)
+            c = draw_counts(self.size, self.n_models, self.used, self.design, k, self.rng)
+            diff = np.sign(c[:, self.jj] - c[:, self.ii])
+            self.hits += int((diff @ self.signs >= self.observed - 1e-6).sum())
+            self.done += k
+        return self.hits <= give_up
+
+
 def crt_pvalue(
     losses: np.ndarray,
     inc: np.ndarray,
@@ -143,30 +229,85 @@ def crt_pvalue(
     used: np.ndarray | None = None,
     n_models: int | None = None,
 ) -> float:
-    """Monte Carlo p-value that A's losses fall with B's inclusion (see the module docstring).
-    ``losses`` and ``inc`` hold the used models only; ``used`` marks them among the ``n_models``
-    of the design (for complementary pairs). The draws stop early once the p-value must end
-    above ``bar``."""
-    m = inc.shape[1]
-    used = np.ones(m, dtype=bool) if used is None else used
-    n_models = m if n_models is None else n_models
-    ii, jj, signs = _strata_pairs(losses, inc, a, rng)
-    if not len(signs) or not signs.any():
-        return 1.0
-    count = inc[b].sum(axis=0).astype(np.float32)
-    # Concordance: more of B in <-> lower loss counts positive.
-    observed = float(signs @ np.sign(count[jj] - count[ii]))
-    total = int(np.clip(np.ceil(DRAWS_PER_BAR / bar), MIN_DRAWS, MAX_DRAWS))
-    give_up = bar * (total + 1) - 1  # more exceedances than this: p > bar whatever follows
-    hits = done = 0
-    while done < total:
-        k = min(BATCH, total - done)
-        c = draw_counts(len(b), n_models, used, design, k, rng)
-        hits += int((np.sign(c[:, jj] - c[:, ii]) @ signs >= observed - 1e-6).sum())
-        done += k
-        if hits > give_up:
+    """Monte Carlo p-value that A's losses fall with B's inclusion, resolved at ``bar``: exact
+    when it is at most ``bar``, else a lower bound above it (the draws stop once that is sure)."""
+    test = CrtDirection(losses, inc, a, b, _draws_for(bar), rng, design, used, n_models)
+    test.at_most(bar)
+    return test.p_value
+
+
+class _PairTest:
+    """Two fragments belong together: 2 min(p(A from B), p(B from A)) at most the bar, each
+    direction a lazy :class:`CrtDirection` with its own random stream."""
+
+    def __init__(self, loss, inc, a, b, strictest: float, seed: list[int], design, used):
+        draws = _draws_for(strictest / 2)
+        streams = [np.random.default_rng([*seed, k]) for k in (0, 1)]
+        self.directions = [
+            CrtDirection(loss, inc, x, y, draws, rng, design, used, len(used))
+            for (x, y), rng in zip(((a, b), (b, a)), streams, strict=True)
+        ]
+
+    def at_most(self, bar: float) -> bool:
+        """Significant at ``bar``, with an effect the size of a copy's (MIN_TAU) in the
+        direction that is: related records that are not copies (one answer shared by two
+        questions) influence each other measurably but weakly, and are not joined."""
+        return any(d.tau >= MIN_TAU and d.at_most(bar / 2) for d in self.directions)
+
+    @property
+    def p_value(self) -> float:
+        """2 min over the directions whose p-value is exact (the one that decided a pass)."""
+        done = [d.p_value for d in self.directions if d.complete]
+        return min(2 * min(done), 1.0) if done else 1.0
+
+    @property
+    def tau(self) -> float:
+        return max(d.tau for d in self.directions)
+
+
+class _SetTest:
+    """A look-alike set of fragments is one group: every split of it into two sides passes the
+    pair test (an intersection-union test); splits are built when first needed."""
+
+    def __init__(self, parts: list[np.ndarray], strictest: float, seed: list[int], args):
+        self.parts, self.strictest, self.seed, self.args = parts, strictest, seed, args
+        self.splits: dict[int, _PairTest] = {}
+
+    def _split(self, r: int) -> _PairTest:
+        if r not in self.splits:
+            side = np.array([(r >> k) & 1 for k in range(len(self.parts))], dtype=bool)
+            a = np.concatenate([p for p, s in zip(self.parts, side, strict=True) if s])
+            b = np.concatenate([p for p, s in zip(self.parts, side, strict=True) if not s])
+            self.splits[r] = _PairTest(
+                *self.args[:2], a, b, self.strictest, [*self.seed, r], *self.args[2:]
+            )
+        return self.splits[r]
+
+    def at_most(self, bar: float) -> bool:
+        return all(self._split(r).at_most(bar) for r in range(1, 2 ** (len(self.parts) - 1)))
+
+    @property
+    def p_value(self) -> float:
+        return max(t.p_value for t in self.splits.values())
+
+    @property
+    def tau(self) -> float:
+        return min(t.tau for t in self.splits.values())
+
+
+def _holm(tests: list, level: float) -> list[tuple[int, float]]:
+    """Holm's step-down at family-wise ``level``: Bonferroni over the hypotheses not yet
+    rejected, repeated until a pass rejects none (the same rejections as Holm's sorted
+    p-values; each pass goes on with the draws of the last). Returns (test, bar) rejected."""
+    left, rejected = list(range(len(tests))), []
+    while left:
+        bar = level / len(left)
+        now = [k for k in left if tests[k].at_most(bar)]
+        if not now:
             break
-    return (1 + hits) / (1 + done)
+        rejected += [(k, bar) for k in now]
+        left = [k for k in left if k not in now]
+    return rejected
 
 
 def join_fragments(
@@ -181,6 +322,7 @@ def join_fragments(
     fwer: float = 0.05,
     seed: int = 0,
     max_records: int = 5_000,
+    max_pairs: int = 12_500_000,
 ) -> Joined:
     """Join ``fragments`` (record sets; the near-duplicate clusters) and the ``flagged`` records
     outside them, round by round, where a pair that looks alike (``alike``: (K, 2) record pairs
@@ -197,20 +339,33 @@ def join_fragments(
     units += [np.array([i]) for i in np.flatnonzero(np.asarray(flagged) & ~inside)]
     records = np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
     out = Joined(groups=[u for u in units if len(u) >= 2])
-    if fwer <= 0 or len(units) < 2:
+    if fwer <= 0 or not units:
         return out
     if len(records) > max_records:
         out.skipped = f"{len(records)} records to join, more than {max_records}"
         return out
+    # Records without evidence of their own (not flagged, in no cluster) that look alike to a
+    # candidate join the candidates as lone records, on the same test: a copy the per-record
+    # verdict missed is still a copy, and similarity alone never joins it.
+    rest = np.setdiff1d(np.arange(n), records)
+    if len(records) * len(rest) <= max_pairs:
+        extra = []
+        step = max(1, 500_000 // max(len(rest), 1))
+        for start in range(0, len(records), step):
+            xa, xb = np.meshgrid(records[start : start + step], rest, indexing="ij")
+            cross = np.column_stack([xa.ravel(), xb.ravel()])
+            extra.append(cross[alike(cross), 1])
+        extra = np.unique(np.concatenate(extra)) if extra else np.zeros(0, dtype=np.int64)
+        units += [np.array([i]) for i in extra]
+        records = np.concatenate([records, extra])
+        out.neighbours = len(extra)
+    if len(units) < 2:
+        return out
     # Look-alike record pairs among them, once (similarity is the only thing that picks).
     a, b = np.triu_indices(len(records), 1)
-    pairs = np.column_stack([records[a], records[b]])
-    look = np.zeros(len(pairs), dtype=bool)
-    for start in range(0, len(pairs), 500_000):
-        look[start : start + 500_000] = alike(pairs[start : start + 500_000])
-    near = pairs[look]
-    rng = np.random.default_rng(seed)
-    units = _whole_sets(units, near, loss, inc, fwer / 2, rng, design, used, out)
+    near = _alike_pairs(alike, np.column_stack([records[a], records[b]]))
+    args = (loss, inc, design, used)
+    units = _whole_sets(units, near, fwer / 2, [seed], args, out)
     level = fwer / 2
     for rnd in range(1, ROUNDS + 1):
         level /= 2
@@ -227,25 +382,37 @@ def join_fragments(
             if held_back:
                 continue
             break
-        bar = level / len(cand)
         out.tested += len(cand)
-        passed = []
-        for x, y in cand.tolist():
-            p = _pair_p(loss, inc, units[x], units[y], bar, rng, design, used)
-            if p <= bar:
-                out.joins.append(Join([units[x].tolist(), units[y].tolist()], p, bar, rnd))
-                passed.append((x, y))
+        tests = [
+            _PairTest(
+                loss, inc, units[x], units[y], level / len(cand), [seed, rnd, k], design, used
+            )
+            for k, (x, y) in enumerate(cand.tolist())
+        ]
+        passed = _holm(tests, level)
+        for k, bar in passed:
+            x, y = cand[k]
+            parts = [units[x].tolist(), units[y].tolist()]
+            out.joins.append(Join(parts, tests[k].p_value, bar, rnd, tests[k].tau))
         if not passed:
             if held_back:
                 continue
             break
-        labels = _labels(np.array(passed), len(units))
+        labels = _labels(cand[[k for k, _ in passed]], len(units))
         units = [
             np.sort(np.concatenate([units[k] for k in np.flatnonzero(labels == c)]))
             for c in np.unique(labels)
         ]
     out.groups = [u for u in units if len(u) >= 2]
     return out
+
+
+def _alike_pairs(alike: Callable[[np.ndarray], np.ndarray], pairs: np.ndarray) -> np.ndarray:
+    """The rows of ``pairs`` that look alike, asked in chunks of 500,000."""
+    look = np.zeros(len(pairs), dtype=bool)
+    for start in range(0, len(pairs), 500_000):
+        look[start : start + 500_000] = alike(pairs[start : start + 500_000])
+    return pairs[look]
 
 
 def _unit_pairs(units: list[np.ndarray], near: np.ndarray, n: int) -> np.ndarray:
@@ -267,40 +434,21 @@ def _labels(edges: np.ndarray, k: int) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def _pair_p(
-    loss: np.ndarray,
-    inc: np.ndarray,
-    a: np.ndarray,
-    b: np.ndarray,
-    bar: float,
-    rng: np.random.Generator,
-    design: str,
-    used: np.ndarray,
-) -> float:
-    """The pair test's p-value: both directions, 2 min(p(A from B), p(B from A)), at most 1."""
-    p_ab = crt_pvalue(loss, inc, a, b, bar / 2, rng, design, used, len(used))
-    p_ba = crt_pvalue(loss, inc, b, a, bar / 2, rng, design, used, len(used))
-    return min(2 * min(p_ab, p_ba), 1.0)
-
-
 def _whole_sets(
     units: list[np.ndarray],
     near: np.ndarray,
-    loss: np.ndarray,
-    inc: np.ndarray,
     level: float,
-    rng: np.random.Generator,
-    design: str,
-    used: np.ndarray,
+    seed: list[int],
+    args: tuple,
     out: Joined,
 ) -> list[np.ndarray]:
     """Join each look-alike set of fragments (a connected component of the look-alike pairs,
     2 to WHOLE_MAX fragments) whole when every split of it into two sides passes the pair test
-    at level / (the number of such sets): an intersection-union test of "the set is made of
-    two parts that do not influence each other", so the splits need no correction among
-    themselves. A group of 5 copies that came back as 5 lone records has no strong pair, but
-    every split of it has pooled evidence on both sides."""
-    edges = _unit_pairs(units, near, inc.shape[0])
+    (an intersection-union test of "the set is made of two parts that do not influence each
+    other", so the splits need no correction among themselves), with Holm's procedure over the
+    sets at ``level``. A group of 5 copies that came back as 5 lone records has no strong pair,
+    but every split of it has pooled evidence on both sides."""
+    edges = _unit_pairs(units, near, args[1].shape[0])
     if not len(edges):
         return units
     labels = _labels(edges, len(units))
@@ -308,21 +456,15 @@ def _whole_sets(
     sets = [c for c in sets if 2 <= len(c) <= WHOLE_MAX]
     if not sets:
         return units
-    bar = level / len(sets)
     out.tested += len(sets)
+    tests = [
+        _SetTest([units[k] for k in c], level / len(sets), [*seed, 0, i], args)
+        for i, c in enumerate(sets)
+    ]
     merged = set()
-    for c in sets:
-        worst = 0.0
-        for r in range(1, 2 ** (len(c) - 1)):
-            side = np.array([(r >> k) & 1 for k in range(len(c))], dtype=bool)
-            ua = np.concatenate([units[k] for k in c[side]])
-            ub = np.concatenate([units[k] for k in c[~side]])
-            p = _pair_p(loss, inc, ua, ub, bar, rng, design, used)
-            worst = max(worst, p)
-            if p > bar:
-                break
-        if worst <= bar:
-            out.joins.append(Join([units[k].tolist() for k in c], worst, bar, 0))
-            merged.update(c.tolist())
+    for i, bar in _holm(tests, level):
+        parts = [units[k].tolist() for k in sets[i]]
+        out.joins.append(Join(parts, tests[i].p_value, bar, 0, tests[i].tau))
+        merged.update(sets[i].tolist())
     whole = [np.sort(np.concatenate([units[k] for k in c])) for c in sets if c[0] in merged]
     return whole + [u for k, u in enumerate(units) if k not in merged]

@@ -10,21 +10,29 @@ import numpy as np
 from memaudit.modality import Modality
 
 
-def lexical_similarity(texts: Sequence[str], pairs: np.ndarray) -> np.ndarray:
-    """Cosine of character n-gram TF-IDF vectors (scikit-learn TfidfVectorizer, analyzer='char_wb',
-    ngram_range=(3, 5), fit on all texts) for each (a, b) row of pairs (K x 2 int). Sparse rows;
-    never an N x N dense matrix."""
+def lexical_vectors(texts: Sequence[str]):
+    """Character n-gram TF-IDF rows of ``texts`` (scikit-learn TfidfVectorizer,
+    analyzer='char_wb', ngram_range=(3, 5), fit on all texts; rows L2-normalised, so a row-wise
+    dot product is the cosine), or None when the texts have no n-gram at all."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    try:
+        return TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform(texts).tocsr()
+    except ValueError:  # no n-gram at all (e.g. only whitespace): only identity is similar
+        return None
+
+
+def lexical_similarity(texts: Sequence[str], pairs: np.ndarray, vectors=None) -> np.ndarray:
+    """Cosine of character n-gram TF-IDF vectors (:func:`lexical_vectors`; pass them to fit
+    once for many calls) for each (a, b) row of pairs (K x 2 int). Sparse rows; never an N x N
+    dense matrix."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if len(pairs) == 0:
         return np.zeros(0)
     if pairs.min() < 0 or pairs.max() >= len(texts):
         raise ValueError(f"pairs index outside 0..{len(texts) - 1}")
-    try:
-        # Rows come out L2-normalised, so a row-wise dot product is the cosine.
-        x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform(texts).tocsr()
-    except ValueError:  # no n-gram at all (e.g. only whitespace): only identity is similar
+    x = lexical_vectors(texts) if vectors is None else vectors
+    if x is None:
         return np.array([float(texts[a] == texts[b]) for a, b in pairs])
     sim = np.asarray(x[pairs[:, 0]].multiply(x[pairs[:, 1]]).sum(axis=1)).ravel()
     return np.clip(sim, 0.0, 1.0)  # rounding can leave 1 + 1e-16
@@ -57,12 +65,17 @@ def pixel_similarity(images: np.ndarray, pairs: np.ndarray, size: int = 8) -> np
 
 
 def link_similarity(
-    modality: Modality, pairs: np.ndarray, texts: Sequence[str], images: np.ndarray | None
+    modality: Modality,
+    pairs: np.ndarray,
+    texts: Sequence[str],
+    images: np.ndarray | None,
+    vectors=None,
 ) -> np.ndarray:
-    """Each (a, b) row's similarity as the modality measures it: lexical for text, pixel for
-    images (``images``: uint8 N x H x W x 3, needed then)."""
+    """Each (a, b) row's similarity as the modality measures it: lexical for text (``vectors``:
+    :func:`lexical_vectors`, fit once by a caller that asks many times), pixel for images
+    (``images``: uint8 N x H x W x 3, needed then)."""
     if modality.similarity == "pixel":
         if images is None:
             raise ValueError(f"{modality.name} runs need the images for pixel similarity")
         return pixel_similarity(images, pairs)
-    return lexical_similarity(texts, pairs)
+    return lexical_similarity(texts, pairs, vectors)

@@ -39,8 +39,9 @@ SCHEMA_NAME = "memaudit-report"
 # influence distributions, LiRA and the deduplicator's table, the signal headline and each link's
 # rule, statistic and threshold; 1.5: the per-record "near_duplicates" verdict, its ground-truth
 # score, link_calibration's approximation and dissimilar-link thresholds (all optional: 1.0-1.4
-# reports still validate and render); 1.6: "fragment_joining" and each cluster's "joins"
-SCHEMA_VERSION = "1.6"
+# reports still validate and render); 1.6: "fragment_joining" and each cluster's "joins"; 1.7:
+# "fragment_joining.neighbours" and each join's "tau"
+SCHEMA_VERSION = "1.7"
 
 
 def load_schema() -> dict[str, Any]:
@@ -289,6 +290,7 @@ def _weak_signal_sections(findings: Findings, ids: list[str]) -> dict[str, Any]:
             "tested": findings.joined.tested,
             "joins": len(findings.joined.joins),
             "skipped": findings.joined.skipped,
+            "neighbours": findings.joined.neighbours,
         }
     if findings.signal is not None:
         out["headline"] = findings.signal

@@ -22,12 +22,15 @@ of draws is fixed before the first (from the strictest bar the test can meet), a
 once the answer at the bar asked is sure, going on with the same draws if a larger bar is asked
 later.
 
-Which merges are tested: only fragments (near-duplicate clusters, and records the per-record
-verdict flags as having near-duplicates) that look alike (some pair of members at the modality's
-similarity threshold). Similarity chooses the hypotheses; it never decides one: a merge needs
-the influence evidence. Choosing by similarity, which the losses do not enter, keeps each test
-exact. A pair of fragments passes at 2 min(p(A from B), p(B from A)) <= its bar. Two stages share
-the family-wise level alpha:
+Which merges are tested: only fragments (near-duplicate clusters, records the per-record verdict
+flags as having near-duplicates, and unflagged records that look alike to one of those: a copy
+the verdict missed) that look alike (some pair of members at the modality's similarity
+threshold). Similarity chooses the hypotheses; it never decides one: a merge needs the influence
+evidence. Choosing by similarity, which the losses do not enter, keeps each test exact. A pair of
+fragments passes at 2 min(p(A from B), p(B from A)) <= its bar, with an effect the size of a
+copy's in the direction that passes (Kendall's tau >= MIN_TAU: records on one topic influence
+each other significantly but weakly; a smaller rejection region keeps the test valid). Two
+stages share the family-wise level alpha:
 - alpha / 2: each look-alike set (a connected component of look-alike fragments, up to
   WHOLE_MAX of them) is joined whole when every split of it into two sides passes: an
   intersection-union test of "the set is two parts that do not influence each other", so its
@@ -39,8 +42,9 @@ the family-wise level alpha:
 So the chance of any false merge is at most alpha (Holm within a stage or round, alpha / 2 and
 alpha / 2^(r + 1) across them). A false merge of two unrelated groups is worse than a fragment:
 the level is family-wise, not a false-discovery rate. Measured on the strong demo at 32 models:
-pair recall 0.745 with the out-models and Bonferroni, 0.965 with both sides and Holm (19 of 20
-groups whole, all clusters pure); synthetic tests in tests/findings/test_joining.py.
+pair recall 0.745 with the out-models, Bonferroni and flagged records only; 0.965 with both
+sides and Holm (19 of 20 groups whole); 1.00 with unflagged look-alikes too (20 of 20 whole,
+all clusters pure). Synthetic tests in tests/findings/test_joining.py.
 """
 
 from __future__ import annotations
@@ -202,7 +206,7 @@ class CrtDirection:
 
     @property
     def p_value(self) -> float:
-        """The p-value; a lower bound until ``complete``."""
+        """The p-value: exact once ``complete``, else the share of the draws made so far."""
         return 1.0 if self.empty else (1 + self.hits) / (1 + self.done)
 
     def at_most(self, bar: float) -> bool:
@@ -236,15 +240,29 @@ def crt_pvalue(
     return test.p_value
 
 
+@dataclass(frozen=True)
+class _Data:
+    """What every test reads: the used models' losses and inclusion, how inclusion was drawn
+    (``design``) and which of the design's models are used."""
+
+    loss: np.ndarray
+    inc: np.ndarray
+    design: str
+    used: np.ndarray
+
+
 class _PairTest:
     """Two fragments belong together: 2 min(p(A from B), p(B from A)) at most the bar, each
-    direction a lazy :class:`CrtDirection` with its own random stream."""
+    direction a lazy :class:`CrtDirection` with its own random stream (``seed``); its draws
+    resolve the ``strictest`` bar it can be asked."""
 
-    def __init__(self, loss, inc, a, b, strictest: float, seed: list[int], design, used):
+    def __init__(self, data: _Data, a, b, strictest: float, seed: list[int]):
         draws = _draws_for(strictest / 2)
         streams = [np.random.default_rng([*seed, k]) for k in (0, 1)]
         self.directions = [
-            CrtDirection(loss, inc, x, y, draws, rng, design, used, len(used))
+            CrtDirection(
+                data.loss, data.inc, x, y, draws, rng, data.design, data.used, len(data.used)
+            )
             for (x, y), rng in zip(((a, b), (b, a)), streams, strict=True)
         ]
 
@@ -269,8 +287,8 @@ class _SetTest:
     """A look-alike set of fragments is one group: every split of it into two sides passes the
     pair test (an intersection-union test); splits are built when first needed."""
 
-    def __init__(self, parts: list[np.ndarray], strictest: float, seed: list[int], args):
-        self.parts, self.strictest, self.seed, self.args = parts, strictest, seed, args
+    def __init__(self, data: _Data, parts: list[np.ndarray], strictest: float, seed: list[int]):
+        self.data, self.parts, self.strictest, self.seed = data, parts, strictest, seed
         self.splits: dict[int, _PairTest] = {}
 
     def _split(self, r: int) -> _PairTest:
@@ -278,9 +296,7 @@ class _SetTest:
             side = np.array([(r >> k) & 1 for k in range(len(self.parts))], dtype=bool)
             a = np.concatenate([p for p, s in zip(self.parts, side, strict=True) if s])
             b = np.concatenate([p for p, s in zip(self.parts, side, strict=True) if not s])
-            self.splits[r] = _PairTest(
-                *self.args[:2], a, b, self.strictest, [*self.seed, r], *self.args[2:]
-            )
+            self.splits[r] = _PairTest(self.data, a, b, self.strictest, [*self.seed, r])
         return self.splits[r]
 
     def at_most(self, bar: float) -> bool:
@@ -364,8 +380,8 @@ def join_fragments(
     # Look-alike record pairs among them, once (similarity is the only thing that picks).
     a, b = np.triu_indices(len(records), 1)
     near = _alike_pairs(alike, np.column_stack([records[a], records[b]]))
-    args = (loss, inc, design, used)
-    units = _whole_sets(units, near, fwer / 2, [seed], args, out)
+    data = _Data(loss, inc, design, used)
+    units = _whole_sets(units, near, fwer / 2, [seed], data, out)
     level = fwer / 2
     for rnd in range(1, ROUNDS + 1):
         level /= 2
@@ -384,9 +400,7 @@ def join_fragments(
             break
         out.tested += len(cand)
         tests = [
-            _PairTest(
-                loss, inc, units[x], units[y], level / len(cand), [seed, rnd, k], design, used
-            )
+            _PairTest(data, units[x], units[y], level / len(cand), [seed, rnd, k])
             for k, (x, y) in enumerate(cand.tolist())
         ]
         passed = _holm(tests, level)
@@ -439,7 +453,7 @@ def _whole_sets(
     near: np.ndarray,
     level: float,
     seed: list[int],
-    args: tuple,
+    data: _Data,
     out: Joined,
 ) -> list[np.ndarray]:
     """Join each look-alike set of fragments (a connected component of the look-alike pairs,
@@ -448,7 +462,7 @@ def _whole_sets(
     other", so the splits need no correction among themselves), with Holm's procedure over the
     sets at ``level``. A group of 5 copies that came back as 5 lone records has no strong pair,
     but every split of it has pooled evidence on both sides."""
-    edges = _unit_pairs(units, near, args[1].shape[0])
+    edges = _unit_pairs(units, near, data.inc.shape[0])
     if not len(edges):
         return units
     labels = _labels(edges, len(units))
@@ -458,7 +472,7 @@ def _whole_sets(
         return units
     out.tested += len(sets)
     tests = [
-        _SetTest([units[k] for k in c], level / len(sets), [*seed, 0, i], args)
+        _SetTest(data, [units[k] for k in c], level / len(sets), [*seed, 0, i])
         for i, c in enumerate(sets)
     ]
     merged = set()

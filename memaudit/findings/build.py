@@ -145,6 +145,9 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         calibration = calibrate_links(
             res, cfg, losses, inclusion, analysis.valid, covariates=covariates
         )
+    # The text similarity's TF-IDF, fit once: the links, the per-record partners and joining
+    # (many chunks of pairs) all read it.
+    vectors = lexical_vectors(texts) if modality.similarity == "lexical" else None
     found = find_cluster_sets(
         res,
         texts,
@@ -160,12 +163,10 @@ def build_findings(run: RunDir, analysis: Analysis, cfg: FindingsConfig | None =
         strict_thresholds=None
         if calibration is None
         else (calibration.z_strict, calibration.mutual_strict),
+        vectors=vectors,
     )
     clusters, cluster_of = found.clusters, found.cluster_of
     threshold = getattr(cfg, modality.threshold_field)
-
-    # Fit the TF-IDF once: joining asks for the similarity of many chunks of pairs.
-    vectors = lexical_vectors(texts) if modality.similarity == "lexical" else None
 
     def alike(pairs: np.ndarray) -> np.ndarray:
         return link_similarity(modality, pairs, texts, images, vectors) >= threshold

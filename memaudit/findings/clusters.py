@@ -670,6 +670,7 @@ def find_cluster_sets(
     mutual_threshold: float | None = None,
     strict_thresholds: tuple[float | None, float | None] | None = None,
     apart: bool = True,
+    vectors=None,
 ) -> ClusterSets:
     """Links from each target's top-k list only (so it scales to N = 20,000); undirected graph;
     clusters = connected components with >= 2 records. Returns clusters ranked by
@@ -692,7 +693,10 @@ def find_cluster_sets(
     topic), and join no near-duplicate cluster. Measured on held-out SMS spam (LoRA, 128
     models): joining them gave pair precision 0.72 against the natural and planted duplicate
     groups, keeping them apart 1.00 at the same recall (0.37); the weak-memorization demo at
-    128 models 0.97 -> 0.99 (recall 0.82 kept). Without it everything is one graph."""
+    128 models 0.97 -> 0.99 (recall 0.82 kept). Without it everything is one graph.
+
+    ``vectors``: the texts' TF-IDF (:func:`memaudit.findings.similarity.lexical_vectors`), when
+    the caller has fit it already."""
     cfg = cfg or FindingsConfig()
     n = n_records(result)
     if len(texts) != n:
@@ -712,7 +716,7 @@ def find_cluster_sets(
     # Column 7: each link's similarity, measured once (the strict thresholds and the split
     # into near-duplicate and influence clusters both read it).
     rows = np.column_stack(
-        [rows, link_similarity(modality, rows[:, :2].astype(np.int64), texts, images)]
+        [rows, link_similarity(modality, rows[:, :2].astype(np.int64), texts, images, vectors)]
     )
     min_z, _ = link_thresholds(cfg, n, result.n_models, losses is not None)
     applied = {0: max(min_z, z_threshold or -np.inf), 1: mutual_threshold}

@@ -322,7 +322,7 @@ def _holm(tests: list, level: float) -> list[tuple[int, float]]:
         if not now:
             break
         rejected += [(k, bar) for k in now]
-        left = [k for k in left if k not in now]
+        left = sorted(set(left) - set(now))
     return rejected
 
 
@@ -365,13 +365,8 @@ def join_fragments(
     # verdict missed is still a copy, and similarity alone never joins it.
     rest = np.setdiff1d(np.arange(n), records)
     if len(records) * len(rest) <= max_pairs:
-        extra = []
-        step = max(1, 500_000 // max(len(rest), 1))
-        for start in range(0, len(records), step):
-            xa, xb = np.meshgrid(records[start : start + step], rest, indexing="ij")
-            cross = np.column_stack([xa.ravel(), xb.ravel()])
-            extra.append(cross[alike(cross), 1])
-        extra = np.unique(np.concatenate(extra)) if extra else np.zeros(0, dtype=np.int64)
+        cross = np.column_stack([np.repeat(records, len(rest)), np.tile(rest, len(records))])
+        extra = np.unique(_alike_pairs(alike, cross)[:, 1])
         units += [np.array([i]) for i in extra]
         records = np.concatenate([records, extra])
         out.neighbours = len(extra)

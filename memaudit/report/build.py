@@ -40,8 +40,9 @@ SCHEMA_NAME = "memaudit-report"
 # rule, statistic and threshold; 1.5: the per-record "near_duplicates" verdict, its ground-truth
 # score, link_calibration's approximation and dissimilar-link thresholds (all optional: 1.0-1.4
 # reports still validate and render); 1.6: "fragment_joining" and each cluster's "joins"; 1.7:
-# "fragment_joining.neighbours" and each join's "tau"
-SCHEMA_VERSION = "1.7"
+# "fragment_joining.neighbours" and each join's "tau"; 1.8: each near-duplicate record's
+# "look_alike"
+SCHEMA_VERSION = "1.8"
 
 
 def load_schema() -> dict[str, Any]:

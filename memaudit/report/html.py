@@ -677,6 +677,7 @@ def _near_duplicates_section(report: dict[str, Any]) -> str:
         f"<td class='num'>{_fmt(r.get('q'))}</td>"
         f"<td class='num'>{_fmt(r.get('probability'), 2)}</td>"
         f"<td>{_esc(', '.join(str(p) for p in r.get('partners') or []) or '–')}</td>"
+        f"<td>{_esc(', '.join(str(p) for p in r.get('look_alike') or []) or '–')}</td>"
         "</tr>"
         for r in near.get("records") or []
     )
@@ -690,10 +691,14 @@ def _near_duplicates_section(report: dict[str, Any]) -> str:
         "long before their partners can be named. "
         f"{_esc(near.get('n_unsettled'))} records are unsettled: less than a "
         f"{_esc(near.get('settled_at'))} chance that an ensemble of the same size repeats "
-        f"their verdict.</p>{truth}{note}"
+        f"their verdict. <em>Looks like</em>: flagged records that look like it, one of the "
+        "two in no cluster; each has the signature on its own evidence, but which records belong "
+        f"together is named by similarity alone until pairwise influence confirms it.</p>"
+        f"{truth}{note}"
         "<details><summary>flagged and unsettled records</summary><table><thead><tr>"
         "<th>id</th><th>near-duplicates</th><th>basis</th><th>margin</th><th>q</th>"
-        "<th>P(repeat)</th><th>likely partners</th></tr></thead>"
+        "<th>P(repeat)</th><th>likely partners</th><th>looks like (unconfirmed)</th></tr>"
+        "</thead>"
         f"<tbody>{rows}</tbody></table></details></section>"
     )
 

@@ -506,7 +506,10 @@ def _print_near_duplicates(near: dict | None, report: dict, out: Console, shown:
     if not alone:
         return
     alone.sort(key=lambda r: (r["margin"] is None, r["margin"] or 0.0))
-    out.print("not yet in a cluster (their partners need more models), lowest margin first:")
+    out.print(
+        "not yet in a cluster (their partners need more models), lowest margin first; "
+        "'looks like': flagged records that look like it, not yet confirmed by influence:"
+    )
     table = Table(show_edge=False, box=None, pad_edge=False)
     for col, just in (("id", "left"), ("text", "left"), ("margin", "right")):
         table.add_column(col, justify=just, no_wrap=True)
@@ -519,11 +522,21 @@ def _print_near_duplicates(near: dict | None, report: dict, out: Console, shown:
             safe_text(label[:36] + ("…" if len(label) > 36 else "")),
             _f(r["margin"]),
             _f(r["probability"]),
-            safe_text(", ".join(p[:16] for p in r["partners"]) or "–"),
+            _partners_cell(r),
         )
     if len(alone) > shown:
         table.add_row("…", f"{len(alone) - shown} more in report.json", "", "", "")
     out.print(table)
+
+
+def _partners_cell(row: dict) -> str:
+    """Influence partners, then the look-alikes (flagged records that look like it, named by
+    similarity alone: unconfirmed)."""
+    partners = ", ".join(p[:16] for p in row["partners"])
+    looks = ", ".join(p[:16] for p in row.get("look_alike") or [])
+    if looks:
+        partners = (partners + "; " if partners else "") + f"looks like {looks}"
+    return safe_text(partners or "–")
 
 
 def _print_lowest_margin(lowest: list[dict], out: Console, planted: bool) -> None:

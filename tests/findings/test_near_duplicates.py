@@ -78,3 +78,35 @@ def test_a_weak_signal_flags_nothing_and_leaves_nothing_unsettled():
     res = get_estimator("adjusted").estimate(losses, inc, top_k=10)
     v = near_duplicate_verdict(res, 0.05)
     assert not v.by_margin.any()
+
+
+def test_look_alikes_name_flagged_records_outside_the_cluster_only():
+    """Each flagged record lists the other flagged records that look like it and are not
+    already its cluster mates or partners, one of the two in no cluster; records with no flag
+    are never listed, and without a similarity nothing is searched."""
+    losses, inc, grouped, grp = _ensemble(0, 16)
+    res = get_estimator("adjusted").estimate(losses, inc, top_k=10)
+    label = np.where(grouped, grp, np.arange(len(grp)).astype(str))
+    first = np.flatnonzero(grp == "g3")  # a group of 5: two of them form a cluster
+    cluster_of = np.full(len(grp), -1)
+    cluster_of[first[:2]] = 0
+    v = near_duplicate_verdict(
+        res, 0.05, cluster_of, alike=lambda p: label[p[:, 0]] == label[p[:, 1]]
+    )
+    flagged = v.flag
+    for t in np.flatnonzero(flagged):
+        looks = v.look_alike[t]
+        assert all(flagged[i] and label[i] == label[t] for i in looks), (t, looks)
+        assert not set(looks) & set(v.partners[t])
+        assert len(looks) <= 5
+        if cluster_of[t] >= 0:
+            assert all(cluster_of[i] < 0 for i in looks)
+    # The cluster's members see the group's other flagged copies; they see the cluster.
+    rest = [i for i in first[2:] if flagged[i]]
+    assert rest and set(rest) <= set(v.look_alike[first[0]])
+    assert all(set(first[:2]) <= set(v.look_alike[i]) for i in rest)
+    # Unflagged records get none; without a similarity the search is off.
+    assert all(v.look_alike[t] == [] for t in np.flatnonzero(~flagged))
+    assert near_duplicate_verdict(res, 0.05, cluster_of).look_alike is None
+    row = next(r for r in v.to_json(list(label))["records"] if r["index"] == first[0])
+    assert row["look_alike"] == [label[i] for i in v.look_alike[first[0]]]

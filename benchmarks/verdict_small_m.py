@@ -299,6 +299,13 @@ def score(analysis, findings, groups: list[str | None]) -> dict:
         c = c[c >= 0]
         touched += bool(c.size) and int(np.bincount(c).max()) >= 2
     flag, source = verdict_flags(findings)
+    # The leads the per-record verdict names for flagged records no cluster holds: influence
+    # partners and look-alikes (named by similarity alone); how many of the look-alikes listed
+    # (over all flagged records) are planted mates.
+    nd = getattr(findings, "near_duplicate", None)
+    looks = getattr(nd, "look_alike", None) or [[] for _ in groups]
+    alone = np.flatnonzero(flag & (cof < 0))
+    listed = [(t, i) for t in np.flatnonzero(flag) for i in looks[t]]
     return {
         "auc_margin": _auc(~grouped, margin),
         "pair_precision": s["pair_precision"],
@@ -311,6 +318,16 @@ def score(analysis, findings, groups: list[str | None]) -> dict:
         "flagged": int(flag.sum()),
         "verdict_vs_truth": float(np.mean(flag == grouped)),
         "verdict_source": source,
+        "unclustered_flagged": len(alone),
+        "unclustered_named": int(sum(bool(nd.partners[t] or looks[t]) for t in alone))
+        if nd is not None
+        else 0,
+        "look_alikes": len(listed),
+        "look_alike_precision": float(
+            np.mean([groups[t] is not None and groups[t] == groups[i] for t, i in listed])
+        )
+        if listed
+        else None,
         "_flag": flag,
     }
 
@@ -461,7 +478,14 @@ def write(doc: dict) -> None:
     (RESULTS / "verdict_small_m.md").write_text(markdown(doc))
 
 
-KEYS = ("auc_margin", "pair_precision", "pair_recall", "groups_touched", "verdict_agreement")
+KEYS = (
+    "auc_margin",
+    "pair_precision",
+    "pair_recall",
+    "groups_touched",
+    "verdict_agreement",
+    "look_alike_precision",
+)
 
 
 def _stats(values: list) -> dict | None:
@@ -488,7 +512,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                 rows.append(
                     {"task": task, "setting": setting, "estimator": est, "models": m,
                      "seeds": len(pts), "groups": pts[0]["groups"]}
-                    | {k: _stats([p[k] for p in pts]) for k in KEYS}
+                    | {k: _stats([p.get(k) for p in pts]) for k in KEYS}
                 )  # fmt: skip
         for key, label in (("auto", "auto"), ("auto_records", "auto (records)")):
             auto = [r[key] for r in mine if key in r]
@@ -577,8 +601,8 @@ def markdown(doc: dict) -> str:
         ]
         lines += [
             "| estimator | models | margin AUC | pair precision | pair recall | groups touched "
-            "| verdict agreement |",
-            "|---|---|---|---|---|---|---|",
+            "| verdict agreement | look-alikes that are mates |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             m = r["models"]
@@ -587,7 +611,8 @@ def markdown(doc: dict) -> str:
             lines.append(
                 f"| {r['estimator']} | {m} | {_cell(r['auc_margin'])} | "
                 f"{_cell(r['pair_precision'], 2)} | {_cell(r['pair_recall'], 2)} | "
-                f"{_cell(r['groups_touched'], 1)} | {_cell(r['verdict_agreement'])} |"
+                f"{_cell(r['groups_touched'], 1)} | {_cell(r['verdict_agreement'])} | "
+                f"{_cell(r['look_alike_precision'], 2)} |"
             )
         lines.append("")
     lines += [
@@ -626,8 +651,8 @@ def markdown(doc: dict) -> str:
         "## Per seed",
         "",
         "| run | estimator | models | margin AUC | precision | recall | touched | agreement "
-        "| flagged | verdict vs truth |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| flagged | verdict vs truth | flagged in no cluster (named) | look-alikes (mates) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         for est, curve in r["curves"].items():
@@ -636,7 +661,9 @@ def markdown(doc: dict) -> str:
                     f"| {r['task']}-{r['setting']}-s{r['seed']} | {est} | {p['models']} | "
                     f"{_f(p['auc_margin'])} | {_f(p['pair_precision'], 2)} | "
                     f"{_f(p['pair_recall'], 2)} | {p['groups_touched']}/{p['groups']} | "
-                    f"{_f(p['verdict_agreement'])} | {p['flagged']} | {_f(p['verdict_vs_truth'])} |"
+                    f"{_f(p['verdict_agreement'])} | {p['flagged']} | {_f(p['verdict_vs_truth'])} "
+                    f"| {p.get('unclustered_flagged', '–')} ({p.get('unclustered_named', '–')}) "
+                    f"| {p.get('look_alikes', '–')} ({_f(p.get('look_alike_precision'), 2)}) |"
                 )
     lines.append("")
     return "\n".join(lines)

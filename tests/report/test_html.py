@@ -525,3 +525,30 @@ def test_record_distributions_are_drawn_escaped_and_embedded():
         assert h["marks"][0]["self"] and h["marks"][1]["id"] == evil
     assert page.count("<details class='dist'>") == len(hists)
     assert "Influence distribution of" in page and "self share of the positive influence" in page
+
+
+def test_look_alikes_column_is_escaped():
+    report = make_report()
+    report["near_duplicates"] = {
+        "level": 0.05,
+        "n_records": len(report["records"]),
+        "n_flagged": 1,
+        "n_unsettled": 0,
+        "settled_at": 0.9,
+        "records": [
+            {
+                "index": 0,
+                "id": "rec-000",
+                "has_near_duplicates": True,
+                "basis": "margin",
+                "margin": 1.2,
+                "q": 0.01,
+                "probability": 0.97,
+                "partners": [],
+                "look_alike": ["<script>x</script>", "rec-002"],
+            }
+        ],
+    }
+    page = render_html(report)
+    assert "looks like (unconfirmed)" in page
+    assert "&lt;script&gt;x&lt;/script&gt;, rec-002" in page and "<script>x" not in page

@@ -56,6 +56,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from memaudit.findings.similarity import alike_pairs
+
 # Monte Carlo draws per test: enough that a p-value at the bar is resolved (DRAWS_PER_BAR / bar),
 # within [MIN_DRAWS, MAX_DRAWS]; drawn in batches, stopping once the bar is out of reach (the
 # decision is then the one all the draws would give).
@@ -366,7 +368,7 @@ def join_fragments(
     rest = np.setdiff1d(np.arange(n), records)
     if len(records) * len(rest) <= max_pairs:
         cross = np.column_stack([np.repeat(records, len(rest)), np.tile(rest, len(records))])
-        extra = np.unique(_alike_pairs(alike, cross)[:, 1])
+        extra = np.unique(alike_pairs(alike, cross)[:, 1])
         units += [np.array([i]) for i in extra]
         records = np.concatenate([records, extra])
         out.neighbours = len(extra)
@@ -374,7 +376,7 @@ def join_fragments(
         return out
     # Look-alike record pairs among them, once (similarity is the only thing that picks).
     a, b = np.triu_indices(len(records), 1)
-    near = _alike_pairs(alike, np.column_stack([records[a], records[b]]))
+    near = alike_pairs(alike, np.column_stack([records[a], records[b]]))
     data = _Data(loss, inc, design, used)
     units = _whole_sets(units, near, fwer / 2, [seed], data, out)
     level = fwer / 2
@@ -414,14 +416,6 @@ def join_fragments(
         ]
     out.groups = [u for u in units if len(u) >= 2]
     return out
-
-
-def _alike_pairs(alike: Callable[[np.ndarray], np.ndarray], pairs: np.ndarray) -> np.ndarray:
-    """The rows of ``pairs`` that look alike, asked in chunks of 500,000."""
-    look = np.zeros(len(pairs), dtype=bool)
-    for start in range(0, len(pairs), 500_000):
-        look[start : start + 500_000] = alike(pairs[start : start + 500_000])
-    return pairs[look]
 
 
 def _unit_pairs(units: list[np.ndarray], near: np.ndarray, n: int) -> np.ndarray:

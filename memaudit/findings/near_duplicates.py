@@ -32,10 +32,9 @@ SETTLED as unsettled; the stopping rule reads the expected share of flips (expec
 Partners: a clustered record's cluster mates; a record flagged by its margin alone, its mutual
 top influencers that look like it. At small M few such pairs are mutual, so each flagged record
 also lists its look-alikes: the flagged records in no cluster that look like it (and, for a
-record in no cluster, the clustered ones too).
-Both records have the signature on their own evidence; which records they are copies of is
-named by similarity alone, so the report shows look-alikes as unconfirmed leads (never as a
-cluster, which needs pairwise influence evidence).
+record in no cluster, the clustered ones too). Both records have the signature on their own
+evidence; which records they are copies of is named by similarity alone, so the report shows
+look-alikes as unconfirmed leads (never as a cluster, which needs pairwise influence evidence).
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ import numpy as np
 from scipy.stats import false_discovery_control, norm
 
 from memaudit.estimate.influence import InfluenceResult
+from memaudit.findings.similarity import alike_pairs
 
 SETTLED = 0.9  # a verdict less likely than this to repeat on a same-size ensemble may flip
 PARTNERS = 3  # likely partners listed per flagged record
@@ -271,7 +271,7 @@ def _look_alikes(
     if alike is None:
         return None
     rows = np.flatnonzero(flag)
-    if len(rows) * len(rows) > LOOK_ALIKE_PAIRS:
+    if len(rows) * (len(rows) - 1) // 2 > LOOK_ALIKE_PAIRS:
         return None
     out: list[list[int]] = [[] for _ in range(len(flag))]
     if len(rows) < 2:
@@ -283,11 +283,7 @@ def _look_alikes(
         # Two clusters that look alike were put to the joining test and not joined (or
         # are two groups of one template): no lead there.
         pairs = pairs[(c[pairs[:, 0]] < 0) | (c[pairs[:, 1]] < 0)]
-    found: list[np.ndarray] = []
-    for start in range(0, len(pairs), 500_000):
-        chunk = pairs[start : start + 500_000]
-        found.append(chunk[np.asarray(alike(chunk), dtype=bool)])
-    near = np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
+    near = alike_pairs(alike, pairs)
     order = np.where(np.isfinite(log_margin), log_margin, np.inf)
     for t, i in np.concatenate([near, near[:, ::-1]]).tolist():
         if i not in partners[t]:

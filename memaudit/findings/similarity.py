@@ -3,7 +3,7 @@ character n-gram TF-IDF cosine for text, a small-thumbnail pixel correlation for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -79,3 +79,16 @@ def link_similarity(
             raise ValueError(f"{modality.name} runs need the images for pixel similarity")
         return pixel_similarity(images, pairs)
     return lexical_similarity(texts, pairs, vectors)
+
+
+def alike_pairs(
+    alike: Callable[[np.ndarray], np.ndarray], pairs: np.ndarray, chunk: int = 500_000
+) -> np.ndarray:
+    """The rows of ``pairs`` (K x 2 record indices) that ``alike`` (K x 2 -> K bool, the
+    modality's similarity at its threshold) marks as looking alike, asked in chunks so that no
+    call holds more than ``chunk`` pairs."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    look = np.zeros(len(pairs), dtype=bool)
+    for start in range(0, len(pairs), chunk):
+        look[start : start + chunk] = alike(pairs[start : start + chunk])
+    return pairs[look]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memaudit.findings.similarity import lexical_similarity
+from memaudit.findings.similarity import alike_pairs, lexical_similarity
 
 TEXTS = [
     "Q: who wrote the novel pride and prejudice A: Jane Austen",
@@ -59,3 +59,17 @@ def test_link_similarity_follows_the_modality():
     )
     with pytest.raises(ValueError, match="image runs need the images"):
         link_similarity(IMAGE, pairs, TEXTS, None)
+
+
+def test_alike_pairs_asks_in_chunks_and_keeps_the_order():
+    pairs = np.column_stack([np.arange(11), np.arange(11) + 1])
+    sizes = []
+
+    def alike(p):
+        sizes.append(len(p))
+        return p[:, 0] % 3 == 0
+
+    got = alike_pairs(alike, pairs, chunk=4)
+    assert sizes == [4, 4, 3]
+    assert got.tolist() == [[0, 1], [3, 4], [6, 7], [9, 10]]
+    assert alike_pairs(alike, np.zeros((0, 2), dtype=np.int64)).shape == (0, 2)

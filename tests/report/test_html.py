@@ -527,28 +527,36 @@ def test_record_distributions_are_drawn_escaped_and_embedded():
     assert "Influence distribution of" in page and "self share of the positive influence" in page
 
 
-def test_look_alikes_column_is_escaped():
-    report = make_report()
+def with_near_duplicates(report: dict, look_alike) -> dict:
+    """A per-record verdict (1.8) with the first record flagged by its margin alone, its
+    look-alikes ``look_alike`` (None: a report from before 1.8)."""
+    row = {
+        "index": 0,
+        "id": report["records"][0]["id"],
+        "has_near_duplicates": True,
+        "basis": "margin",
+        "margin": 1.2,
+        "q": 0.01,
+        "probability": 0.97,
+        "partners": [],
+    }
+    if look_alike is not None:
+        row["look_alike"] = look_alike
     report["near_duplicates"] = {
         "level": 0.05,
         "n_records": len(report["records"]),
         "n_flagged": 1,
+        "n_by_margin": 1,
+        "n_in_clusters": 0,
         "n_unsettled": 0,
         "settled_at": 0.9,
-        "records": [
-            {
-                "index": 0,
-                "id": "rec-000",
-                "has_near_duplicates": True,
-                "basis": "margin",
-                "margin": 1.2,
-                "q": 0.01,
-                "probability": 0.97,
-                "partners": [],
-                "look_alike": ["<script>x</script>", "rec-002"],
-            }
-        ],
+        "note": None,
+        "records": [row],
     }
-    page = render_html(report)
+    return report
+
+
+def test_look_alikes_column_is_escaped():
+    page = render_html(with_near_duplicates(make_report(), ["<script>x</script>", "rec-002"]))
     assert "looks like (unconfirmed)" in page
     assert "&lt;script&gt;x&lt;/script&gt;, rec-002" in page and "<script>x" not in page

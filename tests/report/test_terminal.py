@@ -17,7 +17,7 @@ from memaudit.report.terminal import (
     print_round,
     print_status,
 )
-from tests.report.test_html import make_report
+from tests.report.test_html import make_report, with_near_duplicates
 
 MARKUP = "Q: is [bold red]this[/bold red] bold? A: [link=http://x]no[/link]"
 
@@ -170,43 +170,13 @@ def test_reports_without_distributions_render_as_before():
     assert "◆" not in out.export_text() and "significant" not in out.export_text()
 
 
-def _with_near_duplicates(report: dict, look_alike) -> dict:
-    """A per-record verdict (1.8) with one record flagged by its margin alone."""
-    report["near_duplicates"] = {
-        "level": 0.05,
-        "n_records": len(report["records"]),
-        "n_flagged": 1,
-        "n_by_margin": 1,
-        "n_in_clusters": 0,
-        "n_unsettled": 0,
-        "settled_at": 0.9,
-        "note": None,
-        "records": [
-            {
-                "index": 0,
-                "id": report["records"][0]["id"],
-                "has_near_duplicates": True,
-                "basis": "margin",
-                "margin": 1.2,
-                "q": 0.01,
-                "probability": 0.97,
-                "partners": [],
-                "look_alike": look_alike,
-            }
-        ],
-    }
-    return report
-
-
 def test_flagged_records_show_their_look_alikes_as_unconfirmed_and_verbatim():
-    report = _with_near_duplicates(_report(), ["[bold]r1", "r2"])
     out = _console()
-    print_report(report, out)
+    print_report(with_near_duplicates(_report(), ["[bold]r1", "r2"]), out)
     text = _text(out)
     assert "looks like [bold]r1, r2" in text  # the ids' brackets, not styling
     assert "not yet confirmed by influence" in text
     # Reports before 1.8 (no look_alike) show the partners as before.
-    del report["near_duplicates"]["records"][0]["look_alike"]
     out = _console()
-    print_report(report, out)
+    print_report(with_near_duplicates(_report(), None), out)
     assert "looks like" not in _text(out).split("not yet confirmed by influence:")[1]

@@ -476,13 +476,7 @@ def write(doc: dict) -> None:
     (RESULTS / "verdict_small_m.md").write_text(markdown(doc))
 
 
-KEYS = (
-    "auc_margin",
-    "pair_precision",
-    "pair_recall",
-    "groups_touched",
-    "verdict_agreement",
-)
+KEYS = ("auc_margin", "pair_precision", "pair_recall", "groups_touched", "verdict_agreement")
 
 
 def _stats(values: list) -> dict | None:

@@ -367,8 +367,14 @@ def join_fragments(
     # verdict missed is still a copy, and similarity alone never joins it.
     rest = np.setdiff1d(np.arange(n), records)
     if len(records) * len(rest) <= max_pairs:
-        cross = np.column_stack([np.repeat(records, len(rest)), np.tile(rest, len(records))])
-        extra = np.unique(alike_pairs(alike, cross)[:, 1])
+        # A block of candidates against all the rest at a time: the whole cross product (up to
+        # max_pairs rows) is never held at once.
+        step = max(1, 500_000 // max(len(rest), 1))
+        found = [np.zeros(0, dtype=np.int64)]
+        for part in (records[s : s + step] for s in range(0, len(records), step)):
+            cross = np.column_stack([np.repeat(part, len(rest)), np.tile(rest, len(part))])
+            found.append(alike_pairs(alike, cross)[:, 1])
+        extra = np.unique(np.concatenate(found))
         units += [np.array([i]) for i in extra]
         records = np.concatenate([records, extra])
         out.neighbours = len(extra)
